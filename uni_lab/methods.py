@@ -1,0 +1,156 @@
+"""Method specs (``ig:black``, ``uni``, ``smoothgrad(ig:black)``) and parameter routing.
+
+A spec names an explainer, optionally a baseline after ``:`` (for explainers that take
+one), or an inner method in parentheses (for wrappers such as a noise tunnel, which then
+receive ``inner``, a callable ``(model, x, target, seeds) -> Explanation``). Parameters come
+from ``--set`` keys ``name.param`` (or ``kind.name.param`` where a name is ambiguous).
+"""
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import PluginError
+from .explanation import Explanation
+from .hookspecs import KINDS
+from .registry import Plugin, get, registry
+
+# Parameters that change speed or memory, not results: never part of a run's identity.
+NON_SEMANTIC = {"internal_batch_size", "unlearn_chunk"}
+_SPEC = re.compile(r"^\s*([A-Za-z_][\w.\-]*)\s*(?::\s*([A-Za-z_][\w.\-]*)\s*)?(?:\((.*)\))?\s*$")
+
+
+def parse_value(text: str):
+    """``--set`` values: Python literals where they parse (``0.03``, ``True``, ``[1, 2]``), else strings."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_sets(items) -> dict[str, object]:
+    """``["uni.eps=0.03", ...]`` → ``{"uni.eps": 0.03}``, with a clear error for a malformed item."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise PluginError(f"--set expects name.param=value (e.g. uni.eps=0.03), got '{item}'.")
+        out[key.strip()] = parse_value(value.strip())
+    return out
+
+
+def route_params(sets: dict[str, object]) -> dict[tuple[str, str], dict]:
+    """Assign each ``name.param`` to the one plugin that has it; ambiguity and typos are errors."""
+    routed: dict[tuple[str, str], dict] = {}
+    index = registry.index()
+    for key, value in sets.items():
+        parts = key.split(".")
+        if len(parts) == 3 and parts[0] in KINDS:
+            plugin = get(parts[0], parts[1])
+            plugin.check_params({parts[2]: value})
+            routed.setdefault((plugin.kind, plugin.name), {})[parts[2]] = value
+            continue
+        if len(parts) != 2:
+            raise PluginError(f"--set key '{key}' must be name.param or kind.name.param.")
+        name, param = parts
+        named = [index[k][name] for k in KINDS if name in index[k]]
+        if not named:
+            known = sorted({n for k in KINDS for n in index[k]})
+            raise PluginError(f"--set {key}: no plugin is named '{name}'. Registered names: {', '.join(known)}.")
+        having = [p for p in named if param in p.params]
+        if not having:
+            options = "; ".join(f"{p.kind} {p.name}: {', '.join(sorted(p.params)) or '(none)'}" for p in named)
+            raise PluginError(f"--set {key}: '{name}' has no parameter '{param}'. Parameters: {options}.")
+        if len(having) > 1:
+            choices = " or ".join(f"{p.kind}.{p.name}.{param}" for p in having)
+            raise PluginError(f"--set {key} is ambiguous; write {choices}.")
+        routed.setdefault((having[0].kind, name), {})[param] = value
+    return routed
+
+
+@dataclass
+class Method:
+    """A resolved method: explainer, baseline or inner method, and every parameter value."""
+
+    spec: str
+    explainer: Plugin
+    params: dict
+    baseline: Plugin | None = None
+    baseline_params: dict = field(default_factory=dict)
+    inner: "Method | None" = None
+
+    def __call__(self, model, x, target, seeds=None) -> Explanation:
+        kwargs = dict(self.params)
+        if self.baseline is not None:
+            bparams = self.baseline_params
+            kwargs["baseline"] = lambda x_, m_, t_, seeds=None: self.baseline(x_, m_, t_, seeds=seeds, **bparams)
+        if self.inner is not None:
+            kwargs["inner"] = self.inner
+        return self.explainer(model, x, target, seeds=seeds, **kwargs)
+
+    def config(self) -> dict:
+        """Every parameter that determines the result, for the store's attrs and resume checks."""
+        out = {"explainer": self.explainer.name,
+               "params": {k: v for k, v in self.params.items() if k not in NON_SEMANTIC}}
+        if self.baseline is not None:
+            out["baseline"] = self.baseline.name
+            out["baseline_params"] = {k: v for k, v in self.baseline_params.items() if k not in NON_SEMANTIC}
+        if self.inner is not None:
+            out["inner"] = self.inner.config()
+        return out
+
+
+def resolve(spec: str, routed: dict | None = None, defaults: dict | None = None) -> Method:
+    """Parse a spec and bind parameters: explicit ``--set`` values over run-wide defaults over the plugin's own."""
+    routed = routed or {}
+    m = _SPEC.match(spec)
+    if not m:
+        raise PluginError(f"cannot parse method '{spec}'; write explainer, explainer:baseline or wrapper(method).")
+    name, base_name, inner_spec = m.groups()
+    explainer = get("explainer", name)
+    params = explainer.resolved_params()
+    for key, value in (defaults or {}).items():
+        if key in explainer.params:
+            params[key] = value
+    params.update(routed.get(("explainer", name), {}))
+    inner = None
+    if inner_spec is not None:
+        if "inner" not in explainer.params:
+            raise PluginError(f"explainer '{name}' does not wrap other methods; '{spec}' is not valid.")
+        inner = resolve(inner_spec, routed, defaults)
+        params.pop("inner", None)
+    baseline = None
+    bparams: dict = {}
+    if base_name is not None and "baseline" not in explainer.params:
+        raise PluginError(f"explainer '{name}' takes no baseline; write '{name}' without ':{base_name}'.")
+    chosen = base_name or (params.get("baseline") if isinstance(params.get("baseline"), str) else None)
+    if chosen is not None:
+        baseline = get("baseline", chosen)
+        bparams = baseline.resolved_params(routed.get(("baseline", chosen), {}))
+        params.pop("baseline", None)
+    return Method(spec.strip(), explainer, params, baseline, bparams, inner)
+
+
+def explain(spec: str, model, x: torch.Tensor, target=None, seeds=None, sets: dict | None = None, **params) -> Explanation:
+    """One method on one batch from Python: ``explain("uni", model, x, **{"uni.eps": 0.03})``.
+
+    ``target`` defaults to the predicted class. Keyword parameters are ``name.param``
+    routes, or bare parameter names of the explainer itself.
+    """
+    from .engine import check_input
+    from .models import wrap
+
+    model = wrap(model)
+    check_input(x)
+    if target is None:
+        with torch.no_grad():
+            target = model(x).argmax(-1)
+    target = torch.as_tensor(target, device=x.device).view(-1).expand(x.shape[0]).contiguous()
+    sets = dict(sets or {})
+    explainer_name = _SPEC.match(spec).group(1) if _SPEC.match(spec) else spec
+    for key, value in params.items():
+        sets[key if "." in key else f"explainer.{explainer_name}.{key}"] = value
+    return resolve(spec, route_params(sets))(model, x, target, seeds=seeds)

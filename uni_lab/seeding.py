@@ -1,0 +1,28 @@
+"""Per-image seeds, so random draws never depend on batch composition, shard or device."""
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+
+def image_seed(seed: int, image_id: str) -> int:
+    """A stable 63-bit seed from the run seed and the image's id (not Python's salted hash)."""
+    digest = hashlib.sha256(f"{int(seed)}:{image_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def draw(x: torch.Tensor, seeds, kind: str = "rand", salt: int = 0) -> torch.Tensor:
+    """Noise shaped like ``x``, image ``i`` drawn from ``seeds[i]`` on the CPU (device-independent).
+
+    ``kind`` is ``"rand"`` (U(0,1)) or ``"randn"`` (N(0,1)); ``salt`` separates the streams
+    of different plugins that share a seed. Without seeds, draws from the global generator.
+    """
+    sample = torch.rand if kind == "rand" else torch.randn
+    if seeds is None:
+        return sample(x.shape, dtype=x.dtype, device=x.device)
+    out = []
+    for s in torch.as_tensor(seeds).tolist():
+        g = torch.Generator().manual_seed((int(s) + salt) % (1 << 63))
+        out.append(sample(x.shape[1:], generator=g, dtype=torch.float32))
+    return torch.stack(out).to(device=x.device, dtype=x.dtype)
