@@ -1,0 +1,1 @@
+"""CLI subcommands, one module each; :mod:`uni_lab.cli` discovers them."""

@@ -1,0 +1,85 @@
+"""``uni-lab run``: explain images with methods and write a store."""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+
+from ..errors import PluginError
+from ..runner import DEFAULT_METHODS, DEFAULT_OUT
+
+NAME = "run"
+HELP = "Explain images with methods on a model and write a labelled zarr store."
+
+
+def add_arguments(p):
+    p.add_argument("--model", default="efficientnet_lite0",
+                   help="registered model, torchvision or timm name (tv:NAME / timm:NAME to disambiguate); "
+                        "comma list for several (default: efficientnet_lite0, embedded ImageNet weights)")
+    p.add_argument("--weights", help="local state-dict file for --model, or 'random' for untrained weights")
+    p.add_argument("--images", nargs="+", help="scikit-image photograph names, image files or folders "
+                                               "(default: the eight photographs in scikit-image)")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help="comma list of method specs, e.g. uni,ig:black,ig:blur (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=15, help="Riemann steps B for every path method (default: 15)")
+    p.add_argument("--output", choices=("prob", "logit"), default="prob",
+                   help="explain the softmax probability of the class (default) or its logit")
+    p.add_argument("--batch-size", type=int, default=8, help="images per batch (default: 8)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
+    p.add_argument("--seed", type=int, default=0, help="run seed; each image draws from a seed derived from it")
+    p.add_argument("--out", default=DEFAULT_OUT, help="store path (default: %(default)s)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="NAME.PARAM=VALUE",
+                   help="any plugin parameter, e.g. --set uni.eps=0.03 (repeatable)")
+    p.add_argument("--resize", choices=("full", "crop"), default="full",
+                   help="resize the whole photograph to the model's input (default) or resize+centre-crop")
+    p.add_argument("--plugins", action="append", default=[], metavar="MODULE_OR_FILE",
+                   help="import a module or .py file that registers plugins before running (repeatable)")
+    p.add_argument("--overwrite", action="store_true", help="replace a store written by another configuration")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def import_plugins(items) -> None:
+    """Import user plugin modules (dotted names or .py files) so their decorators run."""
+    for item in items:
+        path = Path(item)
+        if path.suffix == ".py":
+            if not path.is_file():
+                raise PluginError(f"plugin file '{item}' does not exist.")
+            spec = importlib.util.spec_from_file_location(f"uni_lab_user_{path.stem}", path)
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = mod
+            spec.loader.exec_module(mod)
+        else:
+            try:
+                importlib.import_module(item)
+            except ImportError as exc:
+                raise PluginError(f"cannot import plugin module '{item}': {exc}") from exc
+
+
+def main(args) -> int:
+    from ..runner import run
+    from ..summary import format_table
+
+    import_plugins(args.plugins)
+    models = [m.strip() for m in args.model.split(",") if m.strip()]
+    methods = [m.strip() for m in _split_methods(args.methods)]
+    result = run(models=models, images=args.images, methods=methods, steps=args.steps, batch_size=args.batch_size,
+                 device=args.device, seed=args.seed, out=args.out, sets=args.sets, weights=args.weights,
+                 output=args.output, resize=args.resize, overwrite=args.overwrite, progress=not args.no_progress)
+    print(f"store: {result.path}")
+    print(format_table(result.summary))
+    return 0
+
+
+def _split_methods(text: str) -> list[str]:
+    """Split on commas outside parentheses: ``smoothgrad(ig:black),uni``."""
+    out, depth, cur = [], 0, ""
+    for ch in text:
+        depth += (ch == "(") - (ch == ")")
+        if ch == "," and depth == 0:
+            out.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return [m for m in out + [cur] if m.strip()]

@@ -1,0 +1,157 @@
+"""A run: models × methods × images → one store, item by item, resumable.
+
+Data flows one way: image → model → baseline → path → integrate → store. An item is
+written only when its method succeeded for it; a failure names the method and images and
+leaves those items not-done (the next run retries them).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .data import load_images
+from .engine import check_output
+from .errors import InputError, UniLabError
+from .methods import Method, parse_sets, resolve, route_params
+from .models import Classifier, create_model, resolve_device
+from .seeding import image_seed
+from .store import Store, skeleton
+from .summary import summarize
+
+DEFAULT_METHODS = ("uni", "ig:black", "ig:white", "ig:mean", "ig:uniform", "ig:gaussian", "ig:blur")
+DEFAULT_OUT = "runs/default.zarr"
+
+
+@dataclass
+class RunResult:
+    path: Path
+    summary: "object"  # pandas.DataFrame
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    if isinstance(value, (str, Classifier)):
+        return [value]
+    return list(value)
+
+
+def _method_steps(method: Method) -> int:
+    steps = method.params.get("steps")
+    inner = method.inner
+    while steps is None and inner is not None:
+        steps, inner = inner.params.get("steps"), inner.inner
+    return int(steps or 0)
+
+
+def run(models="efficientnet_lite0", images=None, methods=DEFAULT_METHODS, *, steps: int = 15,
+        batch_size: int = 8, device: str | None = None, seed: int = 0, out: str | Path = DEFAULT_OUT,
+        sets: dict | list | None = None, weights: str | None = None, output: str = "prob",
+        resize: str = "full", overwrite: bool = False, progress: bool = True) -> RunResult:
+    """Explain ``images`` with every method on every model and write the store at ``out``.
+
+    ``models``: registered names, torchvision/timm names (with ``weights``), or
+    :class:`~uni_lab.models.Classifier` objects. ``methods``: specs such as ``"ig:black"``,
+    ``"uni"``. ``sets``: ``{"uni.eps": 0.03}`` or ``["uni.eps=0.03"]``. Returns the store's
+    path and the per-method summary.
+    """
+    check_output(output)
+    if batch_size < 1 or steps < 1:
+        raise InputError("--batch-size and --steps must be at least 1.")
+    dev = resolve_device(device)
+    sets = parse_sets(sets) if isinstance(sets, (list, tuple)) else dict(sets or {})
+    routed = route_params(sets)
+    method_list = [resolve(spec, routed, {"steps": steps, "output": output}) for spec in _as_list(methods)]
+    if not method_list:
+        raise InputError("no methods given; e.g. --methods uni,ig:black.")
+    specs = [m.spec for m in method_list]
+    if len(set(specs)) != len(specs):
+        raise InputError(f"a method is listed twice in {specs}.")
+
+    clfs = [m if isinstance(m, Classifier) else create_model(m, weights=weights) for m in _as_list(models)]
+    clfs = [c.to(dev) for c in clfs]
+    names = [c.name for c in clfs]
+    if len(set(names)) != len(names):
+        raise InputError(f"two models share the name in {names}; give each Classifier a distinct name.")
+    size = clfs[0].input_size
+    imgs = load_images(images, size, resize)
+
+    config = {
+        "models": {c.name: c.describe() for c in clfs},
+        "methods": {m.spec: m.config() for m in method_list},
+        "images": {i.id: i.source for i in imgs},
+        "seed": int(seed), "size": list(size), "resize": resize, "output": output,
+    }
+    store = Store(out)
+    store.prepare(skeleton(names, specs, imgs, size, max(map(_method_steps, method_list)), config, str(dev)),
+                  overwrite=overwrite)
+    seeds_all = torch.tensor([image_seed(seed, i.id) for i in imgs])
+    x_all = torch.stack([i.pixels for i in imgs])
+
+    for mi, clf in enumerate(clfs):
+        clf.input_size = size
+        targets = _write_inputs(store, mi, clf, x_all, dev, batch_size)
+        done = store.done()
+        for mei, method in enumerate(method_list):
+            pending = [ii for ii in range(len(imgs)) if not done[mi, mei, ii]]
+            bar = tqdm(total=len(pending), desc=f"{clf.name} {method.spec}", unit="img", disable=not progress, leave=False)
+            for s in range(0, len(pending), batch_size):
+                idx = pending[s:s + batch_size]
+                _run_batch(store, mi, mei, method, clf, x_all[idx].to(dev), targets[idx].to(dev),
+                           seeds_all[idx], [imgs[i].id for i in idx], idx)
+                bar.update(len(idx))
+            bar.close()
+    from .store import open_store
+
+    return RunResult(Path(out), summarize(open_store(out)))
+
+
+def _write_inputs(store: Store, mi: int, clf: Classifier, x_all: torch.Tensor, dev, batch_size: int) -> torch.Tensor:
+    """Predicted class, F_c(x) and the exact input of every image, for this model."""
+    targets, probs, logits = [], [], []
+    with torch.no_grad():
+        for s in range(0, len(x_all), batch_size):
+            lg = clf(x_all[s:s + batch_size].to(dev)).float()
+            t = lg.argmax(-1)
+            targets.append(t.cpu()), probs.append(lg.softmax(-1).gather(1, t[:, None]).squeeze(1).cpu())
+            logits.append(lg.gather(1, t[:, None]).squeeze(1).cpu())
+    targets, probs, logits = torch.cat(targets), torch.cat(probs), torch.cat(logits)
+    for ii in range(len(x_all)):
+        store.write_inputs(mi, ii, x_all[ii].numpy(), int(targets[ii]), float(probs[ii]), float(logits[ii]))
+    return targets
+
+
+def _run_batch(store, mi, mei, method: Method, clf, x, target, seeds, ids, idx) -> None:
+    t0 = time.perf_counter()
+    try:
+        exp = method(clf, x, target, seeds=seeds)
+    except UniLabError:
+        raise
+    except Exception as exc:
+        raise UniLabError(f"method '{method.spec}' failed on images {ids} ({exc.__class__.__name__}: {exc}); "
+                          "no partial results were stored.") from exc
+    if x.is_cuda:
+        torch.cuda.synchronize()
+    secs = (time.perf_counter() - t0) / len(idx)
+    attr = exp.attribution.detach().float().cpu()
+    if attr.shape != x.shape:
+        raise UniLabError(f"method '{method.spec}' returned attributions of shape {tuple(attr.shape)} for inputs "
+                          f"{tuple(x.shape)}; nothing was stored.")
+    if not torch.isfinite(attr).all():
+        raise UniLabError(f"method '{method.spec}' produced NaN/Inf attributions on {ids}; nothing was stored.")
+    for j, ii in enumerate(idx):
+        values = {"attribution": attr[j].numpy(), "seconds": secs}
+        if exp.baseline is not None:
+            values["baseline"] = exp.baseline[j].detach().float().cpu().numpy()
+        if exp.trace is not None:
+            for key, tr in exp.trace.items():
+                values[f"trace_{key}"] = tr[j].detach().double().cpu().numpy()
+            values["prob_baseline"] = float(exp.trace["prob"][j, 0])
+        if exp.completeness_error is not None:
+            values["completeness_error"] = float(exp.completeness_error[j])
+        store.write_item(mi, mei, ii, values)

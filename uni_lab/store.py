@@ -1,0 +1,219 @@
+"""The store: one xarray Dataset in a zarr directory, written item by item.
+
+Schema (named dims; see README "Store schema"):
+
+- ``input (model, image, channel, y, x)``: the exact pixel-space tensor explained;
+- ``attribution`` and ``baseline (model, method, image, channel, y, x)``;
+- ``trace_<alpha|prob|logit|grad_norm|distance> (model, method, image, step)``, step 0 at the
+  baseline, NaN past a method's last step;
+- ``target``, ``prob_input``, ``logit_input (model, image)``;
+- ``completeness_error``, ``prob_baseline``, ``seconds``, ``done (model, method, image)``;
+- attrs: ``uni_lab_config`` (JSON of every parameter of every plugin used, seed, steps,
+  output), package versions, device, creation time.
+
+This is the only module that addresses a store by position. An item (model, method, image)
+is written in one pass over its variables, and ``done`` is set only after all of them, so a
+run killed mid-write leaves the item not-done and a rerun recomputes it.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from .errors import StoreError
+from .explanation import TRACE_KEYS
+
+SCHEMA_VERSION = 1
+# Format 2: consolidated metadata and variable-length strings that every zarr reader knows.
+ZARR_FORMAT = 2
+CHANNELS = ("R", "G", "B")
+ITEM_VARS = ("completeness_error", "prob_baseline", "seconds")
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("uni-lab", "torch", "torchvision", "timm", "xarray", "zarr", "numpy"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def skeleton(models, methods, images, size, max_steps: int, config: dict, device: str) -> xr.Dataset:
+    """The full, still-empty dataset of a run: every variable at its final shape, lazily."""
+    import dask.array as da
+
+    h, w = size
+    dims_img = ("model", "image", "channel", "y", "x")
+    dims_map = ("model", "method", "image", "channel", "y", "x")
+    dims_tr = ("model", "method", "image", "step")
+    dims_item = ("model", "method", "image")
+    nm, nme, ni = len(models), len(methods), len(images)
+
+    def full(shape, chunks, fill, dtype):
+        return da.full(shape, fill, dtype=dtype, chunks=chunks)
+
+    data = {
+        "input": (dims_img, full((nm, ni, 3, h, w), (1, 1, 3, h, w), np.nan, "f4")),
+        "attribution": (dims_map, full((nm, nme, ni, 3, h, w), (1, 1, 1, 3, h, w), np.nan, "f4")),
+        "baseline": (dims_map, full((nm, nme, ni, 3, h, w), (1, 1, 1, 3, h, w), np.nan, "f4")),
+        "target": (("model", "image"), full((nm, ni), (1, 1), -1, "i8")),
+        "prob_input": (("model", "image"), full((nm, ni), (1, 1), np.nan, "f8")),
+        "logit_input": (("model", "image"), full((nm, ni), (1, 1), np.nan, "f8")),
+        "done": (dims_item, full((nm, nme, ni), (1, 1, 1), False, bool)),
+    }
+    for key in TRACE_KEYS:
+        data[f"trace_{key}"] = (dims_tr, full((nm, nme, ni, max_steps + 1), (1, 1, 1, max_steps + 1), np.nan, "f8"))
+    for key in ITEM_VARS:
+        data[key] = (dims_item, full((nm, nme, ni), (1, 1, 1), np.nan, "f8"))
+    ds = xr.Dataset(
+        data,
+        coords={"model": _strings(models), "method": _strings(methods), "image": _strings(i.id for i in images),
+                "image_source": ("image", _strings(i.source for i in images)), "channel": _strings(CHANNELS),
+                "y": np.arange(h), "x": np.arange(w), "step": np.arange(max_steps + 1)},
+        attrs={"title": "uni_lab attribution store", "uni_lab_schema": SCHEMA_VERSION,
+               "uni_lab_config": json.dumps(config, sort_keys=True, default=str),
+               "versions": json.dumps(_versions()), "device": device,
+               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+    )
+    described = {
+        "input": "pixel-space image explained, [0,1]", "attribution": "attribution A_i per channel and pixel",
+        "baseline": "baseline x' of path methods (NaN for others)", "target": "explained class c",
+        "prob_input": "F_c(x), softmax probability", "logit_input": "logit of c at x",
+        "done": "item fully written", "completeness_error": "|sum A - (F_c(x) - F_c(x'))| / |F_c(x) - F_c(x')|",
+        "prob_baseline": "F_c(x') (softmax probability)", "seconds": "wall seconds per image for this method",
+        "trace_alpha": "path parameter alpha_k", "trace_prob": "F_c(gamma_k), probability",
+        "trace_logit": "logit of c at gamma_k", "trace_grad_norm": "||grad F_c(gamma_k)||_2 (in the explained output)",
+        "trace_distance": "||gamma_k - x||_2",
+    }
+    for k, text in described.items():
+        ds[k].attrs["description"] = text
+    return ds
+
+
+def _strings(values) -> np.ndarray:
+    return np.array([str(v) for v in values], dtype=object)  # variable-length: portable in zarr v2
+
+
+def config_of(ds: xr.Dataset) -> dict:
+    try:
+        return json.loads(ds.attrs["uni_lab_config"])
+    except (KeyError, ValueError) as exc:
+        raise StoreError("this is not a uni_lab store (no uni_lab_config attribute).") from exc
+
+
+def _diff(a, b, prefix="") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in _diff(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [prefix.rstrip(".")] if a != b else []
+
+
+class Store:
+    """A run's store on disk: created once, then filled item by item."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._group = None
+
+    def exists(self) -> bool:
+        return (self.path / ".zgroup").exists() or (self.path / "zarr.json").exists()
+
+    def open(self) -> xr.Dataset:
+        try:
+            return xr.open_zarr(self.path)
+        except Exception as exc:
+            raise StoreError(f"'{self.path}' cannot be opened as a zarr store ({exc.__class__.__name__}: {exc}). "
+                             "Remove it or choose another --out.") from exc
+
+    def prepare(self, ds: xr.Dataset, overwrite: bool = False) -> None:
+        """Create the store, or check that an existing one was made by the same configuration."""
+        if self.exists() and not overwrite:
+            old = config_of(self.open())
+            new = json.loads(ds.attrs["uni_lab_config"])
+            differing = _diff(old, new)
+            if differing:
+                raise StoreError(f"store '{self.path}' was written by another configuration (differs in: "
+                                 f"{', '.join(differing)}). Use --overwrite to replace it, or a new --out.")
+            return
+        if self.path.exists():
+            if not overwrite and any(self.path.iterdir()):
+                raise StoreError(f"'{self.path}' exists and is not a uni_lab store; choose another --out.")
+            shutil.rmtree(self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            ds.to_zarr(self.path, mode="w", compute=False, consolidated=True, zarr_format=ZARR_FORMAT,
+                      encoding={"target": {"_FillValue": -1}})
+        except PermissionError as exc:
+            raise StoreError(f"cannot write the store at '{self.path}' (permission denied); choose a writable --out.") from exc
+
+    def group(self):
+        import zarr
+
+        if self._group is None:
+            self._group = zarr.open_group(str(self.path), mode="r+")
+        return self._group
+
+    def index_of(self, dim: str, labels) -> list[int]:
+        values = list(self.group()[dim][:])
+        return [values.index(v) for v in labels]
+
+    def done(self) -> np.ndarray:
+        """The done flags ``(model, method, image)`` as a boolean array."""
+        return np.asarray(self.group()["done"][:], dtype=bool)
+
+    def write_inputs(self, mi: int, ii: int, pixels, target: int, prob: float, logit: float) -> None:
+        g = self.group()
+        g["input"][mi, ii] = np.asarray(pixels, dtype="f4")
+        g["target"][mi, ii] = int(target)
+        g["prob_input"][mi, ii] = float(prob)
+        g["logit_input"][mi, ii] = float(logit)
+
+    def write_item(self, mi: int, mei: int, ii: int, values: dict) -> None:
+        """All variables of one item, then its done flag (last, so a partial item stays not-done)."""
+        g = self.group()
+        for name, value in values.items():
+            arr = g[name]
+            value = np.asarray(value)
+            if value.ndim == 1 and arr.ndim == 4:  # a trace shorter than the step axis
+                row = np.full(arr.shape[-1], np.nan)
+                row[:value.shape[0]] = value
+                value = row
+            arr[mi, mei, ii] = value
+        g["done"][mi, mei, ii] = True
+
+
+def open_store(path: str | Path, lazy: bool = True) -> xr.Dataset:
+    """Open a store with dask-backed variables (``lazy``) or loaded into memory."""
+    ds = Store(path).open()
+    return ds if lazy else ds.load()
+
+
+@xr.register_dataset_accessor("uni")
+class UniAccessor:
+    """``ds.uni.sel(method="uni", image="chelsea")``: ``Dataset.sel`` keeps ``method`` for its
+    own keyword (nearest-neighbour lookup), so selecting on the ``method`` dim by keyword needs
+    this accessor or a dict, ``ds.sel({"method": "uni"})``."""
+
+    def __init__(self, ds: xr.Dataset):
+        self._ds = ds
+
+    def sel(self, **labels) -> xr.Dataset:
+        return self._ds.sel(labels)
+
+    @property
+    def config(self) -> dict:
+        return config_of(self._ds)
+
+    def done_items(self) -> list[tuple[str, str, str]]:
+        """``(model, method, image)`` of every finished item."""
+        done = self._ds["done"].values
+        return [(self._ds.model.values[a], self._ds.method.values[b], self._ds.image.values[c])
+                for a, b, c in zip(*np.nonzero(done))]

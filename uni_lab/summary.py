@@ -1,0 +1,46 @@
+"""Per-method summaries computed from a store (never from a model)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+
+def monotone_fraction(prob: xr.DataArray) -> xr.DataArray:
+    """Share of path steps with ``F_c(γ_k) ≥ F_c(γ_{k−1})`` along ``step`` (NaN-padded steps ignored)."""
+    prev, cur = prob.isel(step=slice(None, -1)).values, prob.isel(step=slice(1, None)).values
+    valid = np.isfinite(prev) & np.isfinite(cur)
+    up = (cur >= prev) & valid
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frac = np.where(valid.sum(-1) > 0, up.sum(-1) / valid.sum(-1), np.nan)
+    return xr.DataArray(frac, dims=prob.dims[:-1], coords={d: prob.coords[d] for d in prob.dims[:-1]})
+
+
+def summarize(ds: xr.Dataset) -> pd.DataFrame:
+    """Mean completeness error, monotone-step fraction, F_c at the baseline and seconds per image,
+    over the done images of each (model, method)."""
+    done = ds["done"].load()
+    mono = monotone_fraction(ds["trace_prob"].load())
+    rows = []
+    for model in ds.model.values:
+        for method in ds.method.values:
+            sel = {"model": model, "method": method}
+            mask = done.sel(sel).values
+            if not mask.any():
+                continue
+
+            def mean(var):
+                vals = np.asarray(var.sel(sel).values, dtype=float)[mask]
+                return float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
+
+            rows.append({"model": str(model), "method": str(method), "images": int(mask.sum()),
+                         "completeness_error": mean(ds["completeness_error"].load()),
+                         "monotone_fraction": mean(mono), "F_c(baseline)": mean(ds["prob_baseline"].load()),
+                         "seconds_per_image": mean(ds["seconds"].load())})
+    return pd.DataFrame(rows)
+
+
+def format_table(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "(no finished items)"
+    return df.to_string(index=False, float_format=lambda v: f"{v:.4g}")
