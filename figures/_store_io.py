@@ -1,0 +1,203 @@
+"""Stores in, files out: what every figure script shares besides its drawing.
+
+A script either opens the store it is given (``--store``, no model is built) or, with no
+arguments, opens its cached default under ``runs/figures/`` and computes it first with
+:func:`uni_lab.run` when it is missing or unfinished. Drawing code only ever sees an
+``xarray.Dataset``. Outputs go to ``figures/out/`` as PNG+PDF (tables: CSV+Markdown).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+REPO = Path(__file__).resolve().parents[1]
+RUNS = REPO / "runs" / "figures"
+OUT = REPO / "figures" / "out"
+DEFAULT_IMAGES = ("chelsea", "coffee")
+# The methods a default figure compares, in drawing order; those not registered (yet) are
+# skipped and named, so a script works before every method plugin exists.
+DEFAULT_METHODS = ("uni", "ig:black", "ig:blur", "blur_ig", "guided_ig")
+
+
+def parser(description: str, default_store: Path, *, images=DEFAULT_IMAGES, methods=DEFAULT_METHODS,
+           steps: int = 15, several_stores: bool = False) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--store", type=Path, nargs="+" if several_stores else None,
+                   help="draw from existing store(s) (no model is built); "
+                   f"default: compute or reuse {_rel(default_store)}")
+    p.add_argument("--out-dir", type=Path, default=OUT, help="where PNG/PDF/CSV/MD go (default: %(default)s)")
+    p.add_argument("--images", nargs="+", default=list(images),
+                   help="photographs for a computed store (default: %(default)s)")
+    p.add_argument("--methods", default=",".join(methods),
+                   help="comma list of method specs for a computed store (default: %(default)s; "
+                        "unregistered ones are skipped)")
+    p.add_argument("--steps", type=int, default=steps, help="Riemann steps B for a computed store")
+    p.add_argument("--model", default="efficientnet_lite0", help="model for a computed store")
+    p.add_argument("--recompute", action="store_true", help="overwrite the cached default store")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(default_store=default_store)
+    return p
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+def registered_methods(specs) -> tuple[list[str], list[str]]:
+    """Split method specs into those whose explainer is registered and those that are not."""
+    import uni_lab
+
+    names = {p.name for p in uni_lab.list_plugins("explainer")}
+    keep, skipped = [], []
+    for spec in specs:
+        (keep if spec.split(":")[0].split("(")[0].strip() in names else skipped).append(spec)
+    return keep, skipped
+
+
+def compute_store(path: Path, args, *, methods=None, steps=None, sets=None) -> Path:
+    """Run the embedded model on the photographs and cache the store at ``path`` (resumes)."""
+    import uni_lab
+
+    specs = [m.strip() for m in (methods if methods is not None else args.methods.split(",")) if m.strip()]
+    keep, skipped = registered_methods(specs)
+    if skipped:
+        print(f"MISSING methods (not registered, skipped): {', '.join(skipped)}")
+    print(f"computing {_rel(path)}: {args.model} on {', '.join(args.images)} with {', '.join(keep)}")
+    try:
+        uni_lab.run(models=args.model, images=args.images, methods=keep, steps=steps or args.steps, out=path,
+                    sets=sets, overwrite=args.recompute, progress=not args.no_progress)
+    except uni_lab.StoreError as exc:
+        raise SystemExit(f"{exc}\nThe cached store was made with other settings: pass --recompute to replace it.")
+    return path
+
+
+def is_complete(path: Path) -> bool:
+    """A store whose every item is done (so a rerun has nothing left to compute)."""
+    if not ((path / ".zgroup").exists() or (path / "zarr.json").exists()):
+        return False
+    return bool(xr.open_zarr(path)["done"].all())
+
+
+def obtain(args, compute=None) -> xr.Dataset:
+    """The dataset to draw: ``--store``, else the cached default, computed first when needed."""
+    if args.store is not None:
+        if not args.store.exists():
+            raise SystemExit(f"no store at '{args.store}'. Omit --store to compute the default one, or write it "
+                             f"with `uni-lab run --out {args.store}`.")
+        return open_loaded(args.store)
+    path = args.default_store
+    if args.recompute or not is_complete(path):
+        (compute or compute_store)(path, args)
+    return open_loaded(path)
+
+
+def open_loaded(path: Path) -> xr.Dataset:
+    from uni_lab.store import open_store
+
+    ds = open_store(path, lazy=False)
+    ds.attrs["store_path"] = _rel(path)
+    return ds
+
+
+def config(ds: xr.Dataset) -> dict:
+    return json.loads(ds.attrs.get("uni_lab_config", "{}"))
+
+
+def done_methods(ds: xr.Dataset, model=None) -> list[str]:
+    """Methods with at least one finished item (for ``model`` or any model)."""
+    done = ds["done"] if model is None else ds["done"].sel(model=model)
+    axes = [d for d in done.dims if d != "method"]
+    any_done = done.any(axes) if axes else done
+    return [str(m) for m in ds.method.values if bool(any_done.sel({"method": m}))]
+
+
+def sel_method(obj, method: str):
+    return obj.sel({"method": method})
+
+
+def method_steps(cfg: dict, method: str):
+    entry = cfg.get("methods", {}).get(method, {})
+    while entry:
+        if "steps" in entry.get("params", {}):
+            return entry["params"]["steps"]
+        entry = entry.get("inner")
+    return None
+
+
+def method_label(cfg: dict, method: str) -> str:
+    """A method name as registered, with the parameters that distinguish it (not steps/output)."""
+    entry = cfg.get("methods", {}).get(method, {})
+    params = {k: v for k, v in entry.get("baseline_params", {}).items()}
+    params.update({k: v for k, v in entry.get("params", {}).items() if k not in ("steps", "output")})
+    if not params:
+        return method
+    return f"{method} ({', '.join(f'{k}={v}' for k, v in sorted(params.items()))})"
+
+
+def caption(ds: xr.Dataset, methods=None, extra: str = "", steps=None) -> str:
+    """One line of provenance from the store's attrs: model, output, seed, B, method parameters."""
+    cfg = config(ds)
+    methods = list(methods if methods is not None else ds.method.values)
+    models = ", ".join(cfg.get("models", {}) or map(str, ds.model.values))
+    if steps is None:
+        steps = sorted({s for s in (method_steps(cfg, m) for m in methods) if s is not None})
+    parts = [f"model: {models}", f"output: {cfg.get('output', '?')}", f"seed {cfg.get('seed', '?')}"]
+    if steps:
+        parts.append("B = " + "/".join(map(str, steps)))
+    labelled = [method_label(cfg, m) for m in methods]
+    parts.append("methods: " + "; ".join(labelled))
+    parts.append(f"store: {ds.attrs.get('store_path', '?')}")
+    if extra:
+        parts.append(extra)
+    return " · ".join(parts)
+
+
+def wrap(text: str, width: int = 150) -> str:
+    return "\n".join(textwrap.wrap(text, width))
+
+
+def save_figure(fig, stem: str, out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
+    for p in paths:
+        fig.savefig(p, dpi=150 if p.suffix == ".png" else None, bbox_inches="tight")
+        print(f"wrote {p}")
+    return paths
+
+
+def save_table(df: pd.DataFrame, stem: str, out_dir: Path, caption_text: str = "") -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv, md = out_dir / f"{stem}.csv", out_dir / f"{stem}.md"
+    df.to_csv(csv, index=False)
+    md.write_text(df.to_markdown(index=False, floatfmt=".4g") + (f"\n\n{caption_text}\n" if caption_text else "\n"))
+    for p in (csv, md):
+        print(f"wrote {p}")
+    return [csv, md]
+
+
+def headline(title: str, df: pd.DataFrame) -> None:
+    """Print the numbers a figure plotted, so a log holds them without opening the image."""
+    print(f"\n== {title} ==")
+    print(df.to_string(index=False, float_format=lambda v: f"{v:.4g}") if not df.empty else "(nothing to report)")
+
+
+def missing(what: str, how: str) -> str:
+    """Say loudly what a figure could not draw and how to get it; returns the note for the figure."""
+    note = f"MISSING: {what} ({how})"
+    print(note, file=sys.stderr)
+    return note
+
+
+def finite_mean(values) -> float:
+    values = np.asarray(values, dtype=float)
+    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")

@@ -1,0 +1,89 @@
+"""Figs. 17-22 of the seed: F_c(γ(α)) against α per method, with the monotonicity and curvature table.
+
+    python figures/fig_monotonicity.py                  # computes runs/figures/methods.zarr if missing
+    python figures/fig_monotonicity.py --store runs/default.zarr
+"""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+import _path_shape as shape
+import _store_io as io
+import _style as style
+
+
+def draw(ds, out_dir, stem="fig_monotonicity"):
+    import matplotlib.pyplot as plt
+
+    style.setup()
+    table = shape.path_table(ds)
+    if table.empty:
+        io.missing("path traces", "no finished path-method item in the store")
+        return [], table
+    no_trace = sorted(set(io.done_methods(ds)) - set(table["method"]))
+    if no_trace:
+        print(f"no path trace (not drawn): {', '.join(no_trace)}")
+    f = shape.score_trace(ds)
+    ylabel = "logit of c" if f.name == "trace_logit" else "F_c(γ(α))"
+    methods = style.ordered(table["method"].unique())
+    colours = style.palette(methods)
+    panels = [(m, i) for m in map(str, ds.model.values) for i in map(str, ds.image.values)
+              if ((table["model"] == m) & (table["image"] == i)).any()]
+    cols = min(4, len(panels))
+    rows = -(-len(panels) // cols)
+    fig = plt.figure(figsize=(max(3.4 * cols, 12), 2.8 * rows + 3.0))
+    grid = fig.add_gridspec(rows + 1, 1, height_ratios=[rows, 1.1], hspace=0.45)
+    top = grid[0].subgridspec(rows, cols, hspace=0.5)
+    for n, (model, image) in enumerate(panels):
+        ax = fig.add_subplot(top[n // cols, n % cols])
+        for method in methods:
+            at = {"model": model, "method": method, "image": image}
+            hit = table[(table["model"] == model) & (table["method"] == method) & (table["image"] == image)]
+            if hit.empty:
+                continue
+            alpha, val = ds["trace_alpha"].sel(at).values, f.sel(at).values
+            ok = np.isfinite(alpha) & np.isfinite(val)
+            dashed = hit["conformant"].iloc[0] < 1
+            ax.plot(alpha[ok], val[ok], "--" if dashed else "-", marker="o", ms=2.5, lw=1.4,
+                    color=colours[method], label=method)
+        ax.set_title(f"{image}" + (f" · {model}" if ds.sizes["model"] > 1 else ""))
+        ax.set_xlabel("α")
+        ax.set_ylabel(ylabel)
+        if n == 0:
+            ax.legend(fontsize=7, title="dashed: non-conformant", title_fontsize=7)
+
+    per_method = (table.groupby("method", as_index=False)
+                  [["monotone_fraction", "conformant", "second_difference", "completeness_error"]].mean())
+    per_method["images"] = table.groupby("method")["image"].count().reindex(per_method["method"]).values
+    per_method = per_method.set_index("method").loc[methods].reset_index()
+    specs = [("monotone_fraction", "monotone step share"), ("conformant", "conformant share"),
+             ("second_difference", "mean |Δ² F_c|"), ("completeness_error", "completeness error")]
+    bottom = grid[1].subgridspec(1, len(specs), wspace=0.55)
+    for i, (col, label) in enumerate(specs):
+        ax = fig.add_subplot(bottom[0, i])
+        ax.bar(range(len(methods)), per_method[col], color=[colours[m] for m in methods])
+        ax.set_xticks(range(len(methods)), methods, rotation=35, ha="right")
+        ax.set_ylabel(label)
+        if col in ("second_difference", "completeness_error"):
+            ax.set_yscale("log")
+    fig.suptitle(f"Class score along each path ({ylabel}) and its shape, per method (bars: mean over images)",
+                 y=0.98)
+    style.footer(fig, io.wrap(io.caption(ds, methods), 170))
+    written = io.save_figure(fig, stem, out_dir)
+    plt.close(fig)
+    written += io.save_table(table, stem + "_items", out_dir)
+    written += io.save_table(per_method, stem, out_dir, io.caption(ds, methods))
+    io.headline("fig_monotonicity: path shape per method (mean over images)", per_method)
+    return written, per_method
+
+
+def main(argv=None) -> int:
+    args = io.parser(__doc__.splitlines()[0], io.RUNS / "methods.zarr").parse_args(argv)
+    draw(io.obtain(args), args.out_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
