@@ -14,9 +14,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .data import load_images
 from .engine import check_output
-from .errors import InputError, UniLabError
+from .errors import InputError, StoreError, UniLabError
 from .methods import Method, parse_sets, resolve, route_params
 from .models import Classifier, create_model, resolve_device
 from .seeding import image_seed
@@ -30,7 +31,10 @@ DEFAULT_OUT = "runs/default.zarr"
 @dataclass
 class RunResult:
     path: Path
-    summary: "object"  # pandas.DataFrame
+    summary: "object"  # pandas.DataFrame; None on torchrun ranks other than 0
+    computed: int = 0  # items this process computed
+    skipped: int = 0  # items of its shard already done (resumed)
+    shard: tuple = (0, 1)  # (i, n): this process's slice of the images
 
 
 def _as_list(value) -> list:
@@ -52,17 +56,23 @@ def _method_steps(method: Method) -> int:
 def run(models="efficientnet_lite0", images=None, methods=DEFAULT_METHODS, *, steps: int = 15,
         batch_size: int = 8, device: str | None = None, seed: int = 0, out: str | Path = DEFAULT_OUT,
         sets: dict | list | None = None, weights: str | None = None, output: str = "prob",
-        resize: str = "full", overwrite: bool = False, progress: bool = True) -> RunResult:
+        resize: str = "full", overwrite: bool = False, progress: bool = True, shard=None) -> RunResult:
     """Explain ``images`` with every method on every model and write the store at ``out``.
 
     ``models``: registered names, torchvision/timm names (with ``weights``), or
     :class:`~uni_lab.models.Classifier` objects. ``methods``: specs such as ``"ig:black"``,
     ``"uni"``. ``sets``: ``{"uni.eps": 0.03}`` or ``["uni.eps=0.03"]``. Returns the store's
     path and the per-method summary.
+
+    Resumable: items already done in ``out`` are skipped. ``shard="i/n"`` (or ``(i, n)``) computes
+    only the i-th of n contiguous slices of the images; under ``torchrun`` each rank takes its
+    own slice (see :mod:`uni_lab.distributed`).
     """
     check_output(output)
     if batch_size < 1 or steps < 1:
         raise InputError("--batch-size and --steps must be at least 1.")
+    part = distributed.parse_shard(shard)
+    ctx, device = distributed.setup(device)
     dev = resolve_device(device)
     sets = parse_sets(sets) if isinstance(sets, (list, tuple)) else dict(sets or {})
     routed = route_params(sets)
@@ -88,41 +98,73 @@ def run(models="efficientnet_lite0", images=None, methods=DEFAULT_METHODS, *, st
         "seed": int(seed), "size": list(size), "resize": resize, "output": output,
     }
     store = Store(out)
-    store.prepare(skeleton(names, specs, imgs, size, max(map(_method_steps, method_list)), config, str(dev)),
-                  overwrite=overwrite)
+    layout = skeleton(names, specs, imgs, size, max(map(_method_steps, method_list)), config, str(dev))
+    distributed.create_once(ctx, lambda ow: _prepare(store, layout, ow), overwrite)
     seeds_all = torch.tensor([image_seed(seed, i.id) for i in imgs])
     x_all = torch.stack([i.pixels for i in imgs])
 
+    part = distributed.my_shard(part, ctx)
+    mine = distributed.shard_range(len(imgs), *part)
+    computed = skipped = 0
     for mi, clf in enumerate(clfs):
         clf.input_size = size
-        targets = _write_inputs(store, mi, clf, x_all, dev, batch_size)
         done = store.done()
+        targets = _write_inputs(store, mi, clf, x_all, dev, batch_size,
+                                [ii for ii in mine if not done[mi, :, ii].all()], [i.id for i in imgs])
         for mei, method in enumerate(method_list):
-            pending = [ii for ii in range(len(imgs)) if not done[mi, mei, ii]]
+            pending = [ii for ii in mine if not done[mi, mei, ii]]
+            skipped += len(mine) - len(pending)
             bar = tqdm(total=len(pending), desc=f"{clf.name} {method.spec}", unit="img", disable=not progress, leave=False)
             for s in range(0, len(pending), batch_size):
                 idx = pending[s:s + batch_size]
                 _run_batch(store, mi, mei, method, clf, x_all[idx].to(dev), targets[idx].to(dev),
                            seeds_all[idx], [imgs[i].id for i in idx], idx)
                 bar.update(len(idx))
+                computed += len(idx)
             bar.close()
     from .store import open_store
 
-    return RunResult(Path(out), summarize(open_store(out)))
+    distributed.finish(ctx)
+    summary = summarize(open_store(out)) if ctx.rank == 0 else None
+    return RunResult(Path(out), summary, computed, skipped, part)
 
 
-def _write_inputs(store: Store, mi: int, clf: Classifier, x_all: torch.Tensor, dev, batch_size: int) -> torch.Tensor:
-    """Predicted class, F_c(x) and the exact input of every image, for this model."""
-    targets, probs, logits = [], [], []
+def _prepare(store: Store, layout, overwrite: bool) -> None:
+    """Create the store, or check that the existing one is this run's, down to its coordinates."""
+    from .check import schema_problems
+
+    store.prepare(layout, overwrite=overwrite)
+    problems = schema_problems(store.open(), expected=layout)
+    if problems:
+        raise StoreError(f"store '{store.path}' cannot be resumed by this run: {' '.join(problems)} "
+                         "Use --overwrite to replace it, or a new --out.")
+
+
+# Far below one 8-bit level (1/255): tells a changed image file from float noise in decoding.
+PIXEL_TOLERANCE = 1e-6
+
+
+def _write_inputs(store: Store, mi: int, clf: Classifier, x_all: torch.Tensor, dev, batch_size: int,
+                  todo: list[int], ids: list[str]) -> torch.Tensor:
+    """The explained class of the ``todo`` images for this model: computed and written (input,
+    F_c(x), logit) for images new to the store; read back for the others, whose stored pixels
+    must still be the ones loaded now, so a resumed item explains the same input as its peers."""
+    targets = torch.as_tensor(store.written_targets(mi))
+    changed = [ids[ii] for ii in todo if targets[ii] >= 0
+               and not np.allclose(store.read_input(mi, ii), x_all[ii].numpy(), rtol=0, atol=PIXEL_TOLERANCE)]
+    if changed:
+        raise StoreError(f"store '{store.path}' holds other pixels for images {changed[:5]} than their files give "
+                         "now (changed since the store was written?). Use --overwrite to recompute, or a new --out.")
+    new = [ii for ii in todo if targets[ii] < 0]
     with torch.no_grad():
-        for s in range(0, len(x_all), batch_size):
-            lg = clf(x_all[s:s + batch_size].to(dev)).float()
+        for s in range(0, len(new), batch_size):
+            idx = new[s:s + batch_size]
+            lg = clf(x_all[idx].to(dev)).float()
             t = lg.argmax(-1)
-            targets.append(t.cpu()), probs.append(lg.softmax(-1).gather(1, t[:, None]).squeeze(1).cpu())
-            logits.append(lg.gather(1, t[:, None]).squeeze(1).cpu())
-    targets, probs, logits = torch.cat(targets), torch.cat(probs), torch.cat(logits)
-    for ii in range(len(x_all)):
-        store.write_inputs(mi, ii, x_all[ii].numpy(), int(targets[ii]), float(probs[ii]), float(logits[ii]))
+            probs, logits = lg.softmax(-1).gather(1, t[:, None]).squeeze(1).cpu(), lg.gather(1, t[:, None]).squeeze(1).cpu()
+            for j, ii in enumerate(idx):
+                store.write_inputs(mi, ii, x_all[ii].numpy(), int(t[j]), float(probs[j]), float(logits[j]))
+                targets[ii] = int(t[j])
     return targets
 
 

@@ -18,6 +18,7 @@ run killed mid-write leaves the item not-done and a rerun recomputes it.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -147,12 +148,20 @@ class Store:
             if not overwrite and any(self.path.iterdir()):
                 raise StoreError(f"'{self.path}' exists and is not a uni_lab store; choose another --out.")
             shutil.rmtree(self.path)
+        # Built aside, then renamed into place: rename is atomic, so shards started at once
+        # (--shard i/n jobs) never see a half-made store, and the loser of a race validates.
+        tmp = self.path.with_name(f".{self.path.name}.creating-{os.getpid()}")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            ds.to_zarr(self.path, mode="w", compute=False, consolidated=True, zarr_format=ZARR_FORMAT,
-                      encoding={"target": {"_FillValue": -1}})
-        except PermissionError as exc:
-            raise StoreError(f"cannot write the store at '{self.path}' (permission denied); choose a writable --out.") from exc
+            ds.to_zarr(tmp, mode="w", compute=False, consolidated=True, zarr_format=ZARR_FORMAT,
+                       encoding={"target": {"_FillValue": -1}})
+            os.rename(tmp, self.path)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if self.exists() and not overwrite:
+                return self.prepare(ds)
+            raise StoreError(f"cannot write the store at '{self.path}' ({exc.__class__.__name__}: {exc}); "
+                             "choose a writable --out.") from exc
 
     def group(self):
         import zarr
@@ -165,16 +174,43 @@ class Store:
         values = list(self.group()[dim][:])
         return [values.index(v) for v in labels]
 
+    def _read(self, name: str, index=slice(None)) -> np.ndarray:
+        try:
+            return np.asarray(self.group()[name][index])
+        except Exception as exc:  # a damaged chunk surfaces as a codec or zarr error
+            raise StoreError(f"store '{self.path}': variable '{name}' cannot be read ({exc.__class__.__name__}: {exc}). "
+                             f"Run `uni-lab check --repair {self.path}` and rerun, or use --overwrite.") from exc
+
     def done(self) -> np.ndarray:
         """The done flags ``(model, method, image)`` as a boolean array."""
-        return np.asarray(self.group()["done"][:], dtype=bool)
+        return self._read("done").astype(bool)
+
+    def written_targets(self, mi: int) -> np.ndarray:
+        """The stored class of every image for model ``mi``; -1 where its inputs are not written yet."""
+        return self._read("target", mi).astype(np.int64)
+
+    def read_input(self, mi: int, ii: int) -> np.ndarray:
+        return self._read("input", (mi, ii))
 
     def write_inputs(self, mi: int, ii: int, pixels, target: int, prob: float, logit: float) -> None:
+        """``target`` last: it marks the image's inputs as written (see :meth:`written_targets`)."""
         g = self.group()
         g["input"][mi, ii] = np.asarray(pixels, dtype="f4")
-        g["target"][mi, ii] = int(target)
         g["prob_input"][mi, ii] = float(prob)
         g["logit_input"][mi, ii] = float(logit)
+        g["target"][mi, ii] = int(target)
+
+    def reset(self, items=(), images=()) -> None:
+        """Mark items ``(model, method, image)`` not done and images ``(model, image)`` not written,
+        by label, so the next run recomputes them (``uni-lab check --repair``)."""
+        g = self.group()
+        for model, method, image in items:
+            (mi,), (mei,), (ii,) = self.index_of("model", [model]), self.index_of("method", [method]), self.index_of("image", [image])
+            g["done"][mi, mei, ii] = False
+        for model, image in images:
+            (mi,), (ii,) = self.index_of("model", [model]), self.index_of("image", [image])
+            g["target"][mi, ii] = -1
+            g["done"][mi, :, ii] = False
 
     def write_item(self, mi: int, mei: int, ii: int, values: dict) -> None:
         """All variables of one item, then its done flag (last, so a partial item stays not-done)."""

@@ -36,6 +36,8 @@ def add_arguments(p):
     p.add_argument("--plugins", action="append", default=[], metavar="MODULE_OR_FILE",
                    help="import a module or .py file that registers plugins before running (repeatable)")
     p.add_argument("--overwrite", action="store_true", help="replace a store written by another configuration")
+    p.add_argument("--shard", metavar="I/N", help="compute only the I-th of N contiguous slices of the images "
+                                                  "(0-based; jobs may share one --out; torchrun splits further)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -49,7 +51,13 @@ def import_plugins(items) -> None:
             spec = importlib.util.spec_from_file_location(f"uni_lab_user_{path.stem}", path)
             mod = importlib.util.module_from_spec(spec)
             sys.modules[spec.name] = mod
-            spec.loader.exec_module(mod)
+            try:
+                spec.loader.exec_module(mod)
+            except PluginError:
+                raise
+            except Exception as exc:  # name the file, not just a traceback from inside it
+                raise PluginError(f"plugin file '{item}' failed to import ({exc.__class__.__name__}: {exc}); "
+                                  "fix it or drop --plugins.") from exc
         else:
             try:
                 importlib.import_module(item)
@@ -66,9 +74,13 @@ def main(args) -> int:
     methods = [m.strip() for m in _split_methods(args.methods)]
     result = run(models=models, images=args.images, methods=methods, steps=args.steps, batch_size=args.batch_size,
                  device=args.device, seed=args.seed, out=args.out, sets=args.sets, weights=args.weights,
-                 output=args.output, resize=args.resize, overwrite=args.overwrite, progress=not args.no_progress)
-    print(f"store: {result.path}")
-    print(format_table(result.summary))
+                 output=args.output, resize=args.resize, overwrite=args.overwrite, progress=not args.no_progress,
+                 shard=args.shard)
+    i, n = result.shard
+    where = f", shard {i}/{n}" if n > 1 else ""
+    print(f"store: {result.path} ({result.computed} items computed, {result.skipped} already done{where})")
+    if result.summary is not None:
+        print(format_table(result.summary))
     return 0
 
 
