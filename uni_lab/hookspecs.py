@@ -54,7 +54,21 @@ def uni_lab_explainers() -> dict:
 def uni_lab_attacks() -> dict:
     """Perturbations of the input (adversarial attacks, corruptions, noise controls).
 
-    Returns ``{name: fn}`` with ``fn(model, x, target, **params) -> x_perturbed``.
+    Returns ``{name: fn}`` with ``fn(model, x, target, **params) -> x_perturbed``, a pixel-space
+    batch shaped like ``x``. ``fn`` receives only the call arguments it names among ``model``,
+    ``x``, ``target``, ``seeds`` (one integer per image) and ``explanation`` (the method's
+    :class:`uni_lab.Explanation` at ``x``, for attacks aimed at an attribution method).
+    A plugin with a ``severity`` parameter is a corruption (ImageNet-C style, severities 1-5):
+    ``uni-lab evaluate --corruptions`` sweeps its severities, while ``--attacks`` takes the others.
+    ``uni-lab evaluate`` stores every perturbed input and checks whether the label survived.
+
+    Example::
+
+        @uni_lab.attack("salt")
+        def salt(x, seeds=None, *, severity: int = 1):
+            \"\"\"Salt noise: a share 0.02·severity of pixels set to white.\"\"\"
+            mask = uni_lab.seeding.draw(x[:, :1], seeds) < 0.02 * severity
+            return torch.where(mask, torch.ones_like(x), x)
     """
 
 
@@ -62,8 +76,39 @@ def uni_lab_attacks() -> dict:
 def uni_lab_metrics() -> dict:
     """Scores of an attribution (faithfulness, robustness, path shape, ...).
 
-    Returns ``{name: fn}``; a metric receives what it names in its signature from
-    ``(model, x, target, attribution, trace, ...)`` and returns a dict of named values.
+    Returns ``{name: fn}``. ``uni-lab evaluate`` calls ``fn`` on a batch of ``N`` images of one
+    (model, method) and passes only the call arguments it names:
+
+    - ``model`` (a :class:`uni_lab.models.Classifier`), ``x`` ``(N, 3, H, W)``, ``target`` ``(N,)``,
+      ``seeds`` (one integer per image: draw random numbers from these, never from global state),
+      ``method`` (the spec, e.g. ``"ig:black"``);
+    - ``attribution`` ``(N, 3, H, W)`` and ``explanation`` (an :class:`uni_lab.Explanation` with
+      the stored baseline, path trace and completeness error; ``baseline``/``trace`` are ``None``
+      for methods without a path), read from the store, never recomputed;
+    - ``explain(model, x, target, seeds=None, **overrides) -> Explanation``: the method re-run with
+      the store's parameters (``overrides`` such as ``steps=256``; ``explain.accepts("steps")``
+      says whether the method has that parameter) for metrics that by definition need new maps;
+    - ``reference`` and ``x_reference``: the attribution and input of the unperturbed image. A
+      metric that names ``reference`` compares maps and runs only on perturbed inputs (attacks,
+      corruptions); the others run on the clean inputs, and on perturbed ones when listed in
+      ``--perturbed-metrics``.
+
+    It returns ``{key: value}``; each value is ``(N,)`` (tensor or array) or an
+    :class:`xarray.DataArray` with first dim ``image`` and further labelled dims (e.g. ``steps``).
+    Key ``k`` of metric ``m`` is stored as variable ``m_k`` (or ``m`` when ``k == m``) with dims
+    ``(model, method, image[, attack | corruption, severity][, extra])``, prefixed ``attack_`` or
+    ``corruption_`` on perturbed inputs, with the metric's parameters in its attrs. Keyword
+    parameters are user-settable (``--set mufidelity.n_subsets=64``); ``output``
+    defaults to the store's value.
+
+    Example::
+
+        @uni_lab.metric("sparsity")
+        def sparsity(attribution, *, q: float = 0.9):
+            \"\"\"Share of attribution mass in the top (1 - q) of pixels.\"\"\"
+            m = attribution.abs().sum(1).flatten(1)
+            top = m >= m.quantile(q, dim=1, keepdim=True)
+            return {"sparsity": (m * top).sum(1) / m.sum(1)}
     """
 
 

@@ -26,8 +26,9 @@ CALL_ARGS = {
     "baseline": ("x", "model", "target", "seeds"),
     "path": ("x", "baseline", "alphas"),
     "explainer": ("model", "x", "target", "seeds"),
-    "attack": ("model", "x", "target", "seeds"),
-    "metric": ("model", "x", "target", "attribution", "explanation", "seeds", "method"),
+    "attack": ("model", "x", "target", "seeds", "explanation"),
+    "metric": ("model", "x", "target", "attribution", "explanation", "seeds", "method", "explain", "reference",
+               "x_reference"),
     "model": ("weights",),
 }
 REQUIRED = inspect.Parameter.empty

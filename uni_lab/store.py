@@ -253,3 +253,135 @@ class UniAccessor:
         done = self._ds["done"].values
         return [(self._ds.model.values[a], self._ds.method.values[b], self._ds.image.values[c])
                 for a, b, c in zip(*np.nonzero(done))]
+
+
+# Evaluation variables (uni_lab.evaluate): metrics, attacked and corrupted inputs and their maps,
+# added to an existing store and written by label. Every dim named here is one item per label
+# (chunk 1); the others (channel, y, x, a metric's steps) are written whole.
+LABEL_DIMS = ("model", "method", "image", "attack", "corruption", "severity")
+
+
+def _eval_chunks(dims, sizes) -> tuple:
+    return tuple(1 if d in LABEL_DIMS else sizes[d] for d in dims)
+
+
+def _fill(dtype) -> object:
+    return False if np.dtype(dtype) == bool else np.nan
+
+
+def add_variables(store: Store, specs: dict, coords: dict) -> bool:
+    """Add variables ``{name: (dims, dtype, attrs)}`` that the store lacks, as metadata only.
+
+    Dims the store has keep their labels; new dims take theirs from ``coords``. Where
+    ``coords`` holds labels a store dim lacks (a new attack, other stability steps), the dim
+    grows: every variable on it is rewritten with its old values in place and fill elsewhere.
+    Returns whether the store's layout changed (open datasets are then stale).
+    """
+    import dask.array as da
+
+    ds = open_lazy(store)
+    grown = False
+    for dim, labels in coords.items():
+        if dim in ds.dims and not set(_plain(labels)) <= set(_plain(ds[dim].values)):
+            _grow_dim(store, ds, dim, labels)
+            ds, grown = open_lazy(store), True
+    new = {name: spec for name, spec in specs.items() if name not in ds.variables}
+    if not new:
+        return grown
+    labels = {d: (ds[d].values if d in ds.dims else np.asarray(coords[d])) for spec in new.values() for d in spec[0]}
+    sizes = {d: len(v) for d, v in labels.items()}
+    data = {}
+    for name, (dims, dtype, attrs) in new.items():
+        arr = da.full(tuple(sizes[d] for d in dims), _fill(dtype), dtype=dtype, chunks=_eval_chunks(dims, sizes))
+        data[name] = xr.Variable(dims, arr, attrs=attrs)
+    fresh = {d: _labels(v) for d, v in labels.items() if d not in ds.dims}
+    xr.Dataset(data, coords=fresh).to_zarr(store.path, mode="a", compute=False, consolidated=True,
+                                           zarr_format=ZARR_FORMAT)
+    store._group = None
+    return True
+
+
+def _plain(values) -> list:
+    return [v.item() if hasattr(v, "item") else v for v in np.asarray(values).tolist()]
+
+
+def _labels(values) -> np.ndarray:
+    values = np.asarray(values)
+    return _strings(values) if values.dtype.kind in "OUST" else values
+
+
+def _grow_dim(store: Store, ds: xr.Dataset, dim: str, labels) -> None:
+    import zarr
+
+    union = list(_plain(ds[dim].values)) + [v for v in _plain(labels) if v not in set(_plain(ds[dim].values))]
+    names = [v for v in ds.data_vars if dim in ds[v].dims]
+    old = ds[names].load()
+    grown = old.reindex({dim: union}, fill_value={v: _fill(old[v].dtype) for v in names})
+    grown = grown.assign_coords({dim: _labels(union)})
+    group = zarr.open_group(str(store.path), mode="r+")
+    for name in names + [dim]:
+        del group[name]
+    zarr.consolidate_metadata(str(store.path))
+    sizes = dict(grown.sizes)
+    encoding = {v: {"chunks": _eval_chunks(grown[v].dims, sizes)} for v in names}
+    for v in names:
+        grown[v].encoding = {}
+    grown.drop_vars([c for c in grown.coords if c != dim]).to_zarr(
+        store.path, mode="a", consolidated=True, zarr_format=ZARR_FORMAT, encoding=encoding)
+    store._group = None
+
+
+def drop_variables(store: Store, names) -> None:
+    """Delete evaluation variables (``uni-lab evaluate --recompute``); the run's own are refused."""
+    import zarr
+
+    protected = set(skeleton_variables())
+    bad = sorted(set(names) & protected)
+    if bad:
+        raise StoreError(f"refusing to drop the run's variables {bad}; only evaluation variables can be recomputed.")
+    group = zarr.open_group(str(store.path), mode="r+")
+    for name in names:
+        if name in group:
+            del group[name]
+    zarr.consolidate_metadata(str(store.path))
+    store._group = None
+
+
+def skeleton_variables() -> tuple[str, ...]:
+    return ("input", "attribution", "baseline", "target", "prob_input", "logit_input", "done",
+            *(f"trace_{k}" for k in TRACE_KEYS), *ITEM_VARS)
+
+
+def write_region(store: Store, values: dict, labels: dict, ds: xr.Dataset | None = None) -> None:
+    """Write ``{name: array}`` at the item ``labels`` (``{dim: label}``): each array holds the
+    variable's values at that item, its other dims whole.
+
+    Positions come from the labels here and nowhere else. The writes go straight to the zarr
+    arrays (an xarray ``region=`` write re-reads the store's metadata on every call, which
+    made a small evaluation spend most of its time there). Callers write an item's values
+    first and its done flag in a second call, so a crash between the two leaves it not-done.
+    """
+    ds = open_lazy(store) if ds is None else ds
+    g = store.group()
+    for name, value in values.items():
+        index = tuple(ds.indexes[d].get_loc(labels[d]) if d in labels else slice(None) for d in ds[name].dims)
+        arr = g[name]
+        arr[index] = np.asarray(value, dtype=arr.dtype)
+
+
+def open_lazy(store: Store) -> xr.Dataset:
+    """The store without dask: variables read from disk on access, opened fast (for many small reads)."""
+    try:
+        return xr.open_zarr(store.path, chunks=None)
+    except Exception as exc:
+        raise StoreError(f"'{store.path}' cannot be opened as a zarr store ({exc.__class__.__name__}: {exc}).") from exc
+
+
+def update_attrs(store: Store, attrs: dict) -> None:
+    """Set dataset attributes (e.g. ``uni_lab_evaluation``, the parameters of every metric and attack)."""
+    import zarr
+
+    group = zarr.open_group(str(store.path), mode="r+")
+    group.attrs.update(attrs)
+    zarr.consolidate_metadata(str(store.path))
+    store._group = None

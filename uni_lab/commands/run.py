@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import PluginError
 from ..runner import DEFAULT_METHODS, DEFAULT_OUT
+from .evaluate import add_evaluation_arguments, evaluate_from_args
 
 NAME = "run"
 HELP = "Explain images with methods on a model and write a labelled zarr store."
@@ -39,6 +40,7 @@ def add_arguments(p):
     p.add_argument("--shard", metavar="I/N", help="compute only the I-th of N contiguous slices of the images "
                                                   "(0-based; jobs may share one --out; torchrun splits further)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_evaluation_arguments(p)  # --metrics/--attacks/--corruptions: `uni-lab evaluate` on the new store
 
 
 def import_plugins(items) -> None:
@@ -81,6 +83,11 @@ def main(args) -> int:
     print(f"store: {result.path} ({result.computed} items computed, {result.skipped} already done{where})")
     if result.summary is not None:
         print(format_table(result.summary))
+    if args.metrics or args.attacks or args.corruptions:
+        if getattr(result, "shard", (0, 1))[1] > 1:  # shards would evaluate one store several times over
+            print(f"metrics skipped in a sharded run: run `uni-lab evaluate {result.path}` once all shards are done.")
+        else:
+            evaluate_from_args(result.path, args, progress=not args.no_progress)
     return 0
 
 
