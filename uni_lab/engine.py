@@ -145,6 +145,14 @@ def integrate(model, x: torch.Tensor, target: torch.Tensor, path: Iterator, *, o
         raise InputError("the path yielded no points.")
     tr = {k: torch.cat(v).T.contiguous() for k, v in trace.items()}  # (N, K + 1)
     score = tr["prob"] if output == "prob" else tr["logit"]
-    delta = score[:, -1] - score[:, 0]
-    err = (attribution.flatten(1).sum(1) - delta).abs() / delta.abs().clamp_min(1e-12)
+    err = completeness_error(attribution, score[:, -1] - score[:, 0])
     return Explanation(attribution.detach(), baseline.detach(), tr, err.detach())
+
+
+def completeness_error(attribution: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """``|Σ_i A_i − Δ| / |Δ|`` per image, ``Δ = F_c(x) − F_c(x')`` the change the map should sum to.
+
+    Shared by the engine and by methods that are complete without a Riemann path (DeepLIFT,
+    input×gradient against the black image) or that combine several paths (AGI, noise tunnels).
+    """
+    return (attribution.flatten(1).sum(1) - delta).abs() / delta.abs().clamp_min(1e-12)

@@ -1,0 +1,88 @@
+"""Guided Integrated Gradients (Kapishnikov et al. 2021, METHODS.md §3) on the shared engine.
+
+The path is built during integration: the engine sends back ``∇F_c`` at each point, and the
+next point moves only the ``fraction`` of features with the smallest ``|∇F_c|`` towards
+``x`` (repeating the selection until the step's share of the L1 distance is covered), so
+that ``‖γ_k − x‖₁ = (1 − k/B) ‖x' − x‖₁``. ``max_dist`` bounds how far any feature may run
+ahead of or fall behind the straight line, in units of α (1 = unbounded, 0 = the straight
+line). The selection follows PAIR's ``saliency.core.guided_ig`` step for step (lower
+quantile, features already at their bound excluded), in float64 like PAIR, so that the two
+walk the same path; the attributions then differ only in the Riemann rule: PAIR takes the
+gradient at the start of each segment, the engine (METHODS.md §1) at its end.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+import uni_lab
+from uni_lab.engine import DEFAULT_INTERNAL_BATCH, integrate, resolve_baseline
+from uni_lab.errors import InputError
+
+REL_TOL = 1e-9  # PAIR's closeness test for "this step's L1 target is reached"
+
+
+@uni_lab.explainer("guided_ig")
+def guided_ig(model, x, target, seeds=None, *, baseline="black", steps: int = 15, fraction: float = 0.1,
+              max_dist: float = 1.0, output: str = "prob", internal_batch_size: int | None = None):
+    """Guided IG: an adaptive path that first moves the features with the smallest gradients."""
+    if not 0 < fraction <= 1 or not 0 <= max_dist <= 1 or int(steps) < 1:
+        raise InputError(f"guided_ig needs 0 < fraction <= 1, 0 <= max_dist <= 1 and steps >= 1; "
+                         f"got fraction={fraction}, max_dist={max_dist}, steps={steps}.")
+    xb = resolve_baseline(baseline, x, model, target, seeds)
+    return integrate(model, x, target, guided_path(x, xb, int(steps), fraction, max_dist), output=output,
+                     internal_batch_size=internal_batch_size or DEFAULT_INTERNAL_BATCH)
+
+
+def guided_path(x, baseline, steps: int, fraction: float, max_dist: float):
+    """Engine path generator: yields one point per step and receives that point's gradients."""
+    x64, b64 = x.double(), baseline.double()
+    cur = b64.clone()
+    l1_total = (x64 - b64).abs().flatten(1).sum(1)
+    reply = yield torch.zeros(1, dtype=x.dtype, device=x.device), baseline.unsqueeze(0)
+    for k in range(steps):
+        grad = reply[0][0].double()
+        if k == steps - 1:
+            cur = x64  # the last step reaches x up to float rounding; land on it exactly
+        else:
+            cur = _step(cur, x64, b64, grad, (k + 1) / steps, fraction, max_dist, l1_total)
+        alpha = torch.full((1,), (k + 1) / steps, dtype=x.dtype, device=x.device)
+        reply = yield alpha, cur.to(x.dtype).unsqueeze(0)
+
+
+def _step(cur, x, base, grad, alpha, fraction, max_dist, l1_total):
+    """One Guided IG step for a batch: move low-|gradient| features until the L1 target is met."""
+    n = cur.shape[0]
+    a_min, a_max = max(alpha - max_dist, 0.0), min(alpha + max_dist, 1.0)
+    diff = x - base
+    x_min, x_max = base + diff * a_min, base + diff * a_max
+    l1_target = l1_total * (1 - alpha)
+    grad = grad.clone()
+    active = torch.ones(n, dtype=torch.bool, device=cur.device)
+    rank = int(math.floor(fraction * (cur[0].numel() - 1)))  # numpy's quantile(..., 'lower')
+    expand = lambda t: t.view(n, *([1] * (cur.dim() - 1)))
+    while bool(active.any()):
+        # features that fell behind the allowed band are pulled up to its lower edge
+        x_alpha = torch.where(diff != 0, (cur - base) / diff.where(diff != 0, torch.ones_like(diff)),
+                              torch.full_like(cur, a_max))
+        cur = torch.where(expand(active) & (x_alpha < a_min), x_min, cur)
+        l1_cur = (cur - x).abs().flatten(1).sum(1)
+        close = (l1_cur - l1_target).abs() <= torch.maximum(REL_TOL * torch.maximum(l1_cur, l1_target),
+                                                            torch.full_like(l1_cur, REL_TOL))
+        active &= ~close
+        if not bool(active.any()):
+            break
+        grad[cur == x_max] = math.inf
+        mag = grad.abs().flatten(1)
+        threshold = mag.kthvalue(rank + 1, dim=1).values
+        sel = ((mag <= threshold[:, None]) & (mag != math.inf)).view_as(cur) & expand(active)
+        l1_s = ((cur - x_max).abs() * sel).flatten(1).sum(1)
+        gamma = torch.where(l1_s > 0, (l1_cur - l1_target) / l1_s.clamp_min(1e-300), torch.full_like(l1_s, math.inf))
+        full = sel & expand(gamma > 1)
+        part = sel & expand(gamma <= 1)
+        cur = torch.where(full, x_max, cur)
+        cur = torch.where(part, cur + (x_max - cur) * expand(gamma.clamp(max=1)), cur)
+        # an image whose selectable features are all at their bound cannot move further this step
+        active &= (gamma > 1) & (l1_s > 0)
+    return cur
