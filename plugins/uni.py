@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
 import uni_lab
+from uni_lab.accel import activation_bytes, fit_batch
 from uni_lab.errors import InputError
 from uni_lab.seeding import draw
 
@@ -25,15 +26,17 @@ from .ig import integrated_gradients
 NORMS = ("linf", "l2")
 
 
-def unlearned_log_probs(model, x, target, eta: float = 1.0, chunk: int = 16) -> torch.Tensor:
+def unlearned_log_probs(model, x, target, eta: float = 1.0, chunk: int | None = None) -> torch.Tensor:
     """``log F(x_i; θ̂_i)`` for every image, each under its own one-step-unlearned weights.
 
     Batched: per-sample gradients of the cross-entropy with ``vmap``, then one vmapped
-    forward with the per-image weights; ``chunk`` images at a time bound the memory
-    (per-sample gradients cost one copy of the parameters per image).
+    forward with the per-image weights. Per-sample gradients cost one copy of the parameters
+    per image, so ``chunk`` images are unlearned at a time; ``None`` sizes it to the device's
+    memory budget (:func:`unlearn_chunk_size`).
     """
     params = {k: v.detach() for k, v in model.named_parameters()}
     buffers = {k: v.detach() for k, v in model.named_buffers()}
+    chunk = int(chunk) if chunk else unlearn_chunk_size(model, x)
 
     def loss(p, xi, ti):
         return F.cross_entropy(functional_call(model, (p, buffers), (xi.unsqueeze(0),)), ti.unsqueeze(0))
@@ -45,16 +48,33 @@ def unlearned_log_probs(model, x, target, eta: float = 1.0, chunk: int = 16) -> 
     for s in range(0, x.shape[0], chunk):
         xs, ts = x[s:s + chunk].detach(), target[s:s + chunk]
         with torch.enable_grad():
-            g = vmap(grad(loss), in_dims=(None, 0, 0))(params, xs, ts)
-        theta_hat = {k: params[k].unsqueeze(0) + eta * g[k] for k in params}
-        del g
+            theta_hat = vmap(grad(loss), in_dims=(None, 0, 0))(params, xs, ts)
         with torch.no_grad():
+            for k, g in theta_hat.items():  # θ̂ = θ + η g, built in the gradient's own memory
+                g.mul_(eta).add_(params[k])
             out.append(vmap(forward)(theta_hat, xs).log_softmax(-1))
+        del theta_hat
     return torch.cat(out)
 
 
+# Per image, unlearning holds its gradient (= θ̂, built in place) plus vmap's per-sample
+# temporaries, and a forward/backward of activations; both factors are deliberately generous.
+PARAM_COPIES, ACTIVATION_COPIES = 3, 4
+
+
+def unlearn_chunk_size(model, x) -> int:
+    """Images unlearned at once: as many as the memory budget holds, at most the batch."""
+    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    per_image = PARAM_COPIES * param_bytes + ACTIVATION_COPIES * activation_bytes(model, x[:1])
+    return fit_batch(per_image, x.device, cap=x.shape[0])
+
+
 def unlearned_log_probs_reference(model, x, target, eta: float = 1.0) -> torch.Tensor:
-    """The naive per-image form (copy the model, step, forward): the batched form's reference."""
+    """The naive per-image form (copy the model, step, forward): the batched form's reference.
+
+    Kept deliberately plain (``deepcopy``, ``backward``, in-place step on the copy): the tests
+    check the batched form against it, and ``uni-lab bench`` times it as the naive cost.
+    """
     out = []
     for xi, ti in zip(x, target):
         clone = copy.deepcopy(model)
@@ -100,14 +120,38 @@ def _project_l2(delta, eps):
 
 @uni_lab.baseline("uni")
 def uni_baseline(x, model, target, seeds=None, *, eta: float = 1.0, eps: float = 0.05, pgd_steps: int = 10,
-                 step_size: float = 0.01, norm: str = "linf", unlearn_chunk: int = 16):
+                 step_size: float = 0.01, norm: str = "linf", unlearn_chunk: int | None = None):
     """Unlearned baseline: one unlearning step in weight space, then PGD activation matching in the ε-ball."""
+    _check_uni_params(norm, eps, step_size, pgd_steps, unlearn_chunk)
+    target_lp = unlearned_log_probs(model, x, target, eta, chunk=unlearn_chunk)
+    return match_activations(model, x, target_lp, seeds, eps=eps, steps=pgd_steps, step_size=step_size, norm=norm)
+
+
+def uni_baseline_reference(x, model, target, seeds=None, *, eta: float = 1.0, eps: float = 0.05,
+                           pgd_steps: int = 10, step_size: float = 0.01, norm: str = "linf", **_speed):
+    """The naive per-image UNI baseline: for each image, copy the model, unlearn, then match alone.
+
+    Same maths and seeds as :func:`uni_baseline`, one image at a time (what batching replaces);
+    the tests hold the batched baseline to it and the benchmark times it.
+    """
+    _check_uni_params(norm, eps, step_size, pgd_steps, None)
+    seeds = None if seeds is None else torch.as_tensor(seeds)
+    out = []
+    for i in range(x.shape[0]):
+        xi, ti = x[i:i + 1], target[i:i + 1]
+        lp = unlearned_log_probs_reference(model, xi, ti, eta)
+        out.append(match_activations(model, xi, lp, None if seeds is None else seeds[i:i + 1], eps=eps,
+                                     steps=pgd_steps, step_size=step_size, norm=norm))
+    return torch.cat(out)
+
+
+def _check_uni_params(norm, eps, step_size, pgd_steps, unlearn_chunk) -> None:
     if norm not in NORMS:
         raise InputError(f"uni.norm must be one of {NORMS}, got '{norm}'.")
     if eps <= 0 or step_size <= 0 or pgd_steps < 0:
         raise InputError("uni needs eps > 0, step_size > 0 and pgd_steps >= 0.")
-    target_lp = unlearned_log_probs(model, x, target, eta, chunk=int(unlearn_chunk))
-    return match_activations(model, x, target_lp, seeds, eps=eps, steps=pgd_steps, step_size=step_size, norm=norm)
+    if unlearn_chunk is not None and int(unlearn_chunk) < 1:
+        raise InputError("uni.unlearn_chunk must be a positive number of images, or None to fit the memory budget.")
 
 
 @uni_lab.explainer("uni")

@@ -14,6 +14,7 @@ from typing import Callable, Generator, Iterator
 
 import torch
 
+from .accel import activation_bytes, fit_batch
 from .errors import InputError
 from .explanation import Explanation
 
@@ -47,6 +48,15 @@ def score_and_grad(model, x: torch.Tensor, target: torch.Tensor, output: str = "
         prob, logit = scores(logits, target)
         (grad,) = torch.autograd.grad((prob if output == "prob" else logit).sum(), x)
     return grad, prob.detach(), logit.detach()
+
+
+# A pass keeps its activations for the backward plus the backward's own temporaries.
+PASS_ACTIVATION_COPIES = 3
+
+
+def pass_size(model, x: torch.Tensor, cap: int) -> int:
+    """Samples per forward/backward pass: ``cap``, or fewer where the memory budget holds fewer."""
+    return fit_batch(PASS_ACTIVATION_COPIES * activation_bytes(model, x[:1]), x.device, cap)
 
 
 def evaluate(model, points: torch.Tensor, target: torch.Tensor, output: str, internal_batch_size: int):
@@ -111,7 +121,7 @@ def integrate(model, x: torch.Tensor, target: torch.Tensor, path: Iterator, *, o
     """
     check_output(output)
     check_input(x)
-    ibs = internal_batch_size or DEFAULT_INTERNAL_BATCH
+    ibs = pass_size(model, x, internal_batch_size or DEFAULT_INTERNAL_BATCH)
     n = x.shape[0]
     attribution = torch.zeros_like(x)
     trace = {k: [] for k in ("alpha", "prob", "logit", "grad_norm", "distance")}
@@ -127,9 +137,7 @@ def integrate(model, x: torch.Tensor, target: torch.Tensor, path: Iterator, *, o
         grads, prob, logit = evaluate(model, points, target, output, ibs)
         reply = (grads, prob, logit)
         if baseline is None:
-            baseline = points[0]
-            if float(alphas[0]) != 0.0:
-                raise InputError("a path must start at alpha = 0 (the baseline).")
+            baseline, first_alpha = points[0], alphas[:1]  # checked after the loop: no host sync inside it
         if prev is None:  # the baseline itself closes no segment
             attribution += (grads[1:] * (points[1:] - points[:-1])).sum(0)
         else:
@@ -143,6 +151,8 @@ def integrate(model, x: torch.Tensor, target: torch.Tensor, path: Iterator, *, o
         trace["distance"].append((points - x.unsqueeze(0)).flatten(2).norm(dim=2))
     if baseline is None:
         raise InputError("the path yielded no points.")
+    if float(first_alpha) != 0.0:
+        raise InputError("a path must start at alpha = 0 (the baseline).")
     tr = {k: torch.cat(v).T.contiguous() for k, v in trace.items()}  # (N, K + 1)
     score = tr["prob"] if output == "prob" else tr["logit"]
     err = completeness_error(attribution, score[:, -1] - score[:, 0])

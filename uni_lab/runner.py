@@ -7,7 +7,7 @@ leaves those items not-done (the next run retries them).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed
+from .accel import accelerate, check_precision, to_device
 from .data import load_images
 from .engine import check_output
 from .errors import InputError, StoreError, UniLabError
@@ -23,6 +24,7 @@ from .models import Classifier, create_model, resolve_device
 from .seeding import image_seed
 from .store import Store, skeleton
 from .summary import summarize
+from .writer import StoreWriter
 
 DEFAULT_METHODS = ("uni", "ig:black", "ig:white", "ig:mean", "ig:uniform", "ig:gaussian", "ig:blur")
 DEFAULT_OUT = "runs/default.zarr"
@@ -35,6 +37,7 @@ class RunResult:
     computed: int = 0  # items this process computed
     skipped: int = 0  # items of its shard already done (resumed)
     shard: tuple = (0, 1)  # (i, n): this process's slice of the images
+    timings: dict = field(default_factory=dict)  # wall_s and the store's share of it (uni_lab.writer)
 
 
 def _as_list(value) -> list:
@@ -56,7 +59,8 @@ def _method_steps(method: Method) -> int:
 def run(models="efficientnet_lite0", images=None, methods=DEFAULT_METHODS, *, steps: int = 15,
         batch_size: int = 8, device: str | None = None, seed: int = 0, out: str | Path = DEFAULT_OUT,
         sets: dict | list | None = None, weights: str | None = None, output: str = "prob",
-        resize: str = "full", overwrite: bool = False, progress: bool = True, shard=None) -> RunResult:
+        resize: str = "full", overwrite: bool = False, progress: bool = True, shard=None,
+        precision: str = "fp32", channels_last: bool = False) -> RunResult:
     """Explain ``images`` with every method on every model and write the store at ``out``.
 
     ``models``: registered names, torchvision/timm names (with ``weights``), or
@@ -67,8 +71,13 @@ def run(models="efficientnet_lite0", images=None, methods=DEFAULT_METHODS, *, st
     Resumable: items already done in ``out`` are skipped. ``shard="i/n"`` (or ``(i, n)``) computes
     only the i-th of n contiguous slices of the images; under ``torchrun`` each rank takes its
     own slice (see :mod:`uni_lab.distributed`).
+
+    ``precision`` (``fp32``, ``bf16``, ``fp16``: autocast, recorded with the model) and
+    ``channels_last`` change how the models run, see :mod:`uni_lab.accel`.
     """
+    t_start = time.perf_counter()
     check_output(output)
+    check_precision(precision)
     if batch_size < 1 or steps < 1:
         raise InputError("--batch-size and --steps must be at least 1.")
     part = distributed.parse_shard(shard)
@@ -84,7 +93,7 @@ def run(models="efficientnet_lite0", images=None, methods=DEFAULT_METHODS, *, st
         raise InputError(f"a method is listed twice in {specs}.")
 
     clfs = [m if isinstance(m, Classifier) else create_model(m, weights=weights) for m in _as_list(models)]
-    clfs = [c.to(dev) for c in clfs]
+    clfs = [accelerate(c.to(dev), precision, channels_last) for c in clfs]
     names = [c.name for c in clfs]
     if len(set(names)) != len(names):
         raise InputError(f"two models share the name in {names}; give each Classifier a distinct name.")
@@ -97,7 +106,7 @@ def run(models="efficientnet_lite0", images=None, methods=DEFAULT_METHODS, *, st
         "images": {i.id: i.source for i in imgs},
         "seed": int(seed), "size": list(size), "resize": resize, "output": output,
     }
-    store = Store(out)
+    store = StoreWriter(Store(out))  # item writes overlap the next batch's compute
     layout = skeleton(names, specs, imgs, size, max(map(_method_steps, method_list)), config, str(dev))
     distributed.create_once(ctx, lambda ow: _prepare(store, layout, ow), overwrite)
     seeds_all = torch.tensor([image_seed(seed, i.id) for i in imgs])
@@ -106,27 +115,31 @@ def run(models="efficientnet_lite0", images=None, methods=DEFAULT_METHODS, *, st
     part = distributed.my_shard(part, ctx)
     mine = distributed.shard_range(len(imgs), *part)
     computed = skipped = 0
-    for mi, clf in enumerate(clfs):
-        clf.input_size = size
-        done = store.done()
-        targets = _write_inputs(store, mi, clf, x_all, dev, batch_size,
-                                [ii for ii in mine if not done[mi, :, ii].all()], [i.id for i in imgs])
-        for mei, method in enumerate(method_list):
-            pending = [ii for ii in mine if not done[mi, mei, ii]]
-            skipped += len(mine) - len(pending)
-            bar = tqdm(total=len(pending), desc=f"{clf.name} {method.spec}", unit="img", disable=not progress, leave=False)
-            for s in range(0, len(pending), batch_size):
-                idx = pending[s:s + batch_size]
-                _run_batch(store, mi, mei, method, clf, x_all[idx].to(dev), targets[idx].to(dev),
-                           seeds_all[idx], [imgs[i].id for i in idx], idx)
-                bar.update(len(idx))
-                computed += len(idx)
-            bar.close()
+    try:  # finished items reach the disk even when a later batch fails or is interrupted
+        for mi, clf in enumerate(clfs):
+            clf.input_size = size
+            done = store.done()
+            targets = _write_inputs(store, mi, clf, x_all, dev, batch_size,
+                                    [ii for ii in mine if not done[mi, :, ii].all()], [i.id for i in imgs])
+            for mei, method in enumerate(method_list):
+                pending = [ii for ii in mine if not done[mi, mei, ii]]
+                skipped += len(mine) - len(pending)
+                bar = tqdm(total=len(pending), desc=f"{clf.name} {method.spec}", unit="img", disable=not progress, leave=False)
+                for s in range(0, len(pending), batch_size):
+                    idx = pending[s:s + batch_size]
+                    _run_batch(store, mi, mei, method, clf, to_device(x_all[idx], dev), to_device(targets[idx], dev),
+                               seeds_all[idx], [imgs[i].id for i in idx], idx)
+                    bar.update(len(idx))
+                    computed += len(idx)
+                bar.close()
+    finally:
+        store.close()
     from .store import open_store
 
     distributed.finish(ctx)
     summary = summarize(open_store(out)) if ctx.rank == 0 else None
-    return RunResult(Path(out), summary, computed, skipped, part)
+    timings = {"wall_s": time.perf_counter() - t_start, **store.timings()}
+    return RunResult(Path(out), summary, computed, skipped, part, timings)
 
 
 def _prepare(store: Store, layout, overwrite: bool) -> None:

@@ -1,0 +1,179 @@
+"""Batched per-image unlearning against the naive per-image reference, and the accelerator
+options (memory-sized passes, autocast, channels_last) against plain fp32."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import uni_lab
+from uni_lab.accel import TOLERANCE, AcceleratedClassifier, accelerate, fit_batch, parse_bytes
+from uni_lab.engine import integrate, pass_size
+from uni_lab.errors import InputError
+from uni_lab.plugins.ig import integrated_gradients
+from uni_lab.plugins.uni import (uni_baseline, uni_baseline_reference, unlearn_chunk_size, unlearned_log_probs,
+                                 unlearned_log_probs_reference)
+
+SEEDS = torch.tensor([11, 22, 33, 44])
+
+
+class TinyBN(nn.Module):
+    """Conv–BatchNorm–ReLU with non-trivial running statistics: unlearning must keep BN in eval mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(6)
+        self.dw = nn.Conv2d(6, 6, 3, padding=1, groups=6)  # depthwise, as in EfficientNet
+        self.head = nn.Linear(6 * 4 * 4, 4)
+        with torch.no_grad():
+            self.bn.running_mean.uniform_(-0.2, 0.2)
+            self.bn.running_var.uniform_(0.5, 2.0)
+            self.bn.weight.uniform_(0.5, 1.5)
+
+    def forward(self, x):
+        h = torch.relu(self.dw(torch.relu(self.bn(self.conv(x)))))
+        return self.head(nn.functional.adaptive_avg_pool2d(h, 4).flatten(1))
+
+
+def _double(clf):
+    return copy.deepcopy(clf).double()
+
+
+@pytest.fixture(scope="module")
+def bn_model():
+    torch.manual_seed(3)
+    return uni_lab.wrap(TinyBN(), mean=(0.5,) * 3, std=(0.25,) * 3, input_size=(16, 16), name="tiny_bn")
+
+
+@pytest.fixture(params=["tiny", "bn"])
+def model_and_batch(request, tiny_model, tiny_batch, bn_model):
+    model = tiny_model if request.param == "tiny" else bn_model
+    x = tiny_batch[0]
+    with torch.no_grad():
+        target = model(x).argmax(-1)
+    return model, x, target
+
+
+def test_unlearned_log_probs_match_reference_in_float64(model_and_batch):
+    model, x, target = model_and_batch
+    m64 = _double(model)
+    batched = unlearned_log_probs(m64, x.double(), target, eta=1.0)
+    reference = unlearned_log_probs_reference(m64, x.double(), target, eta=1.0)
+    assert batched.shape == (x.shape[0], 4)
+    assert torch.allclose(batched, reference, rtol=0, atol=1e-10)
+    # unlearning must move the prediction away from the explained class (the trained tiny
+    # model is saturated, p_c = 1 - 1e-30: its cross-entropy gradient is zero, nothing moves)
+    with torch.no_grad():
+        before = m64(x.double()).log_softmax(-1).gather(1, target[:, None])
+    after = batched.gather(1, target[:, None])
+    assert (after < before).all() if model.name == "tiny_bn" else (after <= before + 1e-12).all()
+
+
+def test_unlearned_log_probs_match_reference_in_float32(model_and_batch):
+    model, x, target = model_and_batch
+    batched = unlearned_log_probs(model, x, target, eta=1.0)
+    reference = unlearned_log_probs_reference(model, x, target, eta=1.0)
+    assert torch.allclose(batched.exp(), reference.exp(), rtol=0, atol=1e-5)
+
+
+def test_uni_baseline_batched_equals_naive_reference(model_and_batch):
+    model, x, target = model_and_batch
+    m64, x64 = _double(model), x.double()
+    for norm in ("linf", "l2"):
+        batched = uni_baseline(x64, m64, target, seeds=SEEDS, norm=norm, pgd_steps=5)
+        naive = uni_baseline_reference(x64, m64, target, seeds=SEEDS, norm=norm, pgd_steps=5)
+        assert torch.allclose(batched, naive, rtol=0, atol=1e-9), norm
+        assert (batched - x64).abs().max() <= 0.05 + 1e-9 if norm == "linf" else True
+        assert not torch.allclose(batched, x64)
+
+
+def test_uni_attributions_batched_equal_naive(tiny_model, tiny_batch):
+    m64, x64 = _double(tiny_model), tiny_batch[0].double()
+    target = m64(x64).argmax(-1)
+    batched = uni_lab.get("explainer", "uni")(m64, x64, target, seeds=SEEDS, steps=8)
+    naive_baseline = uni_baseline_reference(x64, m64, target, seeds=SEEDS)
+    naive = integrated_gradients(m64, x64, target, baseline=naive_baseline, steps=8)
+    assert torch.allclose(batched.attribution, naive.attribution, rtol=0, atol=1e-10)
+    assert torch.allclose(batched.trace["prob"], naive.trace["prob"], rtol=0, atol=1e-10)
+
+
+def test_chunking_and_memory_budget_do_not_change_results(bn_model, tiny_batch, monkeypatch):
+    x = tiny_batch[0]
+    target = bn_model(x).argmax(-1)
+    full = unlearned_log_probs(bn_model, x, target, chunk=4)
+    for chunk in (1, 3):
+        assert torch.allclose(unlearned_log_probs(bn_model, x, target, chunk=chunk), full, atol=1e-6)
+    assert unlearn_chunk_size(bn_model, x) == 4  # a tiny model fits the default budget whole
+    monkeypatch.setenv("UNI_LAB_MEMORY_BUDGET", "1KiB")
+    assert unlearn_chunk_size(bn_model, x) == 1
+    assert pass_size(bn_model, x, 64) == 1
+    assert torch.allclose(unlearned_log_probs(bn_model, x, target), full, atol=1e-6)
+    tight = uni_lab.get("explainer", "ig")(bn_model, x, target, steps=2)
+    monkeypatch.delenv("UNI_LAB_MEMORY_BUDGET")
+    loose = uni_lab.get("explainer", "ig")(bn_model, x, target, steps=2)
+    assert torch.allclose(tight.attribution, loose.attribution, atol=1e-6)
+
+
+def test_memory_budget_parsing_and_bad_chunk():
+    assert parse_bytes("2GiB") == 2 * 2**30 and parse_bytes("512m") == 512 * 2**20 and parse_bytes("1000") == 1000
+    with pytest.raises(InputError, match="not a size"):
+        parse_bytes("lots")
+    assert fit_batch(10**18, "cpu", cap=8) == 1
+    with pytest.raises(InputError, match="unlearn_chunk"):
+        uni_baseline(torch.rand(1, 3, 16, 16), None, torch.zeros(1, dtype=torch.long), unlearn_chunk=0)
+
+
+def test_unlearning_never_writes_the_model(bn_model, tiny_batch):
+    before = {k: v.clone() for k, v in bn_model.state_dict().items()}
+    x = tiny_batch[0]
+    uni_baseline(x, bn_model, bn_model(x).argmax(-1), seeds=SEEDS, pgd_steps=2)
+    after = bn_model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(p.grad is None for p in bn_model.parameters())
+
+
+def test_path_not_starting_at_zero_is_still_rejected(tiny_model, tiny_batch):
+    x = tiny_batch[0]
+
+    def bad_path():
+        yield torch.tensor([0.5, 1.0]), torch.stack([x * 0.5, x])
+
+    with pytest.raises(InputError, match="alpha = 0"):
+        integrate(tiny_model, x, tiny_model(x).argmax(-1), bad_path())
+
+
+def _rel_l2(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+def test_channels_last_matches_fp32(bn_model, tiny_batch):
+    # IG, not UNI: UNI's signed PGD steps turn any float-level change (layout, batch, device)
+    # into a full step on pixels whose gradient is near zero, which says nothing about layout.
+    x = tiny_batch[0]
+    target = bn_model(x).argmax(-1)
+    ref = uni_lab.get("explainer", "ig")(bn_model, x, target, steps=6)
+    fast = accelerate(copy.deepcopy(bn_model), "fp32", channels_last=True)
+    assert isinstance(fast, AcceleratedClassifier)
+    got = uni_lab.get("explainer", "ig")(fast, x, target, steps=6)
+    assert _rel_l2(got.attribution, ref.attribution) < TOLERANCE["fp32"]
+    assert "precision" not in fast.describe()
+    # and UNI runs under it (per-image unlearning cannot pick layouts inside vmap)
+    assert torch.isfinite(uni_lab.get("explainer", "uni")(fast, x, target, seeds=SEEDS, steps=2).attribution).all()
+
+
+def test_bf16_autocast_stays_within_stated_tolerance(tiny_model, tiny_batch):
+    x = tiny_batch[0]
+    target = tiny_model(x).argmax(-1)
+    ref = uni_lab.get("explainer", "ig")(tiny_model, x, target, steps=8)
+    bf16 = accelerate(tiny_model, "bf16")
+    assert bf16.net is tiny_model.net  # shared, not copied
+    assert bf16(x).dtype == torch.float32
+    got = uni_lab.get("explainer", "ig")(bf16, x, target, steps=8)
+    err = _rel_l2(got.attribution, ref.attribution)
+    assert 0 < err < TOLERANCE["bf16"], err  # > 0: autocast really ran in reduced precision
+    assert bf16.describe()["precision"] == "bf16"
+    with pytest.raises(InputError, match="precision"):
+        accelerate(tiny_model, "fp8")
