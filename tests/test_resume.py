@@ -9,82 +9,17 @@ noise whichever run computes an image.
 """
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-import xarray as xr
+from store_runs import TOTAL, assert_same_store, make_images, run_cli, run_inprocess, values
 
 import uni_lab
 from uni_lab.check import check_store
-from uni_lab.commands.run import import_plugins
 from uni_lab.store import Store
-
-PLUGIN = Path(__file__).with_name("tiny_plugin.py")
-METHODS = "ig:black,uni,ig:uniform"
-ARGS = ["--model", "tiny16", "--methods", METHODS, "--steps", "4", "--set", "uni.pgd_steps=3", "--device", "cpu",
-        "--seed", "3", "--no-progress"]
-TOTAL = 6 * 3
-# Batches of different composition go through differently shaped convolutions; on this model
-# that moves values by ~1e-8 (measured), far inside this stated tolerance.
-RTOL, ATOL = 1e-5, 1e-6
-
-
-def make_images(folder: Path, n: int = 6) -> Path:
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        Image.fromarray((rng.random((20, 20, 3)) * 255).astype("uint8")).save(folder / f"im{i}.png")
-    return folder
-
-
-def run_cli(images: Path, out: Path, batch_size: int, fault: str = "", wait: bool = True):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "UNI_LAB_TEST_FAULT": fault}
-    cmd = [sys.executable, "-m", "uni_lab", "run", "--plugins", str(PLUGIN), "--images", str(images),
-           "--out", str(out), "--batch-size", str(batch_size), *ARGS]
-    if not wait:
-        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-
-
-def run_inprocess(images: Path, out: Path, batch_size: int) -> None:
-    """The uninterrupted reference, in this process with one thread like the subprocesses."""
-    import_plugins([str(PLUGIN)])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        sets = [a for k, a in zip(ARGS, ARGS[1:]) if k == "--set"]
-        uni_lab.run(models="tiny16", images=[str(images)], methods=METHODS.split(","), steps=4, sets=sets,
-                    device="cpu", seed=3, out=out, batch_size=batch_size, progress=False)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def values(path: Path) -> dict[str, np.ndarray]:
-    ds = xr.open_zarr(path)
-    return {k: ds[k].values for k in ds.data_vars}
-
-
-def assert_same_store(path: Path, ref: Path, bitwise: bool) -> None:
-    got, want = values(path), values(ref)
-    assert set(got) == set(want)
-    for name in want:
-        if name == "seconds":  # wall time, not a result
-            continue
-        a, b = got[name], want[name]
-        if bitwise or a.dtype.kind != "f":
-            assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), name
-        else:
-            assert np.array_equal(np.isnan(a), np.isnan(b)), name
-            np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL, err_msg=name)
 
 
 def done_count(path: Path) -> int:

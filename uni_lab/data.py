@@ -1,7 +1,8 @@
 """Images in, pixel-space tensors out: scikit-image's photographs, files, or folders.
 
 Conversions are documented, not silent: grayscale is replicated to three channels, alpha is
-dropped, palette/CMYK images are converted to RGB, 16-bit images are scaled by 1/65535;
+dropped, palette/CMYK images are converted to RGB, 16-bit images are scaled by 1/65535,
+32-bit float images are taken as intensities in [0, 1] (outside it, or NaN/Inf, is an error);
 each conversion is reported as a warning and recorded in the store's ``image_source``.
 """
 from __future__ import annotations
@@ -49,6 +50,12 @@ def _read_file(path: Path) -> tuple[np.ndarray, list[str]]:
                 arr = np.asarray(im, dtype=np.float64) / (65535.0 if mode.startswith("I;16") else max(1.0, np.asarray(im).max()))
                 notes.append(f"{mode} scaled to [0,1]")
                 return np.repeat(arr[..., None], 3, axis=2).astype(np.float32), notes + ["grayscale→RGB"]
+            if mode == "F":  # 32-bit float (TIFF): intensities in [0, 1] as they are; RGB conversion would round them to 0/1
+                arr = np.asarray(im, dtype=np.float32)
+                if np.nanmin(arr, initial=0) < 0 or np.nanmax(arr, initial=1) > 1:
+                    raise InputError(f"float image '{path}' has values in [{np.nanmin(arr):g}, {np.nanmax(arr):g}]; float "
+                                     "images must hold intensities in [0, 1]: rescale it, or save it as 8- or 16-bit.")
+                return np.repeat(arr[..., None], 3, axis=2), notes + ["float grayscale→RGB"]
             if mode != "RGB":
                 notes.append(f"{mode}→RGB" + (" (alpha dropped)" if "A" in mode else ""))
                 im = im.convert("RGB")
@@ -136,7 +143,7 @@ def load_images(specs=None, size=(224, 224), resize: str = "full", crop_pct: flo
         if min(arr.shape[:2]) < MIN_SIDE:
             raise InputError(f"image '{source}' is {arr.shape[1]}×{arr.shape[0]} px; at least {MIN_SIDE} px a side is needed.")
         if not np.isfinite(arr).all():
-            raise InputError(f"image '{source}' holds NaN or Inf values.")
+            raise InputError(f"image '{source}' holds NaN or Inf values; repair the file or leave it out.")
         if notes:
             warnings.warn(f"{source}: converted ({', '.join(notes)})", stacklevel=2)
             source += f" [{', '.join(notes)}]"
