@@ -101,10 +101,18 @@ def obtain(args, compute=None) -> xr.Dataset:
     return open_loaded(path)
 
 
+# Stores up to this size (uncompressed) are read into memory at once: figures then select
+# freely without rereading chunks. Larger ones (ImageNet-scale runs) stay dask-backed, so only
+# the items a figure draws are ever read.
+LOAD_LIMIT_BYTES = 2 << 30
+
+
 def open_loaded(path: Path) -> xr.Dataset:
     from uni_lab.store import open_store
 
-    ds = open_store(path, lazy=False)
+    ds = open_store(path, lazy=True)
+    if ds.nbytes <= LOAD_LIMIT_BYTES:
+        ds = ds.load()
     ds.attrs["store_path"] = _rel(path)
     return ds
 

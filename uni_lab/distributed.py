@@ -3,9 +3,10 @@
 A shard ``(i, n)`` is the ``i``-th of ``n`` contiguous, near-equal slices of the run's image
 list; it depends only on that list, so independent jobs (``--shard 0/4`` … ``--shard 3/4``)
 and ranks agree without talking. Under ``torchrun`` (``RANK``/``WORLD_SIZE``/``LOCAL_RANK``
-in the environment) every rank joins a process group — NCCL on GPUs, gloo on CPUs — and
-takes shard ``rank`` of ``world`` (of shard ``i`` when ``--shard i/n`` is given too); rank 0
-creates or validates the store while the others wait. The store chunks every variable per
+in the environment) every rank joins a gloo process group and takes shard ``rank`` of
+``world`` (of shard ``i`` when ``--shard i/n`` is given too); rank 0 creates or validates the
+store while the others wait. The group carries only that wait and one closing barrier, so
+gloo serves GPUs too (NCCL would also refuse two ranks sharing one GPU). The store chunks every variable per
 image, so ranks write disjoint chunk files and need no locks. Per-image seeds
 (:func:`uni_lab.seeding.image_seed`) keep random draws independent of the split.
 """
@@ -63,8 +64,8 @@ def _env_world() -> tuple[int, int, int]:
 def setup(device: str | None) -> tuple[Context, str | None]:
     """Join torchrun's process group when there is one; return the context and this rank's device.
 
-    ``device`` None/``"auto"``/``"cuda"`` becomes ``cuda:LOCAL_RANK`` when CUDA is available, so
-    each rank of a node drives its own GPU; an explicit ``cuda:k`` or ``cpu`` is kept.
+    ``device`` None/``"auto"``/``"cuda"`` becomes ``cuda:LOCAL_RANK`` (modulo the GPUs present)
+    when CUDA is available, so each rank of a node drives its own GPU; ``cuda:k`` or ``cpu`` is kept.
     """
     import torch.distributed as dist
 
@@ -76,11 +77,8 @@ def setup(device: str | None) -> tuple[Context, str | None]:
     if not dist.is_available():
         raise UniLabError("WORLD_SIZE > 1 but this PyTorch build has no torch.distributed; run without torchrun.")
     if device in (None, "auto", "cuda") and torch.cuda.is_available():
-        device = f"cuda:{local}"
-    on_gpu = device is not None and str(device).startswith("cuda")
-    if on_gpu:
-        torch.cuda.set_device(torch.device(device))
-    dist.init_process_group("nccl" if on_gpu else "gloo", timeout=BARRIER_TIMEOUT)
+        device = f"cuda:{local % torch.cuda.device_count()}"
+    dist.init_process_group("gloo", timeout=BARRIER_TIMEOUT)
     return Context(dist.get_rank(), dist.get_world_size(), local, owned=True), device
 
 
