@@ -81,6 +81,20 @@ def compute_store(path: Path, args, *, methods=None, steps=None, sets=None) -> P
     return path
 
 
+def compute_evaluation(path: Path, args, **kwargs) -> Path:
+    """Add metrics/attacks/corruptions to the store at ``path`` with ``uni_lab.evaluate`` (resumes)."""
+    import uni_lab
+    from uni_lab.evaluate import evaluate
+
+    what = ", ".join(f"{k}={v}" for k, v in kwargs.items() if v)
+    print(f"evaluating {_rel(path)}: {what}")
+    try:
+        evaluate(path, progress=not args.no_progress, recompute=args.recompute, **kwargs)
+    except uni_lab.StoreError as exc:
+        raise SystemExit(f"{exc}\nPass --recompute to replace the cached results.")
+    return path
+
+
 def is_complete(path: Path) -> bool:
     """A store whose every item is done (so a rerun has nothing left to compute)."""
     if not ((path / ".zgroup").exists() or (path / "zarr.json").exists()):
@@ -88,15 +102,16 @@ def is_complete(path: Path) -> bool:
     return bool(xr.open_zarr(path)["done"].all())
 
 
-def obtain(args, compute=None) -> xr.Dataset:
-    """The dataset to draw: ``--store``, else the cached default, computed first when needed."""
+def obtain(args, compute=None, ready=None) -> xr.Dataset:
+    """The dataset to draw: ``--store``, else the cached default, computed first when it is
+    missing, unfinished, or (``ready(ds)`` false) lacks the evaluation the figure needs."""
     if args.store is not None:
         if not args.store.exists():
             raise SystemExit(f"no store at '{args.store}'. Omit --store to compute the default one, or write it "
                              f"with `uni-lab run --out {args.store}`.")
         return open_loaded(args.store)
     path = args.default_store
-    if args.recompute or not is_complete(path):
+    if args.recompute or not is_complete(path) or (ready is not None and not ready(xr.open_zarr(path))):
         (compute or compute_store)(path, args)
     return open_loaded(path)
 
@@ -127,6 +142,37 @@ def done_methods(ds: xr.Dataset, model=None) -> list[str]:
     axes = [d for d in done.dims if d != "method"]
     any_done = done.any(axes) if axes else done
     return [str(m) for m in ds.method.values if bool(any_done.sel({"method": m}))]
+
+
+def evaluated(ds: xr.Dataset, var: str) -> xr.DataArray | None:
+    """An evaluation variable where its ``done_*`` flag is set (NaN elsewhere); None if absent."""
+    if var not in ds.data_vars:
+        return None
+    metric = ds[var].attrs.get("uni_lab_metric", var)
+    prefix = next((p for p in ("attack_", "corruption_") if var.startswith(p)), "")
+    flag = f"done_{prefix}{metric}"
+    return ds[var].where(ds[flag]) if flag in ds.data_vars else ds[var]
+
+
+def evaluation_params(ds: xr.Dataset, var: str) -> str:
+    """``name(p=v, ...)``: the parameters an evaluation variable was computed with (its attrs)."""
+    attrs = ds[var].attrs
+    params = json.loads(attrs.get("uni_lab_params", "{}"))
+    shown = ", ".join(f"{k}={v}" for k, v in sorted(params.items()) if k != "output")
+    return f"{attrs.get('uni_lab_metric', var)}({shown})"
+
+
+def is_evaluated(ds: xr.Dataset, flag: str, **labels) -> bool:
+    """The evaluation flag ``flag`` (``done_mufidelity``, ...) is set for every finished item,
+    at ``labels`` of its further dims (``severity=[1, 3, 5]``)."""
+    if flag not in ds.data_vars:
+        return False
+    values = ds[flag]
+    for dim, wanted in labels.items():
+        if dim not in values.dims or not set(np.atleast_1d(wanted)) <= set(values[dim].values.tolist()):
+            return False
+        values = values.sel({dim: wanted})
+    return bool(values.where(ds["done"], True).all())
 
 
 def sel_method(obj, method: str):

@@ -1,0 +1,162 @@
+"""Fig. 4: how much of each method's map survives an attack on it, against the random-noise control.
+
+Spearman correlation and top-k intersection between A(x) and A(x + δ) per method, for the
+top-k attribution attack (``fgsm_attribution``, Ghorbani et al. 2019) and for uniform noise of
+the same L∞ budget (``random_noise``); 1 = the map did not move. Reads what
+``uni-lab evaluate --attacks fgsm_attribution,random_noise --perturbed-metrics robustness`` stored.
+
+    python figures/fig4_robustness.py              # computes runs/figures/robustness.zarr if missing
+    python figures/fig4_robustness.py --store runs/default.zarr
+"""
+from __future__ import annotations
+
+import sys
+
+import pandas as pd
+
+import _store_io as io
+import _style as style
+
+ATTACKS = ("fgsm_attribution", "random_noise")
+SCORES = {"attack_robustness_spearman": "Spearman ρ(A(x), A(x+δ))",
+          "attack_robustness_topk": "top-k intersection"}
+
+
+def compute(path, args):
+    if args.recompute or not io.is_complete(path):
+        io.compute_store(path, args)
+    io.compute_evaluation(path, args, attacks=",".join(ATTACKS), perturbed_metrics="robustness")
+
+
+def ready(ds) -> bool:
+    return io.is_evaluated(ds, "done_attack_robustness", attack=list(ATTACKS))
+
+
+def per_image(ds) -> pd.DataFrame:
+    frames = []
+    for var in SCORES:
+        values = io.evaluated(ds, var)
+        if values is not None:
+            frames.append(values.to_dataframe(name="value").reset_index()
+                          [["model", "method", "image", "attack", "value"]].assign(score=var))
+    extra = {}
+    for var in ("attack_label_kept", "attack_linf"):
+        if var in ds.data_vars:
+            flagged = ds[var].where(ds["done_attack"]) if "done_attack" in ds.data_vars else ds[var]
+            extra[var] = flagged.to_dataframe(name=var).reset_index()[["model", "method", "image", "attack", var]]
+    long = pd.concat(frames).dropna(subset=["value"]) if frames else pd.DataFrame(
+        columns=["model", "method", "image", "attack", "value", "score"])
+    for frame in extra.values():
+        long = long.merge(frame, on=["model", "method", "image", "attack"], how="left")
+    return long
+
+
+def draw(ds, out_dir, image=None, stem="fig4_robustness"):
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    style.setup()
+    long = per_image(ds)
+    notes = []
+    if long.empty:
+        notes.append(io.missing("attack robustness", f"run `uni-lab evaluate {ds.attrs.get('store_path', 'STORE')} "
+                                f"--attacks {','.join(ATTACKS)} --perturbed-metrics robustness`, or omit --store"))
+    else:
+        absent = sorted(set(ATTACKS) - set(long["attack"]))
+        if absent:
+            notes.append(io.missing(f"attacks {absent}", "not evaluated in this store"))
+    methods = style.ordered(long["method"].unique()) if not long.empty else style.ordered(io.done_methods(ds))
+    attacks = [a for a in ATTACKS if a in set(long.get("attack", []))] + \
+        sorted(set(long.get("attack", [])) - set(ATTACKS))
+    params = "; ".join(io.evaluation_params(ds, v) for v in ("attack_robustness_spearman",) if v in ds.data_vars)
+    attack_params = "; ".join(_attack_params(ds, a) for a in attacks)
+    text = io.caption(ds, methods, extra=" · ".join(p for p in (params, attack_params) if p))
+
+    show_maps = "attack_attribution" in ds.data_vars and not long.empty
+    fig = plt.figure(figsize=(max(2.0 * (len(methods) + 1), 11), (2.0 * (1 + len(attacks)) if show_maps else 0) + 3.6))
+    grid = fig.add_gridspec(2 if show_maps else 1, 1, height_ratios=[1 + len(attacks), 1.9] if show_maps else [1])
+    if show_maps:
+        model = str(long["model"].iloc[0])
+        image = image or str(long["image"].iloc[0])
+        maps = grid[0].subgridspec(1 + len(attacks), len(methods) + 1)
+        at = {"model": model, "image": image}
+        rows = [("clean", None)] + [(a, a) for a in attacks]
+        for r, (label, attack) in enumerate(rows):
+            ax = fig.add_subplot(maps[r, 0])
+            pixels = ds["input"].sel(at).values if attack is None else None
+            if attack is not None:  # the attacked input differs per method; show the first method's
+                pixels = io.sel_method(ds["attack_input"].sel(at).sel(attack=attack), methods[0]).values
+            style.show_image(ax, pixels, "input" if r == 0 else None)
+            ax.set_ylabel(label, fontsize=8)
+            for c, method in enumerate(methods, start=1):
+                ax = fig.add_subplot(maps[r, c])
+                var = ds["attribution"] if attack is None else ds["attack_attribution"].sel(attack=attack)
+                flag = ds["done"] if attack is None else ds["done_attack"].sel(attack=attack)
+                if bool(io.sel_method(flag.sel(at), method)):
+                    style.show_map(ax, io.sel_method(var.sel(at), method).values, method if r == 0 else None)
+                else:
+                    style.blank(ax, "not computed")
+    bars = (grid[1] if show_maps else grid[0]).subgridspec(1, 2, wspace=0.25)
+    for i, (var, label) in enumerate(SCORES.items()):
+        ax = fig.add_subplot(bars[0, i])
+        sub = long[long["score"] == var] if not long.empty else long
+        if sub.empty:
+            style.blank(ax, f"{label}: not evaluated")
+            continue
+        sns.barplot(data=sub, x="method", y="value", hue="attack", hue_order=attacks, order=methods, errorbar=None,
+                    ax=ax, alpha=0.85, palette="Set2", legend=i == 0)
+        sns.stripplot(data=sub, x="method", y="value", hue="attack", hue_order=attacks, order=methods, dodge=True,
+                      palette="dark:0.15", size=3.5, ax=ax, legend=False)
+        ax.set_ylim(min(0, float(sub["value"].min()) - 0.05), 1.02)
+        ax.set_xlabel("")
+        ax.set_ylabel(label)
+        ax.tick_params(axis="x", rotation=30)
+    fig.suptitle("Robustness of attributions to an attack on them (1 = unchanged); bars: mean over images, "
+                 "dots: images", y=1.0)
+    fig.tight_layout()
+    style.footer(fig, io.wrap("\n".join([text] + notes), 170))
+    written = io.save_figure(fig, stem, out_dir)
+    plt.close(fig)
+
+    if long.empty:
+        table = pd.DataFrame(columns=["method", "attack"])
+    else:
+        table = long.pivot_table(index=["method", "attack", "image"], columns="score", values="value").reset_index()
+        kept = long.drop_duplicates(["method", "attack", "image"]).set_index(["method", "attack", "image"])
+        for var in ("attack_label_kept", "attack_linf"):
+            if var in kept:
+                table[var] = kept[var].reindex(pd.MultiIndex.from_frame(table[["method", "attack", "image"]])).values
+        table = table.rename(columns={"attack_robustness_spearman": "spearman", "attack_robustness_topk": "topk",
+                                      "attack_label_kept": "label_kept", "attack_linf": "linf"})
+        table = (table.drop(columns="image").groupby(["method", "attack"], as_index=False).mean()
+                 .assign(images=table.groupby(["method", "attack"])["image"].count().values))
+        table = table.sort_values(["method", "attack"], key=lambda s: s.map(
+            {m: i for i, m in enumerate(methods if s.name == "method" else attacks)}))
+    written += io.save_table(table, stem, out_dir, "\n".join([text] + notes))
+    io.headline("fig4: robustness per method and attack (mean over images)", table)
+    return written, table
+
+
+def _attack_params(ds, attack: str) -> str:
+    import json
+
+    recorded = json.loads(ds.attrs.get("uni_lab_evaluation", "{}")).get(f"attack:{attack}")
+    if not recorded:
+        return attack
+    return f"{attack}(" + ", ".join(f"{k}={_short(v)}" for k, v in sorted(recorded.items()) if k != "output") + ")"
+
+
+def _short(v):
+    return f"{v:.4g}" if isinstance(v, float) else v
+
+
+def main(argv=None) -> int:
+    p = io.parser(__doc__.splitlines()[0], io.RUNS / "robustness.zarr", methods=("uni", "ig:black", "ig:blur"))
+    p.add_argument("--image", help="the image whose maps are drawn (default: the first)")
+    args = p.parse_args(argv)
+    draw(io.obtain(args, compute=compute, ready=ready), args.out_dir, image=args.image)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Table 2: MuFidelity, deletion and insertion per method and backbone.
+
+Reads the metrics ``uni-lab evaluate --metrics mufidelity,deletion,insertion`` stored; with no
+arguments it evaluates the cached methods store (computing that first if needed).
+
+    python figures/table2_faithfulness.py
+    python figures/table2_faithfulness.py --store runs/default.zarr     # after `uni-lab evaluate`
+"""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pandas as pd
+
+import _store_io as io
+import _style as style
+
+METRICS = ("mufidelity", "deletion", "insertion")
+BETTER = {"mufidelity": "higher is better", "deletion": "lower is better", "insertion": "higher is better"}
+
+
+def compute(path, args):
+    if args.recompute or not io.is_complete(path):
+        io.compute_store(path, args)
+    io.compute_evaluation(path, args, metrics=",".join(METRICS))
+
+
+def ready(ds) -> bool:
+    return all(io.is_evaluated(ds, f"done_{m}") for m in METRICS)
+
+
+def per_image(ds) -> tuple[pd.DataFrame, list[str]]:
+    """Long table (model, method, image, metric, value) of the evaluated items, and what is missing."""
+    frames, missing = [], []
+    for metric in METRICS:
+        values = io.evaluated(ds, metric)
+        if values is None:
+            missing.append(metric)
+            continue
+        frame = values.to_dataframe(name="value").reset_index()[["model", "method", "image", "value"]]
+        frames.append(frame.dropna(subset=["value"]).assign(metric=metric))
+    return (pd.concat(frames) if frames else pd.DataFrame(columns=["model", "method", "image", "value", "metric"]),
+            missing)
+
+
+def draw(ds, out_dir, stem="table2_faithfulness"):
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    style.setup()
+    long, missing = per_image(ds)
+    notes = [io.missing(f"metric '{m}'", f"run `uni-lab evaluate {ds.attrs.get('store_path', 'STORE')} --metrics "
+                        f"{','.join(METRICS)}`, or omit --store") for m in missing]
+    present = [m for m in METRICS if m not in missing]
+    methods = style.ordered(long["method"].unique()) if not long.empty else style.ordered(io.done_methods(ds))
+    params = "; ".join(io.evaluation_params(ds, m) for m in present)
+    text = io.caption(ds, methods, extra=f"metrics: {params}" if params else "")
+
+    table = (long.groupby(["model", "method", "metric"], as_index=False)["value"]
+             .agg(mean="mean", std="std", images="count")) if not long.empty else \
+        pd.DataFrame(columns=["model", "method", "metric", "mean", "std", "images"])
+    wide = _wide(table, methods, present)
+    written = io.save_table(wide, stem, out_dir, "\n".join([text] + notes))
+    written += io.save_table(table, stem + "_long", out_dir)
+
+    curves = [c for c in ("deletion_curve", "insertion_curve") if io.evaluated(ds, c) is not None]
+    fig, axes = plt.subplots(2 if curves else 1, 3, squeeze=False, figsize=(13, 7.4 if curves else 3.9))
+    colours = style.palette(methods)
+    for ax, metric in zip(axes[0], METRICS):
+        sub = long[long["metric"] == metric]
+        if sub.empty:
+            style.blank(ax, f"{metric}: not evaluated")
+            ax.set_title(metric)
+            continue
+        multi = sub["model"].nunique() > 1
+        sns.barplot(data=sub, x="method", y="value", order=methods, hue="model" if multi else "method",
+                    palette=None if multi else colours, errorbar=None, ax=ax, legend=multi, alpha=0.85)
+        sns.stripplot(data=sub, x="method", y="value", order=methods, color="0.15", size=3.5, ax=ax,
+                      dodge=False, jitter=0.15)
+        ax.set_title(f"{metric} ({BETTER[metric]})")
+        ax.set_xlabel("")
+        ax.set_ylabel(metric)
+        ax.tick_params(axis="x", rotation=35)
+        for lab in ax.get_xticklabels():
+            lab.set_ha("right")
+    if curves:
+        for ax, var in zip(axes[1], curves):
+            data = io.evaluated(ds, var)
+            frac_dim = next(d for d in data.dims if d not in ("model", "method", "image"))
+            for method in methods:
+                curve = io.sel_method(data, method).mean([d for d in data.dims if d not in ("method", frac_dim)])
+                if np.isfinite(curve.values).any():
+                    ax.plot(curve[frac_dim].values, curve.values, color=colours[method], label=method)
+            name = var.replace("_curve", "")
+            ax.set_xlabel("fraction of pixels " + ("removed" if name == "deletion" else "inserted"))
+            ax.set_ylabel("F_c (mean over images)")
+            ax.set_title(f"{name} curve")
+        axes[1, 0].legend(fontsize=7)
+        for ax in axes[1, len(curves):]:
+            ax.set_visible(False)
+    fig.suptitle("Faithfulness per method: bars = mean over images, dots = images", y=1.0)
+    fig.tight_layout()
+    style.footer(fig, io.wrap("\n".join([text] + notes), 170))
+    written += io.save_figure(fig, stem, out_dir)
+    plt.close(fig)
+    io.headline("table2: faithfulness per method (mean ± std over images)", wide)
+    return written, wide
+
+
+def _wide(table: pd.DataFrame, methods, metrics) -> pd.DataFrame:
+    """Rows method, one column per (metric, model): 'mean ± std (n)', as the paper's table reads."""
+    rows = []
+    for method in methods:
+        row = {"method": method}
+        for _, r in table[table["method"] == method].iterrows():
+            col = r["metric"] if table["model"].nunique() == 1 else f"{r['metric']} [{r['model']}]"
+            row[col] = f"{r['mean']:.4f} ± {r['std']:.4f} (n={int(r['images'])})" if r["images"] > 1 \
+                else f"{r['mean']:.4f} (n=1)"
+        rows.append(row)
+    wide = pd.DataFrame(rows)
+    ordered = ["method"] + sorted((c for c in wide.columns if c != "method"),
+                                  key=lambda c: (METRICS.index(c.split(" [")[0]) if c.split(" [")[0] in METRICS else 9, c))
+    return wide[ordered] if not wide.empty else wide
+
+
+def main(argv=None) -> int:
+    args = io.parser(__doc__.splitlines()[0], io.RUNS / "methods.zarr").parse_args(argv)
+    draw(io.obtain(args, compute=compute, ready=ready), args.out_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
