@@ -65,15 +65,17 @@ def curvature(model, x, target, explanation, *, output: str = "prob", tolerance:
 def _straight_path_cosine(model, x, target, explanation, i, ok, output, tolerance, ibs) -> float:
     """Path gradients are not stored, so they are recomputed on the straight line from the stored
     baseline at the stored α. That reconstruction is used only where it reproduces the stored
-    F_c(γ_k) within ``tolerance``: a curved path (BlurIG, Guided IG) gets NaN, not a wrong number."""
+    logits of c within ``tolerance`` (relative): a curved path (BlurIG, Guided IG) gets NaN, not a
+    wrong number."""
     if explanation.baseline is None or ok.sum() < 2:
         return float("nan")
     alphas = explanation.trace["alpha"][i].detach().to(x)[torch.as_tensor(ok)]
     xb = explanation.baseline[i:i + 1].to(x)
     points = xb.unsqueeze(0) + alphas.view(-1, 1, 1, 1, 1) * (x - xb).unsqueeze(0)
-    grads, prob, _ = evaluate(model, points, target, output, ibs)
-    stored = explanation.trace["prob"][i].detach().double().cpu().numpy()[ok]
-    if np.abs(prob[:, 0].double().cpu().numpy() - stored).max() > tolerance:
+    grads, _, logit = evaluate(model, points, target, output, ibs)
+    # logits, not probabilities: a saturated softmax would hide a different path
+    stored = explanation.trace["logit"][i].detach().double().cpu().numpy()[ok]
+    if np.abs(logit[:, 0].double().cpu().numpy() - stored).max() > tolerance * (1 + np.abs(stored).max()):
         return float("nan")
     g = grads[:, 0].flatten(1).double()
     cos = torch.nn.functional.cosine_similarity(g[1:], g[:-1], dim=1)

@@ -181,7 +181,7 @@ def _names(kind: str, requested, corruption: bool | None = None) -> list[Plugin]
     plugins = [get(kind, r) for r in requested]
     wrong = [p.name for p in plugins if not fits(p)]
     if wrong:
-        what, other = ("a corruption", "--attacks") if not corruption else ("an attack", "--corruptions")
+        what, other = ("a corruption", "--attacks") if corruption else ("an attack", "--corruptions")
         raise PluginError(f"{', '.join(wrong)}: not {what} (no severity parameter decides it); list it under {other}.")
     return plugins
 

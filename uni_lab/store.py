@@ -295,8 +295,9 @@ def add_variables(store: Store, specs: dict, coords: dict) -> bool:
         arr = da.full(tuple(sizes[d] for d in dims), _fill(dtype), dtype=dtype, chunks=_eval_chunks(dims, sizes))
         data[name] = xr.Variable(dims, arr, attrs=attrs)
     fresh = {d: _labels(v) for d, v in labels.items() if d not in ds.dims}
-    xr.Dataset(data, coords=fresh).to_zarr(store.path, mode="a", compute=False, consolidated=True,
-                                           zarr_format=ZARR_FORMAT)
+    # mode="a" replaces the group's attributes with the dataset's: carry the store's own along
+    xr.Dataset(data, coords=fresh, attrs=ds.attrs).to_zarr(store.path, mode="a", compute=False, consolidated=True,
+                                                           zarr_format=ZARR_FORMAT)
     store._group = None
     return True
 
@@ -318,6 +319,7 @@ def _grow_dim(store: Store, ds: xr.Dataset, dim: str, labels) -> None:
     old = ds[names].load()
     grown = old.reindex({dim: union}, fill_value={v: _fill(old[v].dtype) for v in names})
     grown = grown.assign_coords({dim: _labels(union)})
+    grown.attrs = dict(ds.attrs)  # mode="a" replaces the group's attributes with these
     group = zarr.open_group(str(store.path), mode="r+")
     for name in names + [dim]:
         del group[name]
