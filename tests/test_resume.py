@@ -52,32 +52,33 @@ def reference(images, tmp_path_factory):
 def test_kill_during_compute_write_and_torn_file_then_resume_bitwise(images, reference, tmp_path):
     out = tmp_path / "s.zarr"
     history = []
-    # 1. SIGKILL inside a forward/backward pass, a few items into the first method.
-    p = run_cli(images, out, 1, fault="compute:5")
+    # 1. SIGKILL inside a forward/backward pass, in the third image of the second method (uni).
+    #    Finished items may still sit in the background writer's queue: lost, to be recomputed.
+    p = run_cli(images, out, 1, fault="compute:19")
     assert_killed(p)
     history.append(done_count(out))
-    assert 0 < history[-1] < TOTAL
+    assert history[-1] < TOTAL
     assert check_store(out).consistent
 
     # 2. SIGKILL between an item's variables: its data is partly there, its done flag is not.
     before = values(out)
-    p = run_cli(images, out, 1, fault="write:26")
+    p = run_cli(images, out, 1, fault="write:trace_prob:3")
     assert_killed(p)
     history.append(done_count(out))
     report = check_store(out)
     assert report.consistent and report.partial, report.format()
-    assert history[-1] > history[-2]
+    assert history[-1] >= history[-2] + 2  # the two items written before the third one's trace
     assert_not_recomputed(before, out)
 
     # 3. SIGKILL half-way through writing a chunk file: zarr writes chunks to a temporary file
     #    and renames it, so the torn bytes stay in a *.partial file and the store stays sound.
     before = values(out)
-    p = run_cli(images, out, 1, fault="torn:26")
+    p = run_cli(images, out, 1, fault="torn:done:3")  # the third item's done flag, torn
     assert_killed(p)
     history.append(done_count(out))
     report = check_store(out)
-    assert report.consistent and report.stray, report.format()
-    assert history[-1] > history[-2]
+    assert report.consistent and report.stray and report.partial, report.format()
+    assert history[-1] == history[-2] + 2
     assert_not_recomputed(before, out)
 
     # 4. Rerun to the end: it computes exactly the items still missing.

@@ -5,8 +5,9 @@ process builds the same network) and an explainer that fails on purpose (``boom`
 can inject faults, chosen by the environment variable ``UNI_LAB_TEST_FAULT``:
 
 - ``compute:K``  SIGKILL itself inside the K-th gradient-enabled forward pass (mid-computation);
-- ``write:K``    SIGKILL itself just before the K-th zarr chunk write (between an item's variables);
-- ``torn:K``     write half of the K-th chunk into zarr's temporary file, then SIGKILL (mid-file);
+- ``write:VAR:K`` SIGKILL itself just before the K-th chunk write of variable VAR (so between
+  an item's variables when VAR is not the first one written);
+- ``torn:VAR:K``  write half of that chunk into zarr's temporary file, then SIGKILL (mid-file);
 - ``slow:S``     sleep S seconds in each gradient-enabled forward (gives an outside ``kill -9`` time).
 
 The fault hooks reach into zarr's local-store writer (``zarr.storage._local._put``); if a zarr
@@ -25,6 +26,7 @@ import uni_lab
 
 FAULT = os.environ.get("UNI_LAB_TEST_FAULT", "")
 _kind, _, _arg = FAULT.partition(":")
+_var, _, _nth = _arg.partition(":")
 _counts = {"forward": 0, "put": 0}
 
 
@@ -77,10 +79,10 @@ if _kind in ("write", "torn"):
     _original_put = _local._put
 
     def _put(path, value, exclusive=False):
-        if path.name.startswith("."):  # metadata (.zarray, .zattrs, ...), not chunks
+        if path.parent.name != _var or path.name.startswith("."):  # other variables, metadata
             return _original_put(path, value, exclusive)
         _counts["put"] += 1
-        if _counts["put"] == int(_arg):
+        if _counts["put"] == int(_nth):
             if _kind == "torn":
                 data = bytes(value.as_buffer_like())
                 with _local._atomic_write(path, "wb") as f:
