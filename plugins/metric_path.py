@@ -10,7 +10,7 @@ import torch
 import xarray as xr
 
 import uni_lab
-from uni_lab.engine import evaluate
+from uni_lab.engine import completeness_error as relative_error, evaluate
 from uni_lab.summary import monotone_fraction
 
 from .metric_faithfulness import class_scores
@@ -89,9 +89,7 @@ def completeness_error(model, x, target, attribution, explanation, *, output: st
         return {"recomputed": _nan(x.shape[0])}
     n = x.shape[0]
     f = class_scores(model, torch.cat([x, explanation.baseline.to(x)]), torch.cat([target, target]), output)
-    delta = f[:n] - f[n:]
-    err = (attribution.flatten(1).double().sum(1) - delta).abs() / delta.abs().clamp_min(1e-12)
-    return {"recomputed": err}
+    return {"recomputed": relative_error(attribution.double(), f[:n] - f[n:])}
 
 
 @uni_lab.metric("riemann_stability")
