@@ -26,12 +26,14 @@ DEFAULT_IMAGES = ("chelsea", "coffee")
 DEFAULT_METHODS = ("uni", "ig:black", "ig:blur", "blur_ig", "guided_ig")
 
 
-def parser(description: str, default_store: Path, *, images=DEFAULT_IMAGES, methods=DEFAULT_METHODS,
+def parser(description: str, store_name: str, *, images=DEFAULT_IMAGES, methods=DEFAULT_METHODS,
            steps: int = 15, several_stores: bool = False) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--store", type=Path, nargs="+" if several_stores else None,
                    help="draw from existing store(s) (no model is built); "
-                   f"default: compute or reuse {_rel(default_store)}")
+                   f"default: compute or reuse CACHE/{store_name}")
+    p.add_argument("--cache", type=Path, default=RUNS,
+                   help="folder of the computed default stores (default: %(default)s)")
     p.add_argument("--out-dir", type=Path, default=OUT, help="where PNG/PDF/CSV/MD go (default: %(default)s)")
     p.add_argument("--images", nargs="+", default=list(images),
                    help="photographs for a computed store (default: %(default)s)")
@@ -42,7 +44,7 @@ def parser(description: str, default_store: Path, *, images=DEFAULT_IMAGES, meth
     p.add_argument("--model", default="efficientnet_lite0", help="model for a computed store")
     p.add_argument("--recompute", action="store_true", help="overwrite the cached default store")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.set_defaults(default_store=default_store)
+    p.set_defaults(store_name=store_name)
     return p
 
 
@@ -102,6 +104,11 @@ def is_complete(path: Path) -> bool:
     return bool(xr.open_zarr(path)["done"].all())
 
 
+def default_store(args) -> Path:
+    """Where a script caches the store it computes: ``--cache`` / its store name."""
+    return Path(args.cache) / args.store_name
+
+
 def obtain(args, compute=None, ready=None) -> xr.Dataset:
     """The dataset to draw: ``--store``, else the cached default, computed first when it is
     missing, unfinished, or (``ready(ds)`` false) lacks the evaluation the figure needs."""
@@ -110,7 +117,7 @@ def obtain(args, compute=None, ready=None) -> xr.Dataset:
             raise SystemExit(f"no store at '{args.store}'. Omit --store to compute the default one, or write it "
                              f"with `uni-lab run --out {args.store}`.")
         return open_loaded(args.store)
-    path = args.default_store
+    path = default_store(args)
     if args.recompute or not is_complete(path) or (ready is not None and not ready(xr.open_zarr(path))):
         (compute or compute_store)(path, args)
     return open_loaded(path)

@@ -164,7 +164,7 @@ def _headline(table: pd.DataFrame, severities) -> pd.DataFrame:
 
 
 def main(argv=None) -> int:
-    p = io.parser(__doc__.splitlines()[0], io.RUNS / "bias.zarr", images=("chelsea",), methods=METHODS)
+    p = io.parser(__doc__.splitlines()[0], "bias.zarr", images=("chelsea",), methods=METHODS)
     p.add_argument("--corruptions", nargs="+", default=list(CORRUPTIONS),
                    help="ImageNet-C corruptions for a computed store (default: one per family, %(default)s)")
     p.add_argument("--severities", type=int, nargs="+", default=[1, 3, 5],

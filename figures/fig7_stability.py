@@ -41,7 +41,7 @@ def store_paths(items) -> list[Path]:
 
 
 def compute(args) -> list[Path]:
-    folder = args.default_store
+    folder = io.default_store(args)
     paths = []
     for b in sorted(set(args.bs) | {args.ref}):
         path = folder / f"B{b}.zarr"
@@ -132,6 +132,9 @@ def draw(datasets, out_dir, image=None, stem="fig7_stability"):
     for i, (col, label) in enumerate(specs):
         ax = fig.add_subplot(sub[0, i])
         data = table if col == "completeness_error" else curves
+        if data.empty:
+            style.blank(ax, f"{label}: needs stores at two or more B")
+            continue
         sns.lineplot(data=data, x="B", y=col, hue="method", hue_order=methods, palette=colours, marker="o",
                      errorbar=("pi", 100), ax=ax, legend=i == 0)
         ax.set_xscale("log", base=2)
@@ -160,7 +163,7 @@ def draw(datasets, out_dir, image=None, stem="fig7_stability"):
 
 
 def main(argv=None) -> int:
-    p = io.parser(__doc__.splitlines()[0], io.RUNS / "fig7", images=("chelsea",),
+    p = io.parser(__doc__.splitlines()[0], "fig7", images=("chelsea",),
                   methods=("uni", "ig:black", "ig:blur"), several_stores=True)
     p.add_argument("--bs", type=int, nargs="+", default=list(DEFAULT_BS), help="Riemann steps to compare")
     p.add_argument("--ref", type=int, default=DEFAULT_REF, help="reference B (default: %(default)s)")
