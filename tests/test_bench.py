@@ -1,0 +1,145 @@
+"""`uni-lab bench` on tiny settings: the keys, finite positive ratios, the Captum cross-check;
+and the background store writer it measures. No timed assertions: timings depend on the machine."""
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+
+import pytest
+import torch
+import xarray as xr
+
+import uni_lab
+from uni_lab import cli
+from uni_lab.bench import GOALS, bench, bench_batch, measure
+from uni_lab.errors import InputError, StoreError
+from uni_lab.writer import StoreWriter
+
+RATIOS = ("uni_vs_floor", "uni_vs_floor_incl_baseline_point", "uni_batched_vs_naive", "ig_vs_captum",
+          "ig_vs_captum_with_delta", "store_share", "store_busy_share")
+KEYS = RATIOS + ("device", "model", "batch_size", "T", "B", "images_per_s", "goals", "met", "seconds",
+                 "cpu_seconds", "uni_phases_s", "ig_vs_captum_max_rel_diff")
+
+
+def _finite_positive(v) -> bool:
+    return isinstance(v, float) and math.isfinite(v) and v > 0
+
+
+@pytest.fixture
+def one_thread():
+    """Oversubscribed CI machines turn OpenMP barriers into waits for a time slice; tiny passes
+    gain nothing from two threads anyway."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_bench_on_tiny_model(tiny_model, one_thread):
+    res = bench(tiny_model, batch_size=4, size=16, steps=2, pgd_steps=1, reps=3, methods=["ig:black", "saliency"],
+                method_batch=2, store_methods=["ig:black", "uni"])
+    assert set(KEYS) <= set(res)
+    for key in RATIOS:
+        assert _finite_positive(res[key]), (key, res[key])
+    assert res["store_share"] < 1 and res["store_busy_share"] < 1
+    assert (res["model"], res["batch_size"], res["T"], res["B"], res["device"]) == ("tiny", 4, 1, 2, "cpu")
+    assert set(res["images_per_s"]) == {"ig:black", "saliency"} and not res["method_errors"]
+    assert all(_finite_positive(v) for v in res["images_per_s"].values())
+    assert set(res["met"]) == set(GOALS) and all(isinstance(v, bool) for v in res["met"].values())
+    # same maths as Captum's right-Riemann IG; the naive loop is the same UNI
+    assert res["ig_vs_captum_max_rel_diff"] < 1e-4
+    assert res["uni_batched_vs_naive_map_max_rel_diff"] < 1e-3
+    assert set(res["uni_phases_s"]) == {"unlearn", "match", "integrate"}
+    json.dumps(res)  # JSON-ready as returned
+
+
+def test_bench_cli_json(capsys, one_thread):
+    code = cli.main(["bench", "--model", "mobilenet_v3_small", "--weights", "random", "--size", "16",
+                     "--batch-size", "2", "--steps", "2", "--pgd-steps", "1", "--methods", "ig:black", "--method-batch", "1",
+                     "--no-store", "--json", "--quiet"])
+    assert code == 0
+    res = json.loads(capsys.readouterr().out)
+    assert "store_share" not in res
+    for key in ("uni_vs_floor", "uni_batched_vs_naive", "ig_vs_captum"):
+        assert math.isfinite(res[key]) and res[key] > 0
+    assert res["model"] == "mobilenet_v3_small" and res["images_per_s"]["ig:black"] > 0
+
+
+def test_bench_rejects_too_few_reps_and_bad_sizes():
+    with pytest.raises(InputError, match="3 repetitions"):
+        measure({"a": lambda: None}, 2, "cpu")
+    with pytest.raises(InputError, match="--size"):
+        bench("efficientnet_lite0", size=4)
+    with pytest.raises(InputError, match="--steps >= 2"):
+        bench("efficientnet_lite0", steps=1)
+
+
+def test_bench_batch_is_distinct_real_images():
+    x = bench_batch(16, 16)
+    assert x.shape == (16, 3, 16, 16) and 0 <= float(x.min()) and float(x.max()) <= 1
+    assert len({tuple(v.flatten()[:64].tolist()) for v in x}) == 16
+
+
+class FakeStore:
+    """Records calls; a write can be told to fail or to be slow."""
+
+    def __init__(self, path, fail_on=None, delay=0.0):
+        self.path = path
+        self.log = []
+        self.fail_on = fail_on
+        self.delay = delay
+        self.threads = set()
+
+    def write_item(self, mi, mei, ii, values):
+        time.sleep(self.delay)
+        self.threads.add(threading.current_thread().name)
+        if ii == self.fail_on:
+            raise StoreError(f"disk full at {ii}")
+        self.log.append(("item", ii))
+
+    def write_inputs(self, mi, ii, *rest):
+        self.log.append(("inputs", ii))
+
+    def done(self):
+        return list(self.log)
+
+
+def test_store_writer_writes_in_order_off_the_main_thread(tmp_path):
+    store = FakeStore(tmp_path / "a", delay=0.01)
+    w = StoreWriter(store, max_pending=2)
+    w.write_inputs(0, 0, None)
+    for ii in range(5):
+        w.write_item(0, 0, ii, {})
+    assert w.done() == [("inputs", 0)] + [("item", ii) for ii in range(5)]  # a read sees every write
+    w.close()
+    assert store.threads and threading.current_thread().name not in store.threads
+    t = w.timings()
+    assert t["store_writes"] == 6 and t["store_busy_s"] >= 0.05 and t["store_main_s"] > 0
+
+
+def test_store_writer_reports_a_failed_write(tmp_path):
+    w = StoreWriter(FakeStore(tmp_path / "b", fail_on=1))
+    for ii in range(3):
+        w.write_item(0, 0, ii, {})
+    with pytest.raises(StoreError, match="disk full"):
+        w.close()
+
+
+def test_a_new_writer_waits_for_an_abandoned_one(tmp_path):
+    store = FakeStore(tmp_path / "c", delay=0.02)
+    old = StoreWriter(store)
+    for ii in range(5):
+        old.write_item(0, 0, ii, {})
+    StoreWriter(store).close()  # e.g. a rerun after a failed run that never closed its writer
+    assert len(store.log) == 5
+
+
+def test_runner_reports_store_timings(tiny_model, tmp_path):
+    res = uni_lab.run(tiny_model, images=["chelsea", "coffee"], methods=["ig:black"], steps=2, batch_size=1,
+                      out=tmp_path / "s.zarr", progress=False)
+    t = res.timings
+    assert t["store_writes"] >= 4 and 0 < t["store_main_s"] < t["wall_s"]
+    ds = xr.open_zarr(res.path)
+    assert bool(ds["done"].all()) and bool(torch.isfinite(torch.as_tensor(ds["attribution"].values)).all())
