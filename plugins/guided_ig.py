@@ -5,7 +5,9 @@ next point moves only the ``fraction`` of features with the smallest ``|∇F_c|`
 ``x`` (repeating the selection until the step's share of the L1 distance is covered), so
 that ``‖γ_k − x‖₁ = (1 − k/B) ‖x' − x‖₁``. ``max_dist`` bounds how far any feature may run
 ahead of or fall behind the straight line, in units of α (1 = unbounded, 0 = the straight
-line). The selection follows PAIR's ``saliency.core.guided_ig`` step for step (lower
+line). Its default is PAIR's, 0.02: unbounded, a selected feature jumps from the baseline
+to ``x`` within one step however many steps there are, so the Riemann sum converges slowly
+(on the tiny test CNN, completeness error 1.2–1.6% at B = 256 against 0.3–0.4% bounded). The selection follows PAIR's ``saliency.core.guided_ig`` step for step (lower
 quantile, features already at their bound excluded), in float64 like PAIR, so that the two
 walk the same path; the attributions then differ only in the Riemann rule: PAIR takes the
 gradient at the start of each segment, the engine (METHODS.md §1) at its end.
@@ -25,7 +27,7 @@ REL_TOL = 1e-9  # PAIR's closeness test for "this step's L1 target is reached"
 
 @uni_lab.explainer("guided_ig")
 def guided_ig(model, x, target, seeds=None, *, baseline="black", steps: int = 15, fraction: float = 0.1,
-              max_dist: float = 1.0, output: str = "prob", internal_batch_size: int | None = None):
+              max_dist: float = 0.02, output: str = "prob", internal_batch_size: int | None = None):
     """Guided IG: an adaptive path that first moves the features with the smallest gradients."""
     if not 0 < fraction <= 1 or not 0 <= max_dist <= 1 or int(steps) < 1:
         raise InputError(f"guided_ig needs 0 < fraction <= 1, 0 <= max_dist <= 1 and steps >= 1; "

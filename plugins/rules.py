@@ -84,6 +84,24 @@ class PerCall(nn.Module):
         return module(*args, **kwargs)
 
 
+class FreshInput(nn.Module):
+    """Hands a rule module a copy of its input, so its input is never another rule module's output.
+
+    Captum records a module's output gradient with a hook on its output tensor and rewrites
+    the next module's input gradient with a hook on that same tensor; hooks on one tensor
+    run in registration order, so the first module would record the gradient *before* the
+    second module's rule rewrote it (ReLU → MaxPool in ResNet's stem, MaxPool → ReLU), and
+    DeepLIFT would lose its summation-to-delta. A copy puts the two hooks on two tensors.
+    """
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x, *args, **kwargs):
+        return self.module(x.clone(), *args, **kwargs)
+
+
 class RuleNet(nn.Module):
     """What Captum sees: the classifier copy, optionally followed by a softmax module."""
 
@@ -154,6 +172,7 @@ def rule_model(model: nn.Module, x: torch.Tensor, method: str, prob: bool, unsup
         for h in hooks:
             h.remove()
     _replace(net, {key: PerCall(ruled[key], n) for key, n in calls.items() if n > 1})
+    _replace(net, {id(m): FreshInput(m) for m in net.modules() if _has_rule(m, method)})
     return RuleNet(net, prob)
 
 
@@ -180,7 +199,7 @@ def guided_backprop(model, x, target, seeds=None, *, unsupported: str = "error",
     net = rule_model(model, x, "guided_backprop", output == "prob", unsupported)
     gbp = GuidedBackprop(net)
     with _captum_quiet():
-        out = [gbp.attribute(x[a:b].detach().clone(), target=target[a:b]).detach()
+        out = [gbp.attribute(x[a:b].detach().clone().requires_grad_(True), target=target[a:b]).detach()
                for a, b in _chunks(x.shape[0], internal_batch_size or DEFAULT_INTERNAL_BATCH)]
     return Explanation(torch.cat(out))
 
@@ -198,7 +217,7 @@ def deeplift(model, x, target, seeds=None, *, baseline="black", unsupported: str
     dl = DeepLift(net, multiply_by_inputs=True)
     size = 1 if output == "prob" else (internal_batch_size or DEFAULT_INTERNAL_BATCH)
     with _captum_quiet():
-        attribution = torch.cat([dl.attribute(x[a:b].detach().clone(), baselines=xb[a:b], target=target[a:b]).detach()
+        attribution = torch.cat([dl.attribute(x[a:b].detach().clone().requires_grad_(True), baselines=xb[a:b], target=target[a:b]).detach()
                                  for a, b in _chunks(x.shape[0], size)])
     with torch.no_grad():
         (p, l), (p0, l0) = scores(model(x), target), scores(model(xb), target)
