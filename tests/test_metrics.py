@@ -417,3 +417,12 @@ def test_cli_run_with_metrics_then_evaluate_more(tmp_path, tiny_model, capsys):
     finally:
         _DECORATED.items["model"].pop("_test_tiny_cli")
         registry.invalidate()
+
+
+def test_two_evaluations_of_one_store_cannot_overlap(tiny_store, tiny_model):
+    from uni_lab.store import Store, evaluation_lock
+
+    with evaluation_lock(Store(tiny_store)):
+        with pytest.raises(StoreError, match="another `uni-lab evaluate`"):
+            evaluate(tiny_store, metrics="monotonicity", models=[tiny_model], progress=False)
+    evaluate(tiny_store, metrics="monotonicity", models=[tiny_model], progress=False)  # released

@@ -44,8 +44,8 @@ from .methods import NON_SEMANTIC, Method, parse_sets, route_params
 from .models import Classifier, create_model, resolve_device
 from .registry import Plugin, get, registry
 from .seeding import image_seed
-from .store import (Store, _diff, add_variables, config_of, drop_variables, open_lazy, update_attrs,
-                    write_region)
+from .store import (Store, _diff, add_variables, config_of, drop_variables, evaluation_lock, open_lazy,
+                    update_attrs, write_region)
 
 SEVERITIES = (1, 2, 3, 4, 5)
 PERTURBED_METRICS = ("robustness", "bias")
@@ -215,6 +215,13 @@ def evaluate(store, metrics=(), attacks=(), corruptions=(), *, severities=SEVERI
     st = Store(store)
     if not st.exists():
         raise StoreError(f"no store at '{store}'; create one with `uni-lab run --out {store}`.")
+    with evaluation_lock(st):
+        return _evaluate(st, metrics, attacks, corruptions, severities, perturbed_metrics, sets, models, methods,
+                         images, batch_size, device, recompute, progress)
+
+
+def _evaluate(st, metrics, attacks, corruptions, severities, perturbed_metrics, sets, models, methods, images,
+              batch_size, device, recompute, progress) -> EvalResult:
     ds = st.open()
     config = config_of(ds)
     sets = parse_sets(sets) if isinstance(sets, (list, tuple)) else dict(sets or {})
@@ -269,7 +276,7 @@ def evaluate(store, metrics=(), attacks=(), corruptions=(), *, severities=SEVERI
             bar.close()
     from .store import open_store
 
-    return EvalResult(Path(store), metric_table(open_store(store)))
+    return EvalResult(st.path, metric_table(open_store(st.path)))
 
 
 def _subset(dim: str, labels: list[str], wanted) -> list[str]:

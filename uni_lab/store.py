@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -387,3 +388,22 @@ def update_attrs(store: Store, attrs: dict) -> None:
     group.attrs.update(attrs)
     zarr.consolidate_metadata(str(store.path))
     store._group = None
+
+
+@contextmanager
+def evaluation_lock(store: Store):
+    """One evaluation at a time per store: two would add variables and rewrite the consolidated
+    metadata under each other. An advisory ``flock`` on the group file, released on exit (or
+    by the OS when the process dies), so no stale lock file can be left behind."""
+    import fcntl
+
+    meta = store.path / ".zgroup"
+    with open(meta, "rb") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            raise StoreError(f"another `uni-lab evaluate` is writing '{store.path}'; wait for it to finish.") from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
