@@ -2,8 +2,8 @@
 
 1. Unlearn: ``θ̂_i = θ + η ∇_θ L_CE(F(x_i; θ), c_i)``, one step of gradient ascent per image.
    All images of a batch are unlearned at once with per-sample gradients
-   (``torch.func.vmap(grad(...))``); the unlearned weights only ever exist as tensors passed to
-   ``functional_call``, so the user's model is never written.
+   (:mod:`uni_lab.persample`, or ``torch.func.vmap(grad(...))`` for layers it does not cover);
+   the unlearned weights only ever exist as separate tensors, so the user's model is never written.
 2. Match: ``x' = argmin_{‖x' − x‖ ≤ ε} KL(F(x; θ̂) ‖ F(x'; θ))`` by projected gradient descent
    with the original model, from ``x + U(−ε, ε)`` (seeded per image).
 3. Attribute: Integrated Gradients from ``x'`` to ``x``.
@@ -19,6 +19,7 @@ from torch.func import functional_call, grad, vmap
 import uni_lab
 from uni_lab.accel import activation_bytes, fit_batch
 from uni_lab.errors import InputError
+from uni_lab.persample import per_image_forward, per_sample_grads
 from uni_lab.seeding import draw
 
 from .ig import integrated_gradients
@@ -26,14 +27,19 @@ from .ig import integrated_gradients
 NORMS = ("linf", "l2")
 
 
-def unlearned_log_probs(model, x, target, eta: float = 1.0, chunk: int | None = None) -> torch.Tensor:
+def unlearned_log_probs(model, x, target, eta: float = 1.0, chunk: int | None = None,
+                        method: str = "auto") -> torch.Tensor:
     """``log F(x_i; θ̂_i)`` for every image, each under its own one-step-unlearned weights.
 
-    Batched: per-sample gradients of the cross-entropy with ``vmap``, then one vmapped
-    forward with the per-image weights. Per-sample gradients cost one copy of the parameters
-    per image, so ``chunk`` images are unlearned at a time; ``None`` sizes it to the device's
-    memory budget (:func:`unlearn_chunk_size`).
+    Batched: per-sample gradients of the cross-entropy, then one forward of all images, each
+    with its own weights. ``method="auto"`` uses :mod:`uni_lab.persample` (ordinary batched
+    kernels; conv / linear / batch-norm networks) and falls back to ``torch.func.vmap`` for
+    anything else; ``"vmap"`` forces the latter. Per-sample gradients cost one copy of the
+    parameters per image, so ``chunk`` images are unlearned at a time; ``None`` sizes it to
+    the device's memory budget (:func:`unlearn_chunk_size`).
     """
+    if method not in ("auto", "vmap"):
+        raise InputError(f"unlearning method must be 'auto' or 'vmap', got '{method}'.")
     params = {k: v.detach() for k, v in model.named_parameters()}
     buffers = {k: v.detach() for k, v in model.named_buffers()}
     chunk = int(chunk) if chunk else unlearn_chunk_size(model, x)
@@ -47,13 +53,18 @@ def unlearned_log_probs(model, x, target, eta: float = 1.0, chunk: int | None = 
     out = []
     for s in range(0, x.shape[0], chunk):
         xs, ts = x[s:s + chunk].detach(), target[s:s + chunk]
-        with torch.enable_grad():
-            theta_hat = vmap(grad(loss), in_dims=(None, 0, 0))(params, xs, ts)
-        with torch.no_grad():
-            for k, g in theta_hat.items():  # θ̂ = θ + η g, built in the gradient's own memory
-                g.mul_(eta).add_(params[k])
-            out.append(vmap(forward)(theta_hat, xs).log_softmax(-1))
-        del theta_hat
+        grads = per_sample_grads(model, xs, ts) if method == "auto" else None
+        logits = None if grads is None else per_image_forward(model, xs, grads, eta)
+        if logits is None:
+            if grads is None:
+                with torch.enable_grad():
+                    grads = vmap(grad(loss), in_dims=(None, 0, 0))(params, xs, ts)
+            with torch.no_grad():
+                for k, g in grads.items():  # θ̂ = θ + η g, built in the gradient's own memory
+                    g.mul_(eta).add_(params[k])
+                logits = vmap(forward)(grads, xs)
+        out.append(logits.detach().log_softmax(-1))
+        del grads
     return torch.cat(out)
 
 
