@@ -27,6 +27,7 @@ def add_arguments(p):
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="autocast precision")
     p.add_argument("--channels-last", action="store_true", help="run the model in channels_last layout")
     p.add_argument("--no-store", action="store_true", help="skip the store-share measurement")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own choice)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
@@ -35,6 +36,10 @@ def main(args) -> int:
     from ..bench import bench, format_table
     from .run import _split_methods
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     say = None if args.quiet else (lambda msg: print(f"[bench] {msg}", file=sys.stderr, flush=True))
     methods = [m.strip() for m in _split_methods(args.methods)] if args.methods else None
     res = bench(args.model, weights=args.weights, batch_size=args.batch_size, size=args.size, device=args.device,
