@@ -81,8 +81,13 @@ def _keeps_label(model, x, target) -> torch.Tensor:
 @uni_lab.attack("fgsm_attribution")
 def fgsm_attribution(model, x, target, seeds=None, explanation=None, *, eps: float = 8 / 255, k: int = 1000,
                      iterations: int = 1, step_size: float | None = None, beta: float = 10.0,
-                     surrogate_steps: int = 8, output: str = "prob"):
-    """Top-k attribution attack (Ghorbani et al. 2019), L∞ budget ε, gradient through a softplus copy; keeps the label."""
+                     surrogate_steps: int = 8, backtrack: int = 0, output: str = "prob"):
+    """Top-k attribution attack (Ghorbani et al. 2019), L∞ budget ε, gradient through a softplus copy; keeps the label.
+
+    A candidate that changes the predicted label is rejected; with ``backtrack = n`` the step is
+    then halved up to ``n`` times (forward passes only) before the image keeps its last accepted
+    point (``x`` itself on the first step).
+    """
     if eps <= 0 or iterations < 1 or surrogate_steps < 1:
         raise InputError("fgsm_attribution needs eps > 0, iterations >= 1 and surrogate_steps >= 1.")
     # One signed step uses the whole budget; PGD takes Madry et al.'s 2.5·ε/iterations.
@@ -99,9 +104,16 @@ def fgsm_attribution(model, x, target, seeds=None, explanation=None, *, eps: flo
         share = (surrogate * top).sum(1) / surrogate.sum(1).clamp_min(1e-12)  # mass left on the old top-k
         (g,) = torch.autograd.grad(share.sum(), xa)
         with torch.no_grad():
-            candidate = (x + (x_adv - step * g.sign() - x).clamp(-eps, eps)).clamp(0, 1)
-            kept = _keeps_label(model, candidate, target)  # the original model decides, not the smooth copy
-            x_adv = torch.where(kept.view(-1, 1, 1, 1), candidate, x_adv)
+            pending = torch.ones_like(target, dtype=torch.bool)
+            nxt = x_adv.clone()
+            for halvings in range(int(backtrack) + 1):
+                candidate = (x + (x_adv - step / 2 ** halvings * g.sign() - x).clamp(-eps, eps)).clamp(0, 1)
+                kept = _keeps_label(model, candidate, target) & pending  # the original model decides
+                nxt = torch.where(kept.view(-1, 1, 1, 1), candidate, nxt)
+                pending &= ~kept
+                if not pending.any():
+                    break
+            x_adv = nxt
     return x_adv.detach()
 
 

@@ -7,7 +7,6 @@ stability metrics.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 from scipy.stats import rankdata
 
@@ -55,7 +54,3 @@ def robustness(attribution, reference, *, k: int = 1000):
     """Spearman rank correlation and top-k intersection between A(x) and A(x + δ) (Ghorbani et al. 2019)."""
     pa, pr = pixel_map(attribution), pixel_map(reference)
     return {"spearman": spearman_rows(pr, pa), "topk": topk_intersection(pr, pa, int(k))}
-
-
-def as_numpy(t) -> np.ndarray:
-    return t.detach().double().cpu().numpy() if torch.is_tensor(t) else np.asarray(t, dtype=float)

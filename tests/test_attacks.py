@@ -144,3 +144,19 @@ def test_corruption_is_the_maintained_implementation_seeded_and_grows_with_sever
 def test_corruption_severity_out_of_range_is_a_clear_error():
     with pytest.raises(uni_lab.InputError, match="severity"):
         corrupt(torch.rand(1, 3, 8, 8), "brightness", 6)
+
+
+def test_backtracking_halves_a_rejected_step_instead_of_giving_up(tiny_model, batch):
+    x, target, seeds = batch
+    exp = Explanation(_gradients(tiny_model, x, target))
+    plain = fgsm_attribution(tiny_model, x, target, seeds, exp, eps=0.6, k=K, output="logit")
+    halved = fgsm_attribution(tiny_model, x, target, seeds, exp, eps=0.6, k=K, output="logit", backtrack=4)
+    with torch.no_grad():
+        assert torch.equal(tiny_model(halved).argmax(-1), target)
+    moved = lambda a: (a - x).abs().flatten(1).max(1).values > 0  # noqa: E731
+    assert moved(halved).sum() > moved(plain).sum()
+    linf = (halved - x).abs().flatten(1).max(1).values
+    assert (linf <= 0.6 + 1e-6).all()
+    # an image accepted at the full step is unchanged by backtracking
+    full = moved(plain)
+    torch.testing.assert_close(halved[full], plain[full])

@@ -575,9 +575,11 @@ def _metric_columns(metric: str, out: dict, n: int) -> dict:
 def metric_table(ds: xr.Dataset):
     """Mean over images of every scalar evaluation variable, one row per (model, method).
 
-    Attack variables get one column per attack (``robustness_topk[fgsm_attribution]``);
-    corruption variables are averaged over corruptions and severities (``...[corruptions]``).
-    Variables with further dims (stability steps, deletion curves) are left to the figures.
+    Attack variables get one column per attack (``robustness_topk[fgsm_attribution]``), averaged
+    over the images where the attack was accepted (a rejected attack returns ``x`` itself, whose
+    map trivially matches), with the accepted share as ``attack_accepted[...]``. Corruption
+    variables are averaged over corruptions and severities (``...[corruptions]``). Variables
+    with further dims (stability steps, deletion curves) are left to the figures.
     """
     import pandas as pd
 
@@ -586,10 +588,17 @@ def metric_table(ds: xr.Dataset):
     for model in ds.model.values:
         for method in ds.method.values:
             row = {"model": str(model), "method": str(method)}
+            if "done_attack" in ds.data_vars:
+                moved = ds["attack_linf"].sel({"model": model, "method": method}) > 0
+                for a in ds.attack.values:
+                    done = ds["done_attack"].sel({"model": model, "method": method, "attack": a})
+                    row[f"attack_accepted[{a}]"] = _mean(moved.sel(attack=a).where(done))
             for v in names:
                 da = ds[v].sel({"model": model, "method": method})
                 flag = ds[_flag_of(v, ds)].sel({"model": model, "method": method})
                 da = da.where(flag)
+                if "attack" in da.dims:
+                    da = da.where(moved)
                 extra = [d for d in da.dims if d not in ("image", "attack", "corruption", "severity")]
                 if extra:
                     continue
