@@ -43,9 +43,22 @@ def parser(description: str, store_name: str, *, images=DEFAULT_IMAGES, methods=
     p.add_argument("--steps", type=int, default=steps, help="Riemann steps B for a computed store")
     p.add_argument("--model", default="efficientnet_lite0", help="model for a computed store")
     p.add_argument("--recompute", action="store_true", help="overwrite the cached default store")
+    p.add_argument("--dpi", type=int, default=150, help="PNG resolution (default: %(default)s)")
+    p.add_argument("--formats", nargs="+", default=["png", "pdf"], choices=("png", "pdf", "svg"),
+                   help="figure files to write (default: png pdf)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(store_name=store_name)
     return p
+
+
+# How figures are written; ``parse`` applies a script's --dpi/--formats before it draws.
+FIGURE_OUTPUT = {"dpi": 150, "formats": ("png", "pdf")}
+
+
+def parse(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    args = p.parse_args(argv)
+    FIGURE_OUTPUT.update(dpi=args.dpi, formats=tuple(args.formats))
+    return args
 
 
 def _rel(path: Path) -> str:
@@ -229,9 +242,9 @@ def wrap(text: str, width: int = 150) -> str:
 
 def save_figure(fig, stem: str, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
+    paths = [out_dir / f"{stem}.{fmt}" for fmt in FIGURE_OUTPUT["formats"]]
     for p in paths:
-        fig.savefig(p, dpi=150 if p.suffix == ".png" else None, bbox_inches="tight")
+        fig.savefig(p, dpi=FIGURE_OUTPUT["dpi"] if p.suffix == ".png" else None, bbox_inches="tight")
         print(f"wrote {p}")
     return paths
 

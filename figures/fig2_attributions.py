@@ -52,7 +52,7 @@ def draw(ds, out_dir, stem="fig2_attributions"):
 
 
 def main(argv=None) -> int:
-    args = io.parser(__doc__.splitlines()[0], "methods.zarr").parse_args(argv)
+    args = io.parse(io.parser(__doc__.splitlines()[0], "methods.zarr"), argv)
     ds = io.obtain(args)
     draw(ds, args.out_dir)
     return 0

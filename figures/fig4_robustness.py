@@ -153,7 +153,7 @@ def _short(v):
 def main(argv=None) -> int:
     p = io.parser(__doc__.splitlines()[0], "robustness.zarr", methods=("uni", "ig:black", "ig:blur"))
     p.add_argument("--image", help="the image whose maps are drawn (default: the first)")
-    args = p.parse_args(argv)
+    args = io.parse(p, argv)
     draw(io.obtain(args, compute=compute, ready=ready), args.out_dir, image=args.image)
     return 0
 

@@ -170,7 +170,7 @@ def main(argv=None) -> int:
     p.add_argument("--severities", type=int, nargs="+", default=[1, 3, 5],
                    help="severities for a computed store (default: %(default)s)")
     p.add_argument("--severity", type=int, help="severity of the maps drawn (default: the highest evaluated)")
-    args = p.parse_args(argv)
+    args = io.parse(p, argv)
     ready = lambda ds: (io.is_evaluated(ds, "done_bias") and  # noqa: E731
                         io.is_evaluated(ds, "done_corruption_bias", corruption=args.corruptions,
                                         severity=args.severities))

@@ -168,7 +168,7 @@ def main(argv=None) -> int:
     p.add_argument("--bs", type=int, nargs="+", default=list(DEFAULT_BS), help="Riemann steps to compare")
     p.add_argument("--ref", type=int, default=DEFAULT_REF, help="reference B (default: %(default)s)")
     p.add_argument("--image", help="the image whose maps are drawn (default: the first)")
-    args = p.parse_args(argv)
+    args = io.parse(p, argv)
     paths = store_paths(args.store) if args.store else compute(args)
     draw([io.open_loaded(path) for path in paths], args.out_dir, image=args.image)
     return 0

@@ -80,7 +80,7 @@ def draw(ds, out_dir, stem="fig_monotonicity"):
 
 
 def main(argv=None) -> int:
-    args = io.parser(__doc__.splitlines()[0], "methods.zarr").parse_args(argv)
+    args = io.parse(io.parser(__doc__.splitlines()[0], "methods.zarr"), argv)
     draw(io.obtain(args), args.out_dir)
     return 0
 

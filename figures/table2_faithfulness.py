@@ -125,7 +125,7 @@ def _wide(table: pd.DataFrame, methods, metrics) -> pd.DataFrame:
 
 
 def main(argv=None) -> int:
-    args = io.parser(__doc__.splitlines()[0], "methods.zarr").parse_args(argv)
+    args = io.parse(io.parser(__doc__.splitlines()[0], "methods.zarr"), argv)
     draw(io.obtain(args, compute=compute, ready=ready), args.out_dir)
     return 0
 

@@ -49,6 +49,15 @@ def assert_drawn(out_dir: Path, stem: str, table: bool = False):
         assert (out_dir / f"{stem}.csv").exists() and "|" in (out_dir / f"{stem}.md").read_text()
 
 
+def draw_table(name, store, out_dir):
+    """Draw from ``store`` and return the script module, the dataset and the table it printed."""
+    mod = script(name)
+    ds = _store_io.open_loaded(store)
+    _, table = mod.draw(ds, out_dir)
+    assert_drawn(out_dir, name, table=True)
+    return mod, ds, table
+
+
 def flagged_mean(ds, var, flag, **at):
     values = ds[var].where(ds[flag]).sel(at)
     return float(np.nanmean(values.values))
@@ -63,10 +72,7 @@ def test_fig2_grid_from_store(evaluated, tmp_path, capsys):
 
 
 def test_table2_numbers_are_the_store_means(evaluated, tmp_path):
-    mod = script("table2_faithfulness")
-    ds = _store_io.open_loaded(evaluated)
-    _, wide = mod.draw(ds, tmp_path)
-    assert_drawn(tmp_path, "table2_faithfulness", table=True)
+    mod, ds, wide = draw_table("table2_faithfulness", evaluated, tmp_path)
     assert list(wide["method"]) == list(small_stores.METHODS)
     for _, row in wide.iterrows():
         for metric in mod.METRICS:
@@ -75,10 +81,7 @@ def test_table2_numbers_are_the_store_means(evaluated, tmp_path):
 
 
 def test_fig4_numbers_are_the_store_means(evaluated, tmp_path):
-    mod = script("fig4_robustness")
-    ds = _store_io.open_loaded(evaluated)
-    _, table = mod.draw(ds, tmp_path)
-    assert_drawn(tmp_path, "fig4_robustness", table=True)
+    mod, ds, table = draw_table("fig4_robustness", evaluated, tmp_path)
     assert set(table["attack"]) == set(mod.ATTACKS)
     for _, row in table.iterrows():
         at = {"method": row["method"], "attack": row["attack"]}
@@ -89,10 +92,7 @@ def test_fig4_numbers_are_the_store_means(evaluated, tmp_path):
 
 
 def test_fig5_numbers_are_the_store_means(evaluated, tmp_path):
-    mod = script("fig5_bias")
-    ds = _store_io.open_loaded(evaluated)
-    _, table = mod.draw(ds, tmp_path)
-    assert_drawn(tmp_path, "fig5_bias", table=True)
+    _, ds, table = draw_table("fig5_bias", evaluated, tmp_path)
     assert set(table["corruption"]) == {"clean", *small_stores.CORRUPTIONS}
     clean = table[table["corruption"] == "clean"].set_index("method")
     for method in small_stores.METHODS:
