@@ -191,7 +191,7 @@ def _chunks(n: int, size: int):
 @uni_lab.explainer("guided_backprop")
 def guided_backprop(model, x, target, seeds=None, *, unsupported: str = "error", output: str = "prob",
                     internal_batch_size: int | None = None):
-    """Guided Backprop (Springenberg et al. 2014) via Captum: ReLU/ReLU6 guided rule; other activations see the docs."""
+    """Guided Backprop (Springenberg et al. 2014) via Captum's guided rule on ReLU and ReLU6."""
     from captum.attr import GuidedBackprop
 
     check_output(output)
