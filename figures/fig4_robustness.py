@@ -48,6 +48,9 @@ def per_image(ds) -> pd.DataFrame:
         columns=["model", "method", "image", "attack", "value", "score"])
     for frame in extra.values():
         long = long.merge(frame, on=["model", "method", "image", "attack"], how="left")
+    # An attack whose every candidate flipped the label returns x itself (δ = 0): its "robustness"
+    # of 1 measures nothing, so such items are kept out of the scores and counted instead.
+    long["applied"] = long["attack_linf"] > 0 if "attack_linf" in long else True
     return long
 
 
@@ -65,6 +68,12 @@ def draw(ds, out_dir, image=None, stem="fig4_robustness"):
         absent = sorted(set(ATTACKS) - set(long["attack"]))
         if absent:
             notes.append(io.missing(f"attacks {absent}", "not evaluated in this store"))
+    unapplied = (long[~long["applied"].astype(bool)].drop_duplicates(["method", "attack", "image"])
+                 .groupby(["method", "attack"])["image"].count()) if not long.empty else pd.Series(dtype=int)
+    for (method, attack), n in unapplied.items():
+        notes.append(f"NOT APPLIED: {attack} on {method} for {n} image(s): every candidate would change the "
+                     "label, so δ = 0; these items are left out of the scores")
+        print(notes[-1])
     methods = style.ordered(long["method"].unique()) if not long.empty else style.ordered(io.done_methods(ds))
     attacks = [a for a in ATTACKS if a in set(long.get("attack", []))] + \
         sorted(set(long.get("attack", [])) - set(ATTACKS))
@@ -99,7 +108,7 @@ def draw(ds, out_dir, image=None, stem="fig4_robustness"):
     bars = (grid[1] if show_maps else grid[0]).subgridspec(1, 2, wspace=0.25)
     for i, (var, label) in enumerate(SCORES.items()):
         ax = fig.add_subplot(bars[0, i])
-        sub = long[long["score"] == var] if not long.empty else long
+        sub = long[(long["score"] == var) & long["applied"].astype(bool)] if not long.empty else long
         if sub.empty:
             style.blank(ax, f"{label}: not evaluated")
             continue
@@ -121,19 +130,19 @@ def draw(ds, out_dir, image=None, stem="fig4_robustness"):
     if long.empty:
         table = pd.DataFrame(columns=["method", "attack"])
     else:
-        table = long.pivot_table(index=["method", "attack", "image"], columns="score", values="value").reset_index()
-        kept = long.drop_duplicates(["method", "attack", "image"]).set_index(["method", "attack", "image"])
-        for var in ("attack_label_kept", "attack_linf"):
-            if var in kept:
-                table[var] = kept[var].reindex(pd.MultiIndex.from_frame(table[["method", "attack", "image"]])).values
-        table = table.rename(columns={"attack_robustness_spearman": "spearman", "attack_robustness_topk": "topk",
-                                      "attack_label_kept": "label_kept", "attack_linf": "linf"})
-        table = (table.drop(columns="image").groupby(["method", "attack"], as_index=False).mean()
-                 .assign(images=table.groupby(["method", "attack"])["image"].count().values))
+        keys = ["method", "attack"]
+        items = long.drop_duplicates(keys + ["image"])
+        extra = {name: (var, agg) for name, var, agg in (("label_kept", "attack_label_kept", "mean"),
+                                                         ("linf", "attack_linf", "max")) if var in items}
+        counts = items.groupby(keys).agg(images=("image", "count"), applied=("applied", "sum"), **extra)
+        used = long[long["applied"].astype(bool)]
+        scores = used.pivot_table(index=keys, columns="score", values="value", aggfunc="mean")
+        table = (counts.join(scores).reset_index()
+                 .rename(columns={"attack_robustness_spearman": "spearman", "attack_robustness_topk": "topk"}))
         table = table.sort_values(["method", "attack"], key=lambda s: s.map(
             {m: i for i, m in enumerate(methods if s.name == "method" else attacks)}))
     written += io.save_table(table, stem, out_dir, "\n".join([text] + notes))
-    io.headline("fig4: robustness per method and attack (mean over images)", table)
+    io.headline("fig4: robustness per method and attack (mean over the images the attack moved)", table)
     return written, table
 
 

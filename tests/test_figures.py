@@ -91,6 +91,20 @@ def test_fig4_numbers_are_the_store_means(evaluated, tmp_path):
         assert row["label_kept"] == 1.0  # the attack keeps the label by construction
 
 
+def test_fig4_leaves_out_attacks_that_did_not_move_the_input(evaluated, tmp_path, capsys):
+    """A rejected attack returns x itself (δ = 0, robustness 1 by construction): it must not count."""
+    mod = script("fig4_robustness")
+    ds = _store_io.open_loaded(evaluated)
+    at = {"model": "tiny", "method": "ig:black", "image": "chelsea", "attack": "fgsm_attribution"}
+    ds["attack_linf"].loc[at] = 0.0
+    _, table = mod.draw(ds, tmp_path)
+    assert "NOT APPLIED: fgsm_attribution on ig:black for 1 image(s)" in capsys.readouterr().out
+    row = table.set_index(["method", "attack"]).loc[("ig:black", "fgsm_attribution")]
+    assert (row["images"], row["applied"]) == (2, 1)
+    other = {**at, "image": "coffee"}
+    assert row["spearman"] == pytest.approx(float(ds["attack_robustness_spearman"].sel(other)))
+
+
 def test_fig5_numbers_are_the_store_means(evaluated, tmp_path):
     _, ds, table = draw_table("fig5_bias", evaluated, tmp_path)
     assert set(table["corruption"]) == {"clean", *small_stores.CORRUPTIONS}
