@@ -10,6 +10,7 @@ reads several of them (one per B), all with the same images, methods and seed.
 """
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -91,6 +92,19 @@ def stability(maps: dict, items: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def from_metric(ds) -> pd.DataFrame:
+    """Curves ``uni-lab evaluate --metrics riemann_stability`` stored (dims ..., steps), if any."""
+    sp, rel = io.evaluated(ds, "riemann_stability_spearman"), io.evaluated(ds, "riemann_stability_rel_error")
+    if sp is None or rel is None:
+        return pd.DataFrame()
+    keys = ["model", "method", "image", "steps"]
+    frame = (sp.to_dataframe(name="spearman").reset_index()[keys + ["spearman"]]
+             .merge(rel.to_dataframe(name="rel_l2").reset_index()[keys + ["rel_l2"]], on=keys)
+             .dropna(subset=["spearman", "rel_l2"]).rename(columns={"steps": "B"}))
+    ref = json.loads(sp.attrs.get("uni_lab_params", "{}")).get("reference_steps")
+    return frame.assign(B_ref=ref)
+
+
 def draw(datasets, out_dir, image=None, stem="fig7_stability"):
     import matplotlib.pyplot as plt
     import seaborn as sns
@@ -102,9 +116,14 @@ def draw(datasets, out_dir, image=None, stem="fig7_stability"):
         return [], pd.DataFrame()
     table = stability(maps, items)
     bs = sorted(table["B"].unique())
+    curves, source = table[table["B"] < table["B_ref"]], f"{len(datasets)} stores, one per B"
     if len(bs) < 2:
-        io.missing("a second B", f"only B = {bs} is present; stability needs stores at several B "
-                   "(omit --store to compute them)")
+        metric = pd.concat([from_metric(ds) for ds in datasets], ignore_index=True)
+        if metric.empty:
+            io.missing("a second B", f"only B = {bs} is present; stability needs stores at several B or the "
+                       "riemann_stability metric (uni-lab evaluate --metrics riemann_stability; or omit --store)")
+        else:
+            curves, source = metric, "curves: the stored riemann_stability metric"
     model = str(table["model"].iloc[0])
     image = image or str(table["image"].iloc[0])
     methods = style.ordered(table["method"].unique())
@@ -125,7 +144,6 @@ def draw(datasets, out_dir, image=None, stem="fig7_stability"):
         any_key = next(k for k in maps if k[0] == model and k[2] == image)
         ax.imshow(style.rgb(maps[any_key][2]))
         ax.set_ylabel(method, fontsize=10, color=colours[method])
-    curves = table[table["B"] < table["B_ref"]]
     specs = [("spearman", "Spearman ρ(A_B, A_ref)"), ("rel_l2", "‖A_B − A_ref‖ / ‖A_ref‖"),
              ("completeness_error", "completeness error")]
     sub = grid[len(methods), :].subgridspec(1, 3, wspace=0.35)
@@ -138,23 +156,29 @@ def draw(datasets, out_dir, image=None, stem="fig7_stability"):
         sns.lineplot(data=data, x="B", y=col, hue="method", hue_order=methods, palette=colours, marker="o",
                      errorbar=("pi", 100), ax=ax, legend=i == 0)
         ax.set_xscale("log", base=2)
-        ax.set_xlim(min(bs) / 1.4, max(bs) * 1.4)
+        every_b = sorted(set(bs) | set(curves["B"]) | set(curves["B_ref"].dropna()))
+        ax.set_xlim(min(every_b) / 1.4, max(every_b) * 1.4)
         if col != "spearman":
             ax.set_yscale("log")
         ax.set_xlabel("Riemann steps B")
         ax.set_ylabel(label)
-    refs = sorted(table["B_ref"].unique())
+    refs = sorted(curves["B_ref"].dropna().unique()) or sorted(table["B_ref"].unique())
     fig.suptitle(f"Stability against Riemann steps · {model} · maps: '{image}' · reference B = "
                  f"{'/'.join(map(str, refs))}\ncurves: mean over {table['image'].nunique()} image(s), band = range",
                  y=1.0, fontsize=10)
     fig.tight_layout()
-    text = io.caption(datasets[-1], methods, steps=bs, extra=f"{len(datasets)} stores, one per B")
+    text = io.caption(datasets[-1], methods, steps=bs, extra=source)
     style.footer(fig, io.wrap(text, 170))
     written = io.save_figure(fig, stem, out_dir)
     plt.close(fig)
 
-    summary = (table.groupby(["method", "B"], as_index=False)
-               [["spearman", "rel_l2", "completeness_error", "baseline_drift"]].mean())
+    keys = ["method", "B"]
+    if source.startswith("curves"):  # the metric's curves, with the completeness error of the stored B
+        summary = (curves.groupby(keys, as_index=False)[["spearman", "rel_l2"]].mean()
+                   .merge(table.groupby(keys, as_index=False)[["completeness_error"]].mean(), on=keys, how="outer"))
+    else:
+        summary = table.groupby(keys, as_index=False)[["spearman", "rel_l2", "completeness_error",
+                                                       "baseline_drift"]].mean()
     summary = summary.sort_values(["method", "B"], key=lambda s: s.map({m: i for i, m in enumerate(methods)})
                                   if s.name == "method" else s)
     written += io.save_table(summary, stem, out_dir, text)

@@ -15,7 +15,8 @@ CORRUPTIONS = ("gaussian_noise", "brightness")
 SEVERITIES = (1, 2)
 # Small budgets: the figures need every variable to exist, not paper-grade estimates.
 SETS = {"mufidelity.n_subsets": 16, "deletion.n_steps": 4, "insertion.n_steps": 4, "robustness.k": 20,
-        "fgsm_attribution.k": 20, "fgsm_attribution.surrogate_steps": 2}
+        "fgsm_attribution.k": 20, "fgsm_attribution.surrogate_steps": 2,
+        "riemann_stability.steps": [1, 2, 4], "riemann_stability.reference_steps": 8}
 
 
 def _once(path: Path, build) -> Path:
@@ -36,7 +37,7 @@ def evaluated_store(base: Path) -> Path:
     def build(out):
         clf = train_tiny()
         uni_lab.run(models=clf, images=list(IMAGES), methods=list(METHODS), steps=4, out=out, progress=False)
-        evaluate(out, metrics="mufidelity,deletion,insertion,bias,monotonicity,curvature",
+        evaluate(out, metrics="mufidelity,deletion,insertion,bias,monotonicity,curvature,riemann_stability",
                  attacks="fgsm_attribution,random_noise", corruptions=",".join(CORRUPTIONS), severities=SEVERITIES,
                  perturbed_metrics="robustness,bias", models=[clf], sets=SETS, progress=False)
 

@@ -170,6 +170,19 @@ def test_missing_evaluation_is_named_not_faked(name, over_steps, tmp_path, capsy
     assert len(table) <= 1 + len(small_stores.METHODS) and "±" not in "".join(table)
 
 
+def test_fig7_draws_the_stored_riemann_stability_metric(evaluated, tmp_path, capsys):
+    """One store (one B) evaluated with riemann_stability: its curves are drawn, nothing is missing."""
+    mod = script("fig7_stability")
+    ds = _store_io.open_loaded(evaluated)
+    _, summary = mod.draw([ds], tmp_path)
+    assert "MISSING" not in capsys.readouterr().err
+    assert_drawn(tmp_path, "fig7_stability", table=True)
+    row = summary.set_index(["method", "B"]).loc[("uni", 2)]
+    flag = ds["done_riemann_stability"]
+    expected = ds["riemann_stability_spearman"].where(flag).sel({"method": "uni", "steps": 2}).mean()
+    assert row["spearman"] == pytest.approx(float(expected))
+
+
 def test_single_store_for_fig7_says_a_second_b_is_needed(over_steps, tmp_path, capsys):
     run_script("fig7_stability", over_steps / "B4.zarr", tmp_path)
     assert "MISSING: a second B" in capsys.readouterr().err
