@@ -39,7 +39,6 @@ def add_arguments(p):
 def evaluate_from_args(store, args, progress: bool = True):
     """Run :func:`uni_lab.evaluate.evaluate` with the shared flags; print and return its table."""
     from ..evaluate import evaluate
-    from ..summary import format_table
 
     result = evaluate(store, metrics=args.metrics, attacks=args.attacks, corruptions=args.corruptions,
                       severities=[int(s) for s in args.severities.split(",") if s.strip()],
@@ -47,7 +46,11 @@ def evaluate_from_args(store, args, progress: bool = True):
                       methods=getattr(args, "methods_subset", None), images=getattr(args, "images_subset", None),
                       batch_size=args.batch_size, device=args.device, recompute=getattr(args, "recompute", False),
                       progress=progress)
-    print(format_table(result.table))
+    table = result.table
+    if table.empty:
+        print("(no evaluated items)")
+    else:  # metrics down, methods across: dozens of metric columns do not fit a terminal's width
+        print(table.set_index(["model", "method"]).T.to_string(float_format=lambda v: f"{v:.4g}"))
     return result
 
 
