@@ -101,7 +101,10 @@ def draw(ds, out_dir, image=None, stem="fig4_robustness"):
                 ax = fig.add_subplot(maps[r, c])
                 var = ds["attribution"] if attack is None else ds["attack_attribution"].sel(attack=attack)
                 flag = ds["done"] if attack is None else ds["done_attack"].sel(attack=attack)
-                if bool(io.sel_method(flag.sel(at), method)):
+                moved = long[(long["method"] == method) & (long["image"] == image) & (long["attack"] == attack)]
+                if attack is not None and not moved.empty and not moved["applied"].astype(bool).any():
+                    style.blank(ax, "not applied: δ = 0\n(every candidate changed the label)")
+                elif bool(io.sel_method(flag.sel(at), method)):
                     style.show_map(ax, io.sel_method(var.sel(at), method).values, method if r == 0 else None)
                 else:
                     style.blank(ax, "not computed")
