@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -426,3 +428,19 @@ def test_two_evaluations_of_one_store_cannot_overlap(tiny_store, tiny_model):
         with pytest.raises(StoreError, match="another `uni-lab evaluate`"):
             evaluate(tiny_store, metrics="monotonicity", models=[tiny_model], progress=False)
     evaluate(tiny_store, metrics="monotonicity", models=[tiny_model], progress=False)  # released
+
+
+def test_evaluation_lock_holds_while_zarr_rewrites_the_group_metadata(tiny_store):
+    import zarr
+
+    from uni_lab.store import Store, evaluation_lock
+
+    with evaluation_lock(Store(tiny_store)):
+        zarr.consolidate_metadata(str(tiny_store))  # what adding a variable does to .zgroup and .zmetadata
+        group = Path(tiny_store) / ".zgroup"
+        fresh = group.with_name(".zgroup.new")
+        fresh.write_bytes(group.read_bytes())
+        os.replace(fresh, group)  # a new inode, as when a writer replaces the file
+        with pytest.raises(StoreError, match="another `uni-lab evaluate`"):
+            with evaluation_lock(Store(tiny_store)):
+                pass

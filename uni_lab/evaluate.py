@@ -584,6 +584,13 @@ def metric_table(ds: xr.Dataset):
     import pandas as pd
 
     names = [v for v in ds.data_vars if ds[v].attrs.get("uni_lab_metric") and not v.startswith("done_")]
+    scalar_dims = {"model", "method", "image", "attack", "corruption", "severity"}
+    names = [v for v in names if set(ds[v].dims) <= scalar_dims]
+    needed = names + sorted({_flag_of(v, ds) for v in names})
+    if "done_attack" in ds.data_vars:
+        needed += ["attack_linf", "done_attack"]
+    # One read of each variable: selecting from the lazy store cell by cell rereads its chunks.
+    ds = ds[list(dict.fromkeys(needed))].load()
     rows = []
     for model in ds.model.values:
         for method in ds.method.values:

@@ -390,15 +390,23 @@ def update_attrs(store: Store, attrs: dict) -> None:
     store._group = None
 
 
+# Not a zarr key: readers of the store never list it.
+LOCK_FILE = ".uni_lab_evaluate.lock"
+
+
 @contextmanager
 def evaluation_lock(store: Store):
     """One evaluation at a time per store: two would add variables and rewrite the consolidated
     metadata under each other. An advisory ``flock`` on the group file, released on exit (or
-    by the OS when the process dies), so no stale lock file can be left behind."""
+    by the OS when the process dies), so a lock file left behind holds nothing.
+
+    The lock is on a file of its own: zarr replaces ``.zgroup`` when it adds variables, and a
+    lock on the replaced file would not exclude a process that opened the new one."""
     import fcntl
 
-    meta = store.path / ".zgroup"
-    with open(meta, "rb") as fh:
+    if not store.exists():
+        raise StoreError(f"'{store.path}' is not a uni_lab store; pass the --out of a `uni-lab run`.")
+    with open(store.path / LOCK_FILE, "a+b") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
