@@ -32,4 +32,4 @@ def blur_ig(model, x, target, seeds=None, *, sigma_max: float = 20.0, steps: int
     path_fn = lambda x_, _b, a: blur_path(x_, None, a, sigma_max=sigma_max)
     chunk = max(1, ibs // x.shape[0])
     return integrate(model, x, target, fixed_path(path_fn, x, None, int(steps), chunk), output=output,
-                     internal_batch_size=ibs)
+                     internal_batch_size=ibs, baseline_gradient=False)

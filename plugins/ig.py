@@ -11,4 +11,4 @@ def integrated_gradients(model, x, target, seeds=None, *, baseline="black", step
     ibs = internal_batch_size or DEFAULT_INTERNAL_BATCH
     chunk = max(1, ibs // x.shape[0])
     return integrate(model, x, target, fixed_path(straight_path, x, xb, int(steps), chunk),
-                     output=output, internal_batch_size=ibs)
+                     output=output, internal_batch_size=ibs, baseline_gradient=False)

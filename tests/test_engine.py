@@ -76,3 +76,25 @@ def test_nan_input_is_a_clear_error(tiny_model, tiny_batch):
 def test_bad_output_is_a_clear_error(tiny_model, tiny_batch):
     with pytest.raises(InputError, match="output must be one of"):
         uni_lab.explain("ig:black", tiny_model, tiny_batch[0], output="softmax")
+
+
+@pytest.mark.parametrize("internal_batch_size", [1000, 4, 3])
+def test_closed_form_paths_skip_the_unused_baseline_gradient(tiny_model, tiny_batch, internal_batch_size):
+    """The right sum ignores ∇F_c at α = 0: without that backward the map, scores and the rest
+    of the trace are the same, and only the baseline's grad_norm is missing (NaN)."""
+    from uni_lab.engine import fixed_path, integrate, straight_path
+
+    x, _ = tiny_batch
+    target = tiny_model(x).argmax(-1)
+    xb = torch.zeros_like(x)
+    runs = [integrate(tiny_model, x, target, fixed_path(straight_path, x, xb, 8, max(1, internal_batch_size // 4)),
+                      internal_batch_size=internal_batch_size, baseline_gradient=flag) for flag in (True, False)]
+    full, lean = runs
+    torch.testing.assert_close(lean.attribution, full.attribution)
+    torch.testing.assert_close(lean.completeness_error, full.completeness_error)
+    for key in ("alpha", "prob", "logit", "distance"):
+        torch.testing.assert_close(lean.trace[key], full.trace[key])
+    assert torch.isnan(lean.trace["grad_norm"][:, 0]).all() and torch.isfinite(full.trace["grad_norm"][:, 0]).all()
+    torch.testing.assert_close(lean.trace["grad_norm"][:, 1:], full.trace["grad_norm"][:, 1:])
+    ig = uni_lab.explain("ig:black", tiny_model, x, target, steps=8, internal_batch_size=internal_batch_size)
+    assert torch.isnan(ig.trace["grad_norm"][:, 0]).all()

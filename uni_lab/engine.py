@@ -71,6 +71,26 @@ def evaluate(model, points: torch.Tensor, target: torch.Tensor, output: str, int
     return (torch.cat(grads).view_as(points), torch.cat(probs).view(m, n), torch.cat(logits).view(m, n))
 
 
+def forward_scores(model, points: torch.Tensor, target: torch.Tensor, internal_batch_size: int):
+    """``F_c`` (probability, logit) at points ``(N, ...)``, forward passes only."""
+    probs, logits = [], []
+    with torch.no_grad():
+        for s in range(0, points.shape[0], internal_batch_size):
+            p, l = scores(model(points[s:s + internal_batch_size]), target[s:s + internal_batch_size])
+            probs.append(p), logits.append(l)
+    return torch.cat(probs), torch.cat(logits)
+
+
+def _evaluate_without_baseline_gradient(model, points, target, output, internal_batch_size):
+    """:func:`evaluate` for a chunk whose first point is the baseline: there, scores only."""
+    p0, l0 = forward_scores(model, points[0], target, internal_batch_size)
+    nan = torch.full_like(points[:1], float("nan"))
+    if points.shape[0] == 1:
+        return nan, p0.unsqueeze(0), l0.unsqueeze(0)
+    grads, prob, logit = evaluate(model, points[1:], target, output, internal_batch_size)
+    return torch.cat([nan, grads]), torch.cat([p0.unsqueeze(0), prob]), torch.cat([l0.unsqueeze(0), logit])
+
+
 def fixed_path(path_fn: Callable, x: torch.Tensor, baseline: torch.Tensor, steps: int,
                chunk: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Chunks of a path given in closed form ``path_fn(x, baseline, alphas)``, ``α_k = k/steps``."""
@@ -111,13 +131,17 @@ def check_input(x: torch.Tensor, name: str = "input") -> torch.Tensor:
 
 
 def integrate(model, x: torch.Tensor, target: torch.Tensor, path: Iterator, *, output: str = "prob",
-              internal_batch_size: int | None = None) -> Explanation:
+              internal_batch_size: int | None = None, baseline_gradient: bool = True) -> Explanation:
     """Right-Riemann path integral of ``F_c`` along ``path``, with its full trace.
 
     ``path`` yields ``(alphas, points)`` chunks starting at the baseline (``α = 0``) and
     ending at ``x`` (``α = 1``). Returns attributions, the baseline (first point), the trace
     (α, F_c, logit, ‖∇F_c‖, ‖γ_k − x‖ at every step) and the completeness error
     ``|Σ A − (F_c(x) − F_c(x'))| / |F_c(x) − F_c(x')|`` in the chosen ``output``.
+
+    The right sum never uses ``∇F_c`` at the baseline. Adaptive paths need it to choose their
+    first step (it is sent back to them); closed-form paths pass ``baseline_gradient=False``,
+    and the baseline then costs a forward pass only, its ``grad_norm`` in the trace being NaN.
     """
     check_output(output)
     check_input(x)
@@ -134,7 +158,10 @@ def integrate(model, x: torch.Tensor, target: torch.Tensor, path: Iterator, *, o
         except StopIteration:
             break
         points = points.detach()
-        grads, prob, logit = evaluate(model, points, target, output, ibs)
+        if prev is None and not baseline_gradient:
+            grads, prob, logit = _evaluate_without_baseline_gradient(model, points, target, output, ibs)
+        else:
+            grads, prob, logit = evaluate(model, points, target, output, ibs)
         reply = (grads, prob, logit)
         if baseline is None:
             baseline, first_alpha = points[0], alphas[:1]  # checked after the loop: no host sync inside it

@@ -93,7 +93,8 @@ def skeleton(models, methods, images, size, max_steps: int, config: dict, device
         "done": "item fully written", "completeness_error": "|sum A - (F_c(x) - F_c(x'))| / |F_c(x) - F_c(x')|",
         "prob_baseline": "F_c(x') (softmax probability)", "seconds": "wall seconds per image for this method",
         "trace_alpha": "path parameter alpha_k", "trace_prob": "F_c(gamma_k), probability",
-        "trace_logit": "logit of c at gamma_k", "trace_grad_norm": "||grad F_c(gamma_k)||_2 (in the explained output)",
+        "trace_logit": "logit of c at gamma_k", "trace_grad_norm": "||grad F_c(gamma_k)||_2 (in the explained output); NaN at alpha = 0 "
+                           "for closed-form paths (IG, BlurIG), whose right Riemann sum does not use it",
         "trace_distance": "||gamma_k - x||_2",
     }
     for k, text in described.items():
