@@ -143,3 +143,45 @@ def test_runner_reports_store_timings(tiny_model, tmp_path):
     assert t["store_writes"] >= 4 and 0 < t["store_main_s"] < t["wall_s"]
     ds = xr.open_zarr(res.path)
     assert bool(ds["done"].all()) and bool(torch.isfinite(torch.as_tensor(ds["attribution"].values)).all())
+
+
+def test_region_writes_match_item_writes_for_scattered_images(tiny_model, tmp_path):
+    """A batch of images that are not consecutive in the store (a resumed run's gaps) is written
+    in runs of region writes, done flags last; the store then holds what the run wrote."""
+    import shutil
+
+    import numpy as np
+
+    from uni_lab.store import Store, _runs
+
+    assert _runs([0, 1, 2, 5, 6, 9]) == [(0, 3, slice(0, 3)), (5, 7, slice(3, 5)), (9, 10, slice(5, 6))]
+    res = uni_lab.run(tiny_model, images=["chelsea", "coffee", "astronaut", "rocket"], methods=["ig:black"],
+                      steps=2, batch_size=4, out=tmp_path / "a.zarr", progress=False)
+    names = ["attribution", "trace_prob", "trace_alpha", "completeness_error", "seconds"]
+    ref = xr.open_zarr(res.path).load()
+    order = [0, 2, 3]
+    for single in (False, True):
+        path = tmp_path / f"b{int(single)}.zarr"
+        shutil.copytree(res.path, path)
+        st = Store(path)
+        g = st.group()
+        for n in names:
+            g[n][0, 0] = np.nan
+        g["done"][0, 0] = False
+        rows = {n: ref[n].values[0, 0][order] for n in names}
+        rows = {n: v[..., :-1] if n.startswith("trace_") else v for n, v in rows.items()}  # short: padded
+        if single:
+            for j, i in enumerate(order):
+                st.write_item(0, 0, i, {n: v[j] for n, v in rows.items()})
+        else:
+            st.write_items(0, 0, order, rows)
+        back = xr.open_zarr(path).load()
+        assert back["done"].values[0, 0].tolist() == [True, False, True, True]
+        for n in names:
+            got, want = back[n].values[0, 0], ref[n].values[0, 0]
+            assert np.isnan(got[1]).all()
+            if n.startswith("trace_"):
+                np.testing.assert_array_equal(got[order][..., :-1], want[order][..., :-1])
+                assert np.isnan(got[order][..., -1]).all()
+            else:
+                np.testing.assert_array_equal(got[order], want[order])

@@ -146,7 +146,8 @@ def _prepare(store: Store, layout, overwrite: bool) -> None:
     """Create the store, or check that the existing one is this run's, down to its coordinates."""
     from .check import schema_problems
 
-    store.prepare(layout, overwrite=overwrite)
+    if store.prepare(layout, overwrite=overwrite):
+        return  # just written from this layout
     problems = schema_problems(store.open(), expected=layout)
     if problems:
         raise StoreError(f"store '{store.path}' cannot be resumed by this run: {' '.join(problems)} "
@@ -175,9 +176,8 @@ def _write_inputs(store: Store, mi: int, clf: Classifier, x_all: torch.Tensor, d
             lg = clf(x_all[idx].to(dev)).float()
             t = lg.argmax(-1)
             probs, logits = lg.softmax(-1).gather(1, t[:, None]).squeeze(1).cpu(), lg.gather(1, t[:, None]).squeeze(1).cpu()
-            for j, ii in enumerate(idx):
-                store.write_inputs(mi, ii, x_all[ii].numpy(), int(t[j]), float(probs[j]), float(logits[j]))
-                targets[ii] = int(t[j])
+            store.write_inputs(mi, idx, x_all[idx].numpy(), t.cpu().numpy(), probs.numpy(), logits.numpy())
+            targets[idx] = t.cpu()
     return targets
 
 
@@ -199,14 +199,13 @@ def _run_batch(store, mi, mei, method: Method, clf, x, target, seeds, ids, idx) 
                           f"{tuple(x.shape)}; nothing was stored.")
     if not torch.isfinite(attr).all():
         raise UniLabError(f"method '{method.spec}' produced NaN/Inf attributions on {ids}; nothing was stored.")
-    for j, ii in enumerate(idx):
-        values = {"attribution": attr[j].numpy(), "seconds": secs}
-        if exp.baseline is not None:
-            values["baseline"] = exp.baseline[j].detach().float().cpu().numpy()
-        if exp.trace is not None:
-            for key, tr in exp.trace.items():
-                values[f"trace_{key}"] = tr[j].detach().double().cpu().numpy()
-            values["prob_baseline"] = float(exp.trace["prob"][j, 0])
-        if exp.completeness_error is not None:
-            values["completeness_error"] = float(exp.completeness_error[j])
-        store.write_item(mi, mei, ii, values)
+    values = {"attribution": attr.numpy(), "seconds": np.full(len(idx), secs)}
+    if exp.baseline is not None:
+        values["baseline"] = exp.baseline.detach().float().cpu().numpy()
+    if exp.trace is not None:
+        for key, tr in exp.trace.items():
+            values[f"trace_{key}"] = tr.detach().double().cpu().numpy()
+        values["prob_baseline"] = values["trace_prob"][:, 0].copy()
+    if exp.completeness_error is not None:
+        values["completeness_error"] = exp.completeness_error.detach().double().cpu().numpy()
+    store.write_items(mi, mei, idx, values)  # one region write per variable for the whole batch

@@ -136,8 +136,10 @@ class Store:
             raise StoreError(f"'{self.path}' cannot be opened as a zarr store ({exc.__class__.__name__}: {exc}). "
                              "Remove it or choose another --out.") from exc
 
-    def prepare(self, ds: xr.Dataset, overwrite: bool = False) -> None:
-        """Create the store, or check that an existing one was made by the same configuration."""
+    def prepare(self, ds: xr.Dataset, overwrite: bool = False) -> bool:
+        """Create the store, or check that an existing one was made by the same configuration.
+
+        Returns whether this call created it (a store it did not create may still differ in layout)."""
         if self.exists() and not overwrite:
             old = config_of(self.open())
             new = json.loads(ds.attrs["uni_lab_config"])
@@ -145,7 +147,7 @@ class Store:
             if differing:
                 raise StoreError(f"store '{self.path}' was written by another configuration (differs in: "
                                  f"{', '.join(differing)}). Use --overwrite to replace it, or a new --out.")
-            return
+            return False
         if self.path.exists():
             if not overwrite and any(self.path.iterdir()):
                 raise StoreError(f"'{self.path}' exists and is not a uni_lab store; choose another --out.")
@@ -158,6 +160,7 @@ class Store:
             ds.to_zarr(tmp, mode="w", compute=False, consolidated=True, zarr_format=ZARR_FORMAT,
                        encoding={"target": {"_FillValue": -1}})
             os.rename(tmp, self.path)
+            return True
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             if self.exists() and not overwrite:
@@ -194,13 +197,16 @@ class Store:
     def read_input(self, mi: int, ii: int) -> np.ndarray:
         return self._read("input", (mi, ii))
 
-    def write_inputs(self, mi: int, ii: int, pixels, target: int, prob: float, logit: float) -> None:
-        """``target`` last: it marks the image's inputs as written (see :meth:`written_targets`)."""
+    def write_inputs(self, mi: int, images, pixels, targets, probs, logits) -> None:
+        """Inputs of images ``images`` (indices) for model ``mi``, one region write per variable.
+
+        ``target`` last: it marks the images' inputs as written (see :meth:`written_targets`)."""
         g = self.group()
-        g["input"][mi, ii] = np.asarray(pixels, dtype="f4")
-        g["prob_input"][mi, ii] = float(prob)
-        g["logit_input"][mi, ii] = float(logit)
-        g["target"][mi, ii] = int(target)
+        columns = {"input": np.asarray(pixels, dtype="f4"), "prob_input": np.asarray(probs, dtype="f8"),
+                   "logit_input": np.asarray(logits, dtype="f8"), "target": np.asarray(targets, dtype="i8")}
+        for name, value in columns.items():
+            for lo, hi, rows in _runs(images):
+                g[name][mi, lo:hi] = value[rows]
 
     def reset(self, items=(), images=()) -> None:
         """Mark items ``(model, method, image)`` not done and images ``(model, image)`` not written,
@@ -214,18 +220,36 @@ class Store:
             g["target"][mi, ii] = -1
             g["done"][mi, :, ii] = False
 
-    def write_item(self, mi: int, mei: int, ii: int, values: dict) -> None:
-        """All variables of one item, then its done flag (last, so a partial item stays not-done)."""
+    def write_items(self, mi: int, mei: int, images, values: dict) -> None:
+        """Items ``(mi, mei, i)`` for the image indices ``images``: each variable in one region write
+        (``values[name]`` has one row per image), then their done flags (last, so an interrupted
+        write leaves every item of the call not-done)."""
         g = self.group()
         for name, value in values.items():
             arr = g[name]
             value = np.asarray(value)
-            if value.ndim == 1 and arr.ndim == 4:  # a trace shorter than the step axis
-                row = np.full(arr.shape[-1], np.nan)
-                row[:value.shape[0]] = value
-                value = row
-            arr[mi, mei, ii] = value
-        g["done"][mi, mei, ii] = True
+            if arr.ndim == 4 and value.shape[-1] < arr.shape[-1]:  # traces shorter than the step axis
+                value = np.concatenate([value, np.full(value.shape[:-1] + (arr.shape[-1] - value.shape[-1],), np.nan)], -1)
+            for lo, hi, rows in _runs(images):
+                arr[mi, mei, lo:hi] = value[rows]
+        for lo, hi, _ in _runs(images):
+            g["done"][mi, mei, lo:hi] = True
+
+    def write_item(self, mi: int, mei: int, ii: int, values: dict) -> None:
+        """One item: :meth:`write_items` for a single image."""
+        self.write_items(mi, mei, [ii], {k: np.asarray(v)[None] for k, v in values.items()})
+
+
+def _runs(indices) -> list[tuple[int, int, slice]]:
+    """Consecutive runs of ``indices``: ``(first, last + 1, positions in indices)``, so a region
+    write covers each run (a zarr call costs milliseconds whatever its size)."""
+    runs, start = [], 0
+    idx = [int(i) for i in indices]
+    for k in range(1, len(idx) + 1):
+        if k == len(idx) or idx[k] != idx[k - 1] + 1:
+            runs.append((idx[start], idx[k - 1] + 1, slice(start, k)))
+            start = k
+    return runs
 
 
 def open_store(path: str | Path, lazy: bool = True) -> xr.Dataset:

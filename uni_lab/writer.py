@@ -1,7 +1,7 @@
 """Store writes off the critical path: items go to disk on a background thread.
 
 :class:`StoreWriter` stands in for a :class:`~uni_lab.store.Store` in the runner. Writes
-(``write_item``, ``write_inputs``) are queued to one worker thread, in order, while the next
+(``write_items``, ``write_item``, ``write_inputs``) are queued to one worker thread, in order, while the next
 batch computes; every other call (reads, ``prepare``) first waits for the queue to drain, so
 the runner always reads what it wrote. An item is still written whole before its ``done``
 flag, by the store itself, so a crash leaves at most unfinished items not-done.
@@ -17,9 +17,11 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-QUEUED = ("write_item", "write_inputs")
-# Finished items held in memory at most; past that the runner waits (bounded memory on long runs).
-MAX_PENDING = 256
+QUEUED = ("write_item", "write_items", "write_inputs")
+# Queued writes (a batch of items each) held in memory at most; past that the runner waits.
+# Two keep the disk busy while the next batch computes, bound memory on long runs, and limit
+# what a killed run loses to the batches it had not yet written.
+MAX_PENDING = 2
 
 # Writers with writes possibly still queued, by store path: a new writer on the same path
 # (a rerun after a failure, in the same process) first waits for them.
