@@ -306,6 +306,9 @@ def test_evaluate_fills_labelled_variables_without_recomputing_stored_maps(tiny_
     assert bool(sev.sel(severity=[1, 4]).all()) and not bool(sev.sel(severity=[2, 3, 5]).any())
     assert '"n_subsets": 16' in ds["mufidelity"].attrs["uni_lab_params"]
     assert np.isfinite(ds["mufidelity"].values).all()
+    # one chunk file per item: scalars hold all their attacks/severities, maps one label each
+    assert ds["corruption_bias_colour"].encoding["chunks"] == (1, 1, 1, ds.sizes["corruption"], ds.sizes["severity"])
+    assert ds["corruption_attribution"].encoding["chunks"][:5] == (1, 1, 1, 1, 1)
     # the stored corrupted input is the corruption of the stored input, pixel for pixel
     from uni_lab.plugins.corruptions import corrupt
     from uni_lab.seeding import image_seed

@@ -274,9 +274,7 @@ def _evaluate(st, metrics, attacks, corruptions, severities, perturbed_metrics, 
                     job.metrics(cond, batch, perturbed_ps, perturbed)
                     bar.update(len(batch.ids))
             bar.close()
-    from .store import open_store
-
-    return EvalResult(st.path, metric_table(open_store(st.path)))
+    return EvalResult(st.path, metric_table(open_lazy(st)))
 
 
 def _subset(dim: str, labels: list[str], wanted) -> list[str]:

@@ -283,12 +283,18 @@ class UniAccessor:
 
 # Evaluation variables (uni_lab.evaluate): metrics, attacked and corrupted inputs and their maps,
 # added to an existing store and written by label. Every dim named here is one item per label
-# (chunk 1); the others (channel, y, x, a metric's steps) are written whole.
+# (chunk 1); the others (channel, y, x, a metric's steps) are written whole. Scalars per item
+# keep all attacks, corruptions and severities of an item in one chunk: one file per item, not
+# thirty (reading a store's metrics opens every chunk file), and safe because one evaluation at
+# a time writes a store (evaluation_lock), so no two writers share a chunk.
 LABEL_DIMS = ("model", "method", "image", "attack", "corruption", "severity")
+ITEM_DIMS = ("model", "method", "image")
+MAP_DIMS = ("channel", "y", "x")
 
 
 def _eval_chunks(dims, sizes) -> tuple:
-    return tuple(1 if d in LABEL_DIMS else sizes[d] for d in dims)
+    per_label = ITEM_DIMS if not set(dims) & set(MAP_DIMS) else LABEL_DIMS
+    return tuple(1 if d in per_label else sizes[d] for d in dims)
 
 
 def _fill(dtype) -> object:
