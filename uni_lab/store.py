@@ -421,28 +421,28 @@ def update_attrs(store: Store, attrs: dict) -> None:
     store._group = None
 
 
-# Not a zarr key: readers of the store never list it.
-LOCK_FILE = ".uni_lab_evaluate.lock"
-
-
 @contextmanager
 def evaluation_lock(store: Store):
     """One evaluation at a time per store: two would add variables and rewrite the consolidated
-    metadata under each other. An advisory ``flock`` on the group file, released on exit (or
-    by the OS when the process dies), so a lock file left behind holds nothing.
+    metadata under each other. An advisory ``flock``, released on exit (or by the OS when the
+    process dies), so nothing stale is ever left behind.
 
-    The lock is on a file of its own: zarr replaces ``.zgroup`` when it adds variables, and a
-    lock on the replaced file would not exclude a process that opened the new one."""
+    The lock is on the store's directory: zarr replaces ``.zgroup`` when it adds variables (a
+    lock on the replaced file would not exclude a process that opened the new one), and a lock
+    file inside the store would be an unknown member of the zarr hierarchy."""
     import fcntl
 
     if not store.exists():
         raise StoreError(f"'{store.path}' is not a uni_lab store; pass the --out of a `uni-lab run`.")
-    with open(store.path / LOCK_FILE, "a+b") as fh:
+    fd = os.open(store.path, os.O_RDONLY)
+    try:
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             raise StoreError(f"another `uni-lab evaluate` is writing '{store.path}'; wait for it to finish.") from exc
         try:
             yield
         finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
