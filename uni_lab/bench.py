@@ -44,7 +44,7 @@ from .seeding import image_seed
 # The defaults run in a few minutes on 2 CPU cores: 64×64 inputs keep EfficientNet-Lite0's
 # passes short; batch 16 is where the batched-vs-naive goal is stated.
 DEFAULTS = {"model": "efficientnet_lite0", "batch_size": 16, "size": 64, "steps": 15, "pgd_steps": 10,
-            "reps": 3, "method_batch": 4}
+            "reps": 4, "method_batch": 4}
 GOALS = {"uni_vs_floor": ("<=", 1.15), "uni_batched_vs_naive": (">=", 1.0), "ig_vs_captum": ("<=", 1.0),
          "store_share": ("<=", 0.05)}
 # On a CUDA device single-image passes leave most of it idle, so batching must pay more.
@@ -58,7 +58,8 @@ def _sync(device: torch.device) -> None:
 
 def measure(cases: dict[str, Callable], reps: int, device, warmups: dict[str, Callable] | None = None,
             progress: Callable[[str], None] | None = None) -> dict[str, dict]:
-    """Median wall and CPU seconds of each case: one warm-up call, then ``reps`` interleaved calls.
+    """Median wall and CPU seconds of each case: one warm-up call, then ``reps`` interleaved calls
+    (in the given order, then reversed, alternately).
 
     ``warmups`` may give a cheaper call with the same shapes for a case. The last result of
     each case is kept under ``"result"``.
@@ -74,7 +75,10 @@ def measure(cases: dict[str, Callable], reps: int, device, warmups: dict[str, Ca
             progress(f"warm-up {name}")
         (warmups or {}).get(name, fn)()
     for r in range(reps):
-        for name, fn in cases.items():
+        # Reversed on odd reps: a case that follows a memory-hungry one pays for the allocator
+        # and caches it disturbed, so each compared pair swaps who goes first.
+        order = list(cases.items()) if r % 2 == 0 else list(cases.items())[::-1]
+        for name, fn in order:
             if progress:
                 progress(f"rep {r + 1}/{reps} {name}")
             _sync(device)
