@@ -44,7 +44,7 @@ from .methods import NON_SEMANTIC, Method, parse_sets, route_params
 from .models import Classifier, create_model, resolve_device
 from .registry import Plugin, get, registry
 from .seeding import image_seed
-from .store import (Store, _diff, add_variables, config_of, drop_variables, evaluation_lock, open_lazy,
+from .store import (LABEL_DIMS, Store, _diff, add_variables, config_of, drop_variables, evaluation_lock, open_lazy,
                     update_attrs, write_region)
 
 SEVERITIES = (1, 2, 3, 4, 5)
@@ -582,8 +582,7 @@ def metric_table(ds: xr.Dataset):
     import pandas as pd
 
     names = [v for v in ds.data_vars if ds[v].attrs.get("uni_lab_metric") and not v.startswith("done_")]
-    scalar_dims = {"model", "method", "image", "attack", "corruption", "severity"}
-    names = [v for v in names if set(ds[v].dims) <= scalar_dims]
+    names = [v for v in names if set(ds[v].dims) <= set(LABEL_DIMS)]
     needed = names + sorted({_flag_of(v, ds) for v in names})
     if "done_attack" in ds.data_vars:
         needed += ["attack_linf", "done_attack"]
