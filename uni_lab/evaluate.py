@@ -603,9 +603,6 @@ def metric_table(ds: xr.Dataset):
                 da = da.where(flag)
                 if "attack" in da.dims:
                     da = da.where(moved)
-                extra = [d for d in da.dims if d not in ("image", "attack", "corruption", "severity")]
-                if extra:
-                    continue
                 if "attack" in da.dims:
                     for a in da.attack.values:
                         row[f"{v}[{a}]"] = _mean(da.sel(attack=a))

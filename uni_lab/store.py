@@ -204,9 +204,11 @@ class Store:
         g = self.group()
         columns = {"input": np.asarray(pixels, dtype="f4"), "prob_input": np.asarray(probs, dtype="f8"),
                    "logit_input": np.asarray(logits, dtype="f8"), "target": np.asarray(targets, dtype="i8")}
+        runs = _runs(images)
         for name, value in columns.items():
-            for lo, hi, rows in _runs(images):
-                g[name][mi, lo:hi] = value[rows]
+            arr = g[name]
+            for lo, hi, rows in runs:
+                arr[mi, lo:hi] = value[rows]
 
     def reset(self, items=(), images=()) -> None:
         """Mark items ``(model, method, image)`` not done and images ``(model, image)`` not written,
@@ -225,15 +227,17 @@ class Store:
         (``values[name]`` has one row per image), then their done flags (last, so an interrupted
         write leaves every item of the call not-done)."""
         g = self.group()
+        runs = _runs(images)
         for name, value in values.items():
             arr = g[name]
             value = np.asarray(value)
             if arr.ndim == 4 and value.shape[-1] < arr.shape[-1]:  # traces shorter than the step axis
                 value = np.concatenate([value, np.full(value.shape[:-1] + (arr.shape[-1] - value.shape[-1],), np.nan)], -1)
-            for lo, hi, rows in _runs(images):
+            for lo, hi, rows in runs:
                 arr[mi, mei, lo:hi] = value[rows]
-        for lo, hi, _ in _runs(images):
-            g["done"][mi, mei, lo:hi] = True
+        done = g["done"]
+        for lo, hi, _ in runs:
+            done[mi, mei, lo:hi] = True
 
     def write_item(self, mi: int, mei: int, ii: int, values: dict) -> None:
         """One item: :meth:`write_items` for a single image."""
