@@ -19,6 +19,7 @@ from torch.func import functional_call, grad, vmap
 import uni_lab
 from uni_lab.accel import activation_bytes, fit_batch
 from uni_lab.errors import InputError
+from uni_lab.fastview import fast_view
 from uni_lab.persample import per_image_forward, per_sample_grads
 from uni_lab.seeding import draw
 
@@ -104,6 +105,7 @@ def match_activations(model, x, target_log_probs, seeds=None, *, eps: float, ste
                       norm: str = "linf") -> torch.Tensor:
     """PGD on ``KL(P̂ ‖ F(x'; θ))`` inside the ε-ball around ``x``, clipped to ``[0, 1]``."""
     p_hat = target_log_probs.exp()
+    model = fast_view(model, x)  # input gradients only: the folded view computes the same function
     delta0 = (2 * draw(x, seeds, "rand", salt=17) - 1) * eps
     if norm == "l2":
         delta0 = _project_l2(delta0, eps)

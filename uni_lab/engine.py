@@ -17,6 +17,7 @@ import torch
 from .accel import activation_bytes, fit_batch
 from .errors import InputError
 from .explanation import Explanation
+from .fastview import fast_view
 
 DEFAULT_INTERNAL_BATCH = 64
 OUTPUTS = ("prob", "logit")
@@ -40,8 +41,10 @@ def score_and_grad(model, x: torch.Tensor, target: torch.Tensor, output: str = "
     """``∇_x F_c(x)`` for a batch, with the probability and logit of the target.
 
     Gradients are taken with respect to the input only (``torch.autograd.grad``), so the
-    model's parameters accumulate nothing.
+    model's parameters accumulate nothing, and the pass may run through the model's
+    :func:`~uni_lab.fastview.fast_view` (batch norm folded, channels-last on CPU).
     """
+    model = fast_view(model, x)
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         logits = model(x)
@@ -74,6 +77,7 @@ def evaluate(model, points: torch.Tensor, target: torch.Tensor, output: str, int
 def forward_scores(model, points: torch.Tensor, target: torch.Tensor, internal_batch_size: int):
     """``F_c`` (probability, logit) at points ``(N, ...)``, forward passes only."""
     probs, logits = [], []
+    model = fast_view(model, points)
     with torch.no_grad():
         for s in range(0, points.shape[0], internal_batch_size):
             p, l = scores(model(points[s:s + internal_batch_size]), target[s:s + internal_batch_size])
@@ -146,6 +150,7 @@ def integrate(model, x: torch.Tensor, target: torch.Tensor, path: Iterator, *, o
     check_output(output)
     check_input(x)
     ibs = pass_size(model, x, internal_batch_size or DEFAULT_INTERNAL_BATCH)
+    model = fast_view(model, x)  # once here, not per pass: every pass below differentiates w.r.t. the input only
     n = x.shape[0]
     attribution = torch.zeros_like(x)
     trace = {k: [] for k in ("alpha", "prob", "logit", "grad_norm", "distance")}

@@ -39,6 +39,7 @@ class Classifier(nn.Module):
         self.class_names = list(class_names) if class_names is not None else None
         self.crop_pct = crop_pct
         self.weights = weights
+        self.train(False)  # nn.Module starts in training mode; a Classifier never is
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net((x - self.mean) / self.std)
