@@ -18,7 +18,7 @@ from uni_lab.errors import InputError, StoreError
 from uni_lab.writer import StoreWriter
 
 RATIOS = ("uni_vs_floor", "uni_vs_floor_incl_baseline_point", "uni_batched_vs_naive", "ig_vs_captum",
-          "ig_vs_captum_with_delta", "store_share", "store_busy_share")
+          "ig_vs_captum_with_delta", "ig_vs_captum_same_graph", "store_share", "store_busy_share")
 KEYS = RATIOS + ("device", "model", "batch_size", "T", "B", "images_per_s", "goals", "met", "seconds",
                  "cpu_seconds", "uni_phases_s", "ig_vs_captum_max_rel_diff")
 
@@ -143,6 +143,34 @@ def test_runner_reports_store_timings(tiny_model, tmp_path):
     assert t["store_writes"] >= 4 and 0 < t["store_main_s"] < t["wall_s"]
     ds = xr.open_zarr(res.path)
     assert bool(ds["done"].all()) and bool(torch.isfinite(torch.as_tensor(ds["attribution"].values)).all())
+
+
+def test_fresh_store_is_created_on_the_writer_thread(tiny_model, tmp_path, monkeypatch):
+    """A run into a new --out queues the store's creation behind nothing and its first writes
+    behind it; a creation that fails there still stops the run with the store's own error."""
+    from uni_lab.store import Store
+
+    threads = []
+    create = Store.create
+
+    def spy(self, *args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return create(self, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "create", spy)
+    res = uni_lab.run(tiny_model, images=["chelsea", "coffee"], methods=["ig:black"], steps=2,
+                      out=tmp_path / "s.zarr", progress=False)
+    assert threads and threads[0].startswith("uni-lab-store")
+    assert bool(xr.open_zarr(res.path)["done"].all())
+
+    def broken(self, *args, **kwargs):
+        raise StoreError(f"cannot write the store at '{self.path}' (disk full)")
+
+    monkeypatch.setattr(Store, "create", broken)
+    with pytest.raises(StoreError, match="disk full"):
+        uni_lab.run(tiny_model, images=["chelsea"], methods=["ig:black"], steps=2, out=tmp_path / "t.zarr",
+                    progress=False)
+    assert not Store(tmp_path / "t.zarr").exists()
 
 
 def test_region_writes_match_item_writes_for_scattered_images(tiny_model, tmp_path):

@@ -108,7 +108,15 @@ def run(models="efficientnet_lite0", images=None, methods=DEFAULT_METHODS, *, st
     }
     store = StoreWriter(Store(out))  # item writes overlap the next batch's compute
     layout = skeleton(names, specs, imgs, size, max(map(_method_steps, method_list)), config, str(dev))
-    distributed.create_once(ctx, lambda ow: _prepare(store, layout, ow), overwrite)
+    # A store this run creates from nothing is written on the store's thread while the first
+    # batch computes; its contents are known (nothing done, no inputs), so nothing waits for it.
+    # Shards and ranks that may race for one store create it up front and validate it.
+    fresh = not ctx.active and part in (None, (0, 1)) and (overwrite or not store.exists())
+    if fresh:
+        store.check_creatable(overwrite)
+        store.create(layout, overwrite)
+    else:
+        distributed.create_once(ctx, lambda ow: _prepare(store, layout, ow), overwrite)
     seeds_all = torch.tensor([image_seed(seed, i.id) for i in imgs])
     x_all = torch.stack([i.pixels for i in imgs])
 
@@ -118,9 +126,9 @@ def run(models="efficientnet_lite0", images=None, methods=DEFAULT_METHODS, *, st
     try:  # finished items reach the disk even when a later batch fails or is interrupted
         for mi, clf in enumerate(clfs):
             clf.input_size = size
-            done = store.done()
+            done = np.zeros((len(clfs), len(specs), len(imgs)), bool) if fresh else store.done()
             targets = _write_inputs(store, mi, clf, x_all, dev, batch_size,
-                                    [ii for ii in mine if not done[mi, :, ii].all()], [i.id for i in imgs])
+                                    [ii for ii in mine if not done[mi, :, ii].all()], [i.id for i in imgs], fresh)
             for mei, method in enumerate(method_list):
                 pending = [ii for ii in mine if not done[mi, mei, ii]]
                 skipped += len(mine) - len(pending)
@@ -159,11 +167,12 @@ PIXEL_TOLERANCE = 1e-6
 
 
 def _write_inputs(store: Store, mi: int, clf: Classifier, x_all: torch.Tensor, dev, batch_size: int,
-                  todo: list[int], ids: list[str]) -> torch.Tensor:
+                  todo: list[int], ids: list[str], fresh: bool = False) -> torch.Tensor:
     """The explained class of the ``todo`` images for this model: computed and written (input,
     F_c(x), logit) for images new to the store; read back for the others, whose stored pixels
-    must still be the ones loaded now, so a resumed item explains the same input as its peers."""
-    targets = torch.as_tensor(store.written_targets(mi))
+    must still be the ones loaded now, so a resumed item explains the same input as its peers.
+    A ``fresh`` store has no inputs yet: nothing is read."""
+    targets = torch.full((len(ids),), -1, dtype=torch.long) if fresh else torch.as_tensor(store.written_targets(mi))
     changed = [ids[ii] for ii in todo if targets[ii] >= 0
                and not np.allclose(store.read_input(mi, ii), x_all[ii].numpy(), rtol=0, atol=PIXEL_TOLERANCE)]
     if changed:
