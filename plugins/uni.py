@@ -20,7 +20,7 @@ import uni_lab
 from uni_lab.accel import activation_bytes, fit_batch
 from uni_lab.errors import InputError
 from uni_lab.fastview import fast_view
-from uni_lab.persample import per_image_forward, per_sample_grads
+from uni_lab.persample import dense, per_image_forward, per_sample_grads
 from uni_lab.seeding import draw
 
 from .ig import integrated_gradients
@@ -54,10 +54,12 @@ def unlearned_log_probs(model, x, target, eta: float = 1.0, chunk: int | None = 
     out = []
     for s in range(0, x.shape[0], chunk):
         xs, ts = x[s:s + chunk].detach(), target[s:s + chunk]
-        grads = per_sample_grads(model, xs, ts) if method == "auto" else None
+        grads = per_sample_grads(model, xs, ts, factored=True) if method == "auto" else None
         logits = None if grads is None else per_image_forward(model, xs, grads, eta)
         if logits is None:
-            if grads is None:
+            if grads is not None:
+                grads = {k: dense(g) for k, g in grads.items()}
+            else:
                 with torch.enable_grad():
                     grads = vmap(grad(loss), in_dims=(None, 0, 0))(params, xs, ts)
             with torch.no_grad():

@@ -12,7 +12,7 @@ import uni_lab
 from uni_lab.accel import TOLERANCE, AcceleratedClassifier, accelerate, fit_batch, parse_bytes
 from uni_lab.engine import integrate, pass_size
 from uni_lab.errors import InputError
-from uni_lab.persample import per_sample_grads
+from uni_lab.persample import Outer, dense, per_sample_grads
 from uni_lab.plugins.ig import integrated_gradients
 from uni_lab.plugins.uni import (uni_baseline, uni_baseline_reference, unlearn_chunk_size, unlearned_log_probs,
                                  unlearned_log_probs_reference)
@@ -22,17 +22,19 @@ SEEDS = torch.tensor([11, 22, 33, 44])
 
 class TinyBN(nn.Module):
     """Every layer kind the batched unlearning has its own formula for: BatchNorm with running
-    statistics followed by an in-place activation (as timm's BatchNormAct2d), strided and
-    unstrided depthwise convs, a grouped conv, pointwise convs with and without bias, a linear head."""
+    statistics followed by an in-place activation (as timm's BatchNormAct2d), strided,
+    unstrided and dilated depthwise convs (the strided one with a channel multiplier), a grouped conv,
+    pointwise convs with and without bias, a linear head."""
 
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(3, 6, 3, padding=1, bias=False)
         self.bn = nn.BatchNorm2d(6)
-        self.dw_s2 = nn.Conv2d(6, 6, 3, stride=2, padding=1, groups=6, bias=False)
-        self.grouped = nn.Conv2d(6, 8, 3, padding=1, groups=2)
+        self.dw_s2 = nn.Conv2d(6, 12, 3, stride=2, padding=1, groups=6, bias=False)
+        self.grouped = nn.Conv2d(12, 8, 3, padding=1, groups=2)
         self.pw = nn.Conv2d(8, 6, 1)
         self.dw = nn.Conv2d(6, 6, 5, padding=2, groups=6)
+        self.dw_dil = nn.Conv2d(6, 6, 3, padding=2, dilation=2, groups=6)
         self.pw_s2 = nn.Conv2d(6, 6, 1, stride=2, bias=False)
         self.head = nn.Linear(6 * 4 * 4, 4)
         with torch.no_grad():
@@ -43,7 +45,7 @@ class TinyBN(nn.Module):
     def forward(self, x):
         h = nn.functional.relu6(self.bn(self.conv(x)), inplace=True)
         h = torch.relu(self.pw(torch.relu(self.grouped(self.dw_s2(h)))))
-        h = self.pw_s2(torch.relu(self.dw(h)))
+        h = self.pw_s2(torch.relu(self.dw_dil(torch.relu(self.dw(h)))))
         return self.head(nn.functional.adaptive_avg_pool2d(h, 4).flatten(1))
 
 
@@ -99,6 +101,10 @@ def test_unlearned_log_probs_match_reference_in_float64(model_and_batch):
             for k, p in m64.named_parameters():
                 assert torch.allclose(grads[k][i], p.grad, rtol=0, atol=1e-10), k
         m64.zero_grad(set_to_none=True)
+        factored = per_sample_grads(m64, x.double(), target, factored=True)  # linear weights as Outer factors
+        assert any(isinstance(g, Outer) for g in factored.values())
+        for k, g in grads.items():
+            assert torch.allclose(dense(factored[k]), g, rtol=0, atol=1e-12), k
     # unlearning must move the prediction away from the explained class (the trained tiny
     # model is saturated, p_c = 1 - 1e-30: its cross-entropy gradient is zero, nothing moves)
     with torch.no_grad():
