@@ -161,3 +161,26 @@ def test_embedded_model_folds_every_batch_norm():
     with torch.no_grad():
         ref = clf(x)
         torch.testing.assert_close(view(x), ref, rtol=0, atol=1e-4 * float(ref.abs().max()))
+
+
+def test_unlearning_sees_the_model_as_given(bn_clf):
+    """UNI's unlearning steps the model's own parameters (batch-norm scales included), never the
+    folded copy's: with a view built and cached, it still equals the per-image reference."""
+    from uni_lab.plugins.uni import unlearned_log_probs, unlearned_log_probs_reference
+
+    m64 = copy.deepcopy(bn_clf).double()
+    x = torch.rand(3, 3, 16, 16, dtype=torch.float64)
+    t = torch.tensor([0, 1, 2])
+    assert fast_view(m64, x).folded == 2
+    torch.testing.assert_close(unlearned_log_probs(m64, x, t), unlearned_log_probs_reference(m64, x, t),
+                               rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("setting", ["1", "0"])
+def test_store_records_the_view(tiny_model, tmp_path, monkeypatch, setting):
+    import xarray as xr
+
+    monkeypatch.setenv(fastview.ENV, setting)
+    res = uni_lab.run(tiny_model, images=["chelsea"], methods=["ig:black"], steps=2, out=tmp_path / "s.zarr",
+                      progress=False)
+    assert xr.open_zarr(res.path).attrs["fast_view"] == {"1": "on", "0": "off"}[setting]

@@ -65,6 +65,7 @@ def pass_size(model, x: torch.Tensor, cap: int) -> int:
 def evaluate(model, points: torch.Tensor, target: torch.Tensor, output: str, internal_batch_size: int):
     """Gradients and scores at path points ``(m, N, ...)``, in passes of bounded size."""
     m, n = points.shape[:2]
+    model = fast_view(model, points[0])
     flat = points.reshape(m * n, *points.shape[2:])
     tgt = target.repeat(m)
     grads, probs, logits = [], [], []
