@@ -33,7 +33,7 @@ from __future__ import annotations
 import torch
 
 import uni_lab
-from uni_lab.engine import DEFAULT_INTERNAL_BATCH, check_input, check_output, completeness_error, integrate
+from uni_lab.engine import DEFAULT_INTERNAL_BATCH, check_input, check_output, completeness_error, integrate, path_chunk
 from uni_lab.errors import InputError
 from uni_lab.explanation import Explanation
 
@@ -68,9 +68,9 @@ def agi(model, x, target, seeds=None, *, top_k: int = 10, step_size: float = 1 /
         walk = adversarial_walk(model, xs, rows_j[s:s + group], steps, step_size, ibs)
         path = walk.flip(0)  # from the adversarial end point back to x
         alphas = torch.linspace(0, 1, steps + 1, device=x.device, dtype=x.dtype)
-        chunk = max(1, ibs // xs.shape[0])
+        ibs_xs, chunk = path_chunk(model, xs, ibs)
         chunks = ((alphas[i:i + chunk], path[i:i + chunk]) for i in range(0, steps + 1, chunk))
-        parts.append(integrate(model, xs, cs, chunks, output=output, internal_batch_size=ibs))
+        parts.append(integrate(model, xs, cs, chunks, output=output, internal_batch_size=ibs_xs))
     return _sum_over_classes(parts, n, k, output)
 
 

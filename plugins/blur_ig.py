@@ -10,7 +10,7 @@ integral as the number of steps grows (checked in tests/test_methods.py).
 import torch
 
 import uni_lab
-from uni_lab.engine import DEFAULT_INTERNAL_BATCH, check_input, fixed_path, integrate
+from uni_lab.engine import check_input, fixed_path, integrate, path_chunk
 from uni_lab.errors import InputError
 from uni_lab.ops import gaussian_blur
 
@@ -28,8 +28,7 @@ def blur_ig(model, x, target, seeds=None, *, sigma_max: float = 20.0, steps: int
     check_input(x)
     if sigma_max <= 0 or int(steps) < 1:
         raise InputError(f"blur_ig needs sigma_max > 0 (pixels) and steps >= 1, got {sigma_max} and {steps}.")
-    ibs = internal_batch_size or DEFAULT_INTERNAL_BATCH
+    ibs, chunk = path_chunk(model, x, internal_batch_size)
     path_fn = lambda x_, _b, a: blur_path(x_, None, a, sigma_max=sigma_max)
-    chunk = max(1, ibs // x.shape[0])
     return integrate(model, x, target, fixed_path(path_fn, x, None, int(steps), chunk), output=output,
                      internal_batch_size=ibs, baseline_gradient=False)

@@ -38,6 +38,34 @@ def test_ig_chunking_does_not_change_the_result(tiny_model, tiny_batch):
     torch.testing.assert_close(whole.trace["prob"], chunks.trace["prob"])
 
 
+def test_path_chunks_fill_the_passes_the_memory_budget_allows(tiny_model, tiny_batch, monkeypatch):
+    """Where the budget holds fewer samples than asked, path chunks shrink to fill one pass each,
+    and a chunk that needs several passes splits evenly: no pass of a few leftover samples."""
+    from uni_lab.accel import activation_bytes
+    from uni_lab.engine import PASS_ACTIVATION_COPIES, _passes, path_chunk
+
+    assert [(p.start, p.stop) for p in _passes(64, 20)] == [(0, 16), (16, 32), (32, 48), (48, 64)]
+    assert [(p.start, p.stop) for p in _passes(65, 64)] == [(0, 33), (33, 65)] and _passes(0, 8) == []
+    x, _ = tiny_batch
+    target = tiny_model(x).argmax(-1)
+    whole = uni_lab.explain("ig:black", tiny_model, x, target, steps=10)
+    per_sample = PASS_ACTIVATION_COPIES * activation_bytes(tiny_model, x[:1])
+    monkeypatch.setenv("UNI_LAB_MEMORY_BUDGET", str(int(per_sample * 2.5 * x.shape[0])))
+    assert path_chunk(tiny_model, x, 64) == (2 * x.shape[0] + x.shape[0] // 2, 2)
+    sizes = []
+    monkeypatch.setattr(uni_lab.engine, "score_and_grad", _recording(uni_lab.engine.score_and_grad, sizes))
+    small = uni_lab.explain("ig:black", tiny_model, x, target, steps=10)
+    assert sizes == [x.shape[0]] + [2 * x.shape[0]] * 4 + [x.shape[0]]  # α 1, then pairs, then α 10
+    torch.testing.assert_close(whole.attribution, small.attribution, rtol=1e-5, atol=1e-7)
+
+
+def _recording(fn, sizes):
+    def wrapped(model, x, *args, **kwargs):
+        sizes.append(x.shape[0])
+        return fn(model, x, *args, **kwargs)
+    return wrapped
+
+
 def test_completeness_error_shrinks_as_steps_grow(tiny_model, tiny_batch):
     """Explaining the logit (the tiny model's softmax is saturated, so F_c(x) − F_c(x') ≈ 0 in
     probability for some images): for every image the completeness error strictly falls over

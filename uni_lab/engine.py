@@ -62,6 +62,24 @@ def pass_size(model, x: torch.Tensor, cap: int) -> int:
     return fit_batch(PASS_ACTIVATION_COPIES * activation_bytes(model, x[:1]), x.device, cap)
 
 
+def path_chunk(model, x: torch.Tensor, internal_batch_size: int | None) -> tuple[int, int]:
+    """``(samples per pass, path points per chunk)`` for a path over the batch ``x``.
+
+    A chunk of points × images fills one pass. Chunks sized for the nominal 64 samples would
+    leave remainder passes of a few samples wherever the memory budget allows fewer (Lite0
+    at 224² on a 24 GiB machine: 20 samples, so 64 went as 20 + 20 + 20 + 4).
+    """
+    ibs = pass_size(model, x, internal_batch_size or DEFAULT_INTERNAL_BATCH)
+    return ibs, max(1, ibs // x.shape[0])
+
+
+def _passes(total: int, cap: int) -> list[slice]:
+    """``total`` samples in the fewest passes of at most ``cap``, as equal as they can be."""
+    count = -(-total // max(1, cap))
+    size = -(-total // count) if count else 0
+    return [slice(s, min(total, s + size)) for s in range(0, total, size)] if total else []
+
+
 def evaluate(model, points: torch.Tensor, target: torch.Tensor, output: str, internal_batch_size: int):
     """Gradients and scores at path points ``(m, N, ...)``, in passes of bounded size."""
     m, n = points.shape[:2]
@@ -69,8 +87,8 @@ def evaluate(model, points: torch.Tensor, target: torch.Tensor, output: str, int
     flat = points.reshape(m * n, *points.shape[2:])
     tgt = target.repeat(m)
     grads, probs, logits = [], [], []
-    for s in range(0, m * n, internal_batch_size):
-        g, p, l = score_and_grad(model, flat[s:s + internal_batch_size], tgt[s:s + internal_batch_size], output)
+    for part in _passes(m * n, internal_batch_size):
+        g, p, l = score_and_grad(model, flat[part], tgt[part], output)
         grads.append(g), probs.append(p), logits.append(l)
     return (torch.cat(grads).view_as(points), torch.cat(probs).view(m, n), torch.cat(logits).view(m, n))
 
@@ -80,8 +98,8 @@ def forward_scores(model, points: torch.Tensor, target: torch.Tensor, internal_b
     probs, logits = [], []
     model = fast_view(model, points)
     with torch.no_grad():
-        for s in range(0, points.shape[0], internal_batch_size):
-            p, l = scores(model(points[s:s + internal_batch_size]), target[s:s + internal_batch_size])
+        for part in _passes(points.shape[0], internal_batch_size):
+            p, l = scores(model(points[part]), target[part])
             probs.append(p), logits.append(l)
     return torch.cat(probs), torch.cat(logits)
 
