@@ -40,8 +40,8 @@ import torch
 from .accel import accelerate
 from .data import load_images
 from .engine import DEFAULT_INTERNAL_BATCH, score_and_grad
-from .fastview import fast_view
 from .errors import InputError
+from .fastview import fast_view
 from .methods import resolve, route_params
 from .models import Classifier, create_model, resolve_device
 from .registry import list_plugins

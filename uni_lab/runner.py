@@ -114,7 +114,7 @@ def run(models="efficientnet_lite0", images=None, methods=DEFAULT_METHODS, *, st
     fresh = not ctx.active and part in (None, (0, 1)) and (overwrite or not store.exists())
     if fresh:
         store.check_creatable(overwrite)
-        store.create(layout, overwrite)
+        store.create_fresh(layout, overwrite)
     else:
         distributed.create_once(ctx, lambda ow: _prepare(store, layout, ow), overwrite)
     seeds_all = torch.tensor([image_seed(seed, i.id) for i in imgs])

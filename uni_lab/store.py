@@ -222,16 +222,27 @@ class Store:
             raise StoreError(f"cannot write the store at '{self.path}' (no write permission on "
                              f"'{self.path.parent}'); choose a writable --out.")
 
+    def create_fresh(self, ds: xr.Dataset, overwrite: bool = False) -> None:
+        """:meth:`create`, for a run that found no store: where another process created one in the
+        meantime, it must at least be this configuration's (checked as :meth:`prepare` does)."""
+        if not self.create(ds, overwrite):
+            self.prepare(ds)
+
     def create(self, ds: xr.Dataset, overwrite: bool = False) -> bool:
         """Write the empty store of ``ds``'s layout (after :meth:`check_creatable`).
 
         Returns False when another process created the store first (then validate it)."""
         if self.path.exists():
+            if not overwrite and self.exists():
+                return False
+            if not overwrite and any(self.path.iterdir()):
+                raise StoreError(f"'{self.path}' exists and is not a uni_lab store; choose another --out.")
             shutil.rmtree(self.path)
         # Built aside, then renamed into place: rename is atomic, so shards started at once
         # (--shard i/n jobs) never see a half-made store, and the loser of a race validates.
         tmp = self.path.with_name(f".{self.path.name}.creating-{os.getpid()}")
         try:
+            shutil.rmtree(tmp, ignore_errors=True)  # left by a killed attempt of this pid
             _write_files(tmp, _metadata_files(ds))
             os.rename(tmp, self.path)
             return True

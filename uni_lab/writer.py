@@ -1,8 +1,9 @@
 """Store writes off the critical path: items go to disk on a background thread.
 
 :class:`StoreWriter` stands in for a :class:`~uni_lab.store.Store` in the runner. Writes
-(``create``, ``write_items``, ``write_item``, ``write_inputs``) are queued to one worker thread, in order,
-while the next batch computes (a fresh store is even created while the first batch computes); every other call (reads, ``prepare``) first waits for the queue to drain, so
+(``create_fresh``, ``write_items``, ``write_item``, ``write_inputs``) are queued to one worker
+thread, in order, while the next batch computes (a new store is even created while the first
+batch computes). Every other call (reads, ``prepare``) first waits for the queue to drain, so
 the runner always reads what it wrote. An item is still written whole before its ``done``
 flag, by the store itself, so a crash leaves at most unfinished items not-done.
 
@@ -17,7 +18,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-QUEUED = ("create", "write_item", "write_items", "write_inputs")
+QUEUED = ("create_fresh", "write_item", "write_items", "write_inputs")
 # Queued writes (a batch of items each) held in memory at most; past that the runner waits.
 # Two keep the disk busy while the next batch computes, bound memory on long runs, and limit
 # what a killed run loses to the batches it had not yet written.
