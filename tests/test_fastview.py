@@ -5,6 +5,7 @@ import copy
 
 import pytest
 import torch
+import xarray as xr
 from torch import nn
 
 import uni_lab
@@ -177,10 +178,35 @@ def test_unlearning_sees_the_model_as_given(bn_clf):
 
 
 @pytest.mark.parametrize("setting", ["1", "0"])
-def test_store_records_the_view(tiny_model, tmp_path, monkeypatch, setting):
-    import xarray as xr
+def test_the_run_records_the_view_and_resumes_only_with_it(tiny_model, tmp_path, monkeypatch, setting):
+    """The setting is part of a run's configuration: UNI's sign-PGD turns the view's rounding into
+    other baselines, so one store must not mix the two. The refusal says how to match it."""
+    from uni_lab.store import config_of
 
     monkeypatch.setenv(fastview.ENV, setting)
+    kw = dict(images=["chelsea"], methods=["ig:black"], steps=2, out=tmp_path / "s.zarr", progress=False)
+    res = uni_lab.run(tiny_model, **kw)
+    assert config_of(xr.open_zarr(res.path))["fast_view"] == {"1": "on", "0": "off"}[setting]
+    monkeypatch.setenv(fastview.ENV, "0" if setting == "1" else "1")
+    with pytest.raises(uni_lab.StoreError, match=f"differs in: fast_view.*UNI_LAB_FAST_VIEW={setting}"):
+        uni_lab.run(tiny_model, **kw)
+
+
+def test_evaluate_recomputes_with_the_stores_setting(tiny_model, tmp_path, monkeypatch):
+    """A store made without the view (or before it existed) is evaluated without it, whatever
+    the environment says, and the other way round."""
+    seen = []
+    real = fastview.fast_view
+    monkeypatch.setattr(fastview, "fast_view", lambda *a, **k: seen.append(fastview.enabled()) or real(*a, **k))
+    monkeypatch.setattr(uni_lab.engine, "fast_view", fastview.fast_view)
+    monkeypatch.setenv(fastview.ENV, "0")
     res = uni_lab.run(tiny_model, images=["chelsea"], methods=["ig:black"], steps=2, out=tmp_path / "s.zarr",
                       progress=False)
-    assert xr.open_zarr(res.path).attrs["fast_view"] == {"1": "on", "0": "off"}[setting]
+    monkeypatch.setenv(fastview.ENV, "1")
+    seen.clear()
+    from uni_lab.evaluate import evaluate
+
+    evaluate(res.path, metrics=["completeness_error"], attacks=["random_noise"], sets={"robustness.k": 10},
+             progress=False, models=[tiny_model])
+    assert seen and not any(seen)
+    assert fastview.enabled()  # the environment's setting again after evaluate

@@ -38,6 +38,7 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
+from . import fastview
 from .errors import InputError, PluginError, StoreError, UniLabError
 from .explanation import TRACE_KEYS, Explanation
 from .methods import NON_SEMANTIC, Method, parse_sets, route_params
@@ -215,7 +216,8 @@ def evaluate(store, metrics=(), attacks=(), corruptions=(), *, severities=SEVERI
     st = Store(store)
     if not st.exists():
         raise StoreError(f"no store at '{store}'; create one with `uni-lab run --out {store}`.")
-    with evaluation_lock(st):
+    # Maps are recomputed as the run computed them: stores older than the fast view ran without it.
+    with evaluation_lock(st), fastview.using(config_of(st.open()).get("fast_view", "off") == "on"):
         return _evaluate(st, metrics, attacks, corruptions, severities, perturbed_metrics, sets, models, methods,
                          images, batch_size, device, recompute, progress)
 

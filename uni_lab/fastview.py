@@ -23,9 +23,17 @@ version counter). A model is used as given when:
 - it has nothing to fold (then only the layout changes, on CPU);
 - its view disagrees with it on the first input it sees;
 - ``UNI_LAB_FAST_VIEW=0`` is set.
+
+A run records the setting in its configuration (``fast_view``), so a store is never resumed
+with the other one, and ``uni-lab evaluate`` recomputes maps with the store's setting. That
+matters for UNI: its L∞ PGD steps by ``sign(∇)``, and rounding flips the sign of the few
+near-zero gradient pixels, after which the matching walks elsewhere. On the eight photographs at
+224², IG maps moved by 0.02–0.5 % with the view on against off, while UNI's maps were different maps
+(relative L2 0.9–1.3), as they are between two batch compositions.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -44,8 +52,30 @@ _log = logging.getLogger(__name__)
 _VIEWS: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
 
 
+_FORCED: list[bool] = []  # innermost using() wins over the environment
+
+
 def enabled() -> bool:
+    if _FORCED:
+        return _FORCED[-1]
     return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def setting() -> str:
+    """``"on"`` or ``"off"``: recorded in a run's configuration, because UNI's sign-PGD turns
+    the view's float-rounding differences into different baselines (see BENCHMARKS.md)."""
+    return "on" if enabled() else "off"
+
+
+@contextlib.contextmanager
+def using(on: bool):
+    """The view on or off inside the block, whatever the environment says (``uni-lab evaluate``
+    recomputes maps the way the store's run computed them)."""
+    _FORCED.append(bool(on))
+    try:
+        yield
+    finally:
+        _FORCED.pop()
 
 
 class _Tracer(fx.Tracer):

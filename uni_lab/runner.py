@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import distributed
+from . import distributed, fastview
 from .accel import accelerate, check_precision, to_device
 from .data import load_images
 from .engine import check_output
@@ -105,6 +105,7 @@ def run(models="efficientnet_lite0", images=None, methods=DEFAULT_METHODS, *, st
         "methods": {m.spec: m.config() for m in method_list},
         "images": {i.id: i.source for i in imgs},
         "seed": int(seed), "size": list(size), "resize": resize, "output": output,
+        "fast_view": fastview.setting(),
     }
     store = StoreWriter(Store(out))  # item writes overlap the next batch's compute
     layout = skeleton(names, specs, imgs, size, max(map(_method_steps, method_list)), config, str(dev))

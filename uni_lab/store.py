@@ -9,8 +9,8 @@ Schema (named dims; see README "Store schema"):
 - ``target``, ``prob_input``, ``logit_input (model, image)``;
 - ``completeness_error``, ``prob_baseline``, ``seconds``, ``done (model, method, image)``;
 - attrs: ``uni_lab_config`` (JSON of every parameter of every plugin used, seed, steps,
-  output), package versions, device, creation time, ``fast_view`` (on/off, see
-  :mod:`uni_lab.fastview`).
+  output, ``fast_view`` on/off, see :mod:`uni_lab.fastview`), package versions, device,
+  creation time.
 
 This is the only module that addresses a store by position. An item (model, method, image)
 is written in one pass over its variables, and ``done`` is set only after all of them, so a
@@ -30,7 +30,6 @@ import xarray as xr
 
 from .errors import StoreError
 from .explanation import TRACE_KEYS
-from .fastview import enabled as fastview_enabled
 
 SCHEMA_VERSION = 1
 # Format 2: consolidated metadata and variable-length strings that every zarr reader knows.
@@ -92,7 +91,6 @@ def skeleton(models, methods, images, size, max_steps: int, config: dict, device
         attrs={"title": "uni_lab attribution store", "uni_lab_schema": SCHEMA_VERSION,
                "uni_lab_config": json.dumps(config, sort_keys=True, default=str),
                "versions": json.dumps(_versions()), "device": device,
-               "fast_view": "on" if fastview_enabled() else "off",
                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
     )
     described = {
@@ -201,8 +199,11 @@ class Store:
             new = json.loads(ds.attrs["uni_lab_config"])
             differing = _diff(old, new)
             if differing:
+                hint = (f" A store made with the fast view {old.get('fast_view', 'off')} resumes with "
+                        f"UNI_LAB_FAST_VIEW={1 if old.get('fast_view') == 'on' else 0}."
+                        if differing == ["fast_view"] else "")
                 raise StoreError(f"store '{self.path}' was written by another configuration (differs in: "
-                                 f"{', '.join(differing)}). Use --overwrite to replace it, or a new --out.")
+                                 f"{', '.join(differing)}). Use --overwrite to replace it, or a new --out.{hint}")
             return False
         self.check_creatable(overwrite)
         if not self.create(ds, overwrite):
