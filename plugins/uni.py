@@ -107,7 +107,9 @@ def match_activations(model, x, target_log_probs, seeds=None, *, eps: float, ste
                       norm: str = "linf") -> torch.Tensor:
     """PGD on ``KL(P̂ ‖ F(x'; θ))`` inside the ε-ball around ``x``, clipped to ``[0, 1]``."""
     p_hat = target_log_probs.exp()
-    model = fast_view(model, x)  # input gradients only: the folded view computes the same function
+    # Input gradients only, so the fast view serves. Its rounding differs from the model's, and
+    # sign steps amplify that into another baseline: the run records which one was used.
+    model = fast_view(model, x)
     delta0 = (2 * draw(x, seeds, "rand", salt=17) - 1) * eps
     if norm == "l2":
         delta0 = _project_l2(delta0, eps)
