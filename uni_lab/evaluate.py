@@ -216,15 +216,16 @@ def evaluate(store, metrics=(), attacks=(), corruptions=(), *, severities=SEVERI
     st = Store(store)
     if not st.exists():
         raise StoreError(f"no store at '{store}'; create one with `uni-lab run --out {store}`.")
-    # Maps are recomputed as the run computed them: stores older than the fast view ran without it.
-    with evaluation_lock(st), fastview.using(config_of(st.open()).get("fast_view", "off") == "on"):
-        return _evaluate(st, metrics, attacks, corruptions, severities, perturbed_metrics, sets, models, methods,
-                         images, batch_size, device, recompute, progress)
+    with evaluation_lock(st):
+        ds = st.open()
+        # Maps are recomputed as the run computed them: stores older than the fast view ran without it.
+        with fastview.using(config_of(ds).get("fast_view", "off") == "on"):
+            return _evaluate(st, ds, metrics, attacks, corruptions, severities, perturbed_metrics, sets, models,
+                             methods, images, batch_size, device, recompute, progress)
 
 
-def _evaluate(st, metrics, attacks, corruptions, severities, perturbed_metrics, sets, models, methods, images,
+def _evaluate(st, ds, metrics, attacks, corruptions, severities, perturbed_metrics, sets, models, methods, images,
               batch_size, device, recompute, progress) -> EvalResult:
-    ds = st.open()
     config = config_of(ds)
     sets = parse_sets(sets) if isinstance(sets, (list, tuple)) else dict(sets or {})
     routed = route_params(sets)
