@@ -210,15 +210,21 @@ class Store:
             return self.prepare(ds)
         return True
 
-    def check_creatable(self, overwrite: bool) -> None:
-        """Raise now, before any work, what :meth:`create` would fail on (a foreign folder, no write access)."""
+    def _refuse_foreign(self, overwrite: bool) -> None:
         if self.path.exists() and not overwrite and not self.exists() and any(self.path.iterdir()):
             raise StoreError(f"'{self.path}' exists and is not a uni_lab store; choose another --out.")
+
+    def _unwritable(self, exc: OSError) -> StoreError:
+        return StoreError(f"cannot write the store at '{self.path}' ({exc.__class__.__name__}: {exc}); "
+                          "choose a writable --out.")
+
+    def check_creatable(self, overwrite: bool) -> None:
+        """Raise now, before any work, what :meth:`create` would fail on (a foreign folder, no write access)."""
+        self._refuse_foreign(overwrite)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StoreError(f"cannot write the store at '{self.path}' ({exc.__class__.__name__}: {exc}); "
-                             "choose a writable --out.") from exc
+            raise self._unwritable(exc) from exc
         if not os.access(self.path.parent, os.W_OK | os.X_OK):
             raise StoreError(f"cannot write the store at '{self.path}' (no write permission on "
                              f"'{self.path.parent}'); choose a writable --out.")
@@ -236,8 +242,7 @@ class Store:
         if self.path.exists():
             if not overwrite and self.exists():
                 return False
-            if not overwrite and any(self.path.iterdir()):
-                raise StoreError(f"'{self.path}' exists and is not a uni_lab store; choose another --out.")
+            self._refuse_foreign(overwrite)
             shutil.rmtree(self.path)
         # Built aside, then renamed into place: rename is atomic, so shards started at once
         # (--shard i/n jobs) never see a half-made store, and the loser of a race validates.
@@ -251,8 +256,7 @@ class Store:
             shutil.rmtree(tmp, ignore_errors=True)
             if self.exists() and not overwrite:
                 return False
-            raise StoreError(f"cannot write the store at '{self.path}' ({exc.__class__.__name__}: {exc}); "
-                             "choose a writable --out.") from exc
+            raise self._unwritable(exc) from exc
 
     def group(self):
         import zarr
