@@ -65,11 +65,11 @@ def smoothgrad(model, x, target, seeds=None, *, inner="saliency", samples: int =
         xs = (x.unsqueeze(0) + group).reshape(g * n, *x.shape[1:])
         ss = None if seeds is None else torch.cat([sample_seeds(seeds, s + j) for j in range(g)])
         exp = inner(model, xs, target.repeat(g), seeds=ss)
-        parts.append(_per_sample(exp, g, n))
-    return _mean(parts, inner_output)
+        parts.append(per_sample_explanation(exp, g, n))
+    return mean_explanation(parts, inner_output)
 
 
-def _per_sample(exp: Explanation, g: int, n: int) -> dict:
+def per_sample_explanation(exp: Explanation, g: int, n: int) -> dict:
     """The inner explanation with a leading sample axis: ``(g, N, ...)`` tensors."""
     split = lambda t: None if t is None else t.detach().reshape(g, n, *t.shape[1:])
     return {"attribution": split(exp.attribution), "baseline": split(exp.baseline),
@@ -77,7 +77,9 @@ def _per_sample(exp: Explanation, g: int, n: int) -> dict:
             "extras": {k: split(v) for k, v in exp.extras.items()}}
 
 
-def _mean(parts: list[dict], output: str) -> Explanation:
+def mean_explanation(parts: list[dict], output: str) -> Explanation:
+    """The mean of explanations given as ``per_sample_explanation`` parts; its completeness error is
+    against the mean change the parts explain (the mean of complete maps is complete)."""
     cat = lambda key: torch.cat([p[key] for p in parts])
     attribution = cat("attribution").mean(0)
     baseline = cat("baseline").mean(0) if all(p["baseline"] is not None for p in parts) else None

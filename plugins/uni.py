@@ -21,11 +21,14 @@ from uni_lab.accel import activation_bytes, fit_batch
 from uni_lab.errors import InputError
 from uni_lab.fastview import fast_view
 from uni_lab.persample import dense, per_image_forward, per_sample_grads
-from uni_lab.seeding import draw
+from uni_lab.seeding import draw, image_seed
 
 from .ig import integrated_gradients
+from .smoothgrad import mean_explanation, per_sample_explanation
 
 NORMS = ("linf", "l2")
+STARTS = ("uniform", "zero")
+STEP_RULES = ("auto", "sign", "l2")  # auto: the norm's steepest descent (sign for L∞, l2 for L2)
 
 
 def unlearned_log_probs(model, x, target, eta: float = 1.0, chunk: int | None = None,
@@ -104,16 +107,29 @@ def unlearned_log_probs_reference(model, x, target, eta: float = 1.0) -> torch.T
 
 
 def match_activations(model, x, target_log_probs, seeds=None, *, eps: float, steps: int, step_size: float,
-                      norm: str = "linf") -> torch.Tensor:
-    """PGD on ``KL(P̂ ‖ F(x'; θ))`` inside the ε-ball around ``x``, clipped to ``[0, 1]``."""
+                      norm: str = "linf", start: str = "uniform", step_rule: str | None = None,
+                      kl_tol: float = 0.0) -> torch.Tensor:
+    """PGD on ``KL(P̂ ‖ F(x'; θ))`` inside the ε-ball around ``x``, clipped to ``[0, 1]``.
+
+    ``eps`` and ``step_size`` are per-pixel sizes in both norms: the L∞ ball is ``|δ_i| ≤ ε``,
+    the L2 ball ``‖δ‖₂ ≤ ε √d`` (an RMS of ε over the ``d`` input values); a ``sign`` step
+    moves every value by μ, an ``l2`` step (the gradient over its RMS) moves them by an RMS
+    of μ. ``start``: ``uniform`` (``δ₀ ~ U(−ε, ε)``, seeded per image) or ``zero``
+    (``δ₀ = 0``: no random part). ``step_rule`` defaults to the norm's steepest descent
+    (``sign`` for L∞, ``l2`` for L2). ``kl_tol > 0`` stops an image once its KL is below it.
+    """
     p_hat = target_log_probs.exp()
+    step_rule = step_rule or ("sign" if norm == "linf" else "l2")
     # Input gradients only, so the fast view serves. Its rounding differs from the model's, and
     # sign steps amplify that into another baseline: the run records which one was used.
     model = fast_view(model, x)
-    delta0 = (2 * draw(x, seeds, "rand", salt=17) - 1) * eps
-    if norm == "l2":
-        delta0 = _project_l2(delta0, eps)
+    rms_scale = x[0].numel() ** 0.5
+    if start == "uniform":
+        delta0 = (2 * draw(x, seeds, "rand", salt=17) - 1) * eps
+    else:
+        delta0 = torch.zeros_like(x)
     xp = (x + delta0).clamp(0, 1).detach()
+    moving = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
     for _ in range(int(steps)):
         xp.requires_grad_(True)
         with torch.enable_grad():
@@ -121,50 +137,74 @@ def match_activations(model, x, target_log_probs, seeds=None, *, eps: float, ste
             kl = (p_hat * (target_log_probs - log_q)).sum(1)
             (g,) = torch.autograd.grad(kl.sum(), xp)
         with torch.no_grad():
-            if norm == "linf":
-                xp = x + (xp - step_size * g.sign() - x).clamp(-eps, eps)
+            if kl_tol > 0:
+                moving &= kl.detach() > kl_tol
+                if not bool(moving.any()):
+                    break
+            if step_rule == "sign":
+                d = g.sign()
             else:
-                g = g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-                xp = x + _project_l2(xp - step_size * g - x, eps)
-            xp = xp.clamp(0, 1).detach()
+                d = g * (rms_scale / g.flatten(1).norm(dim=1).clamp_min(1e-30)).view(-1, 1, 1, 1)
+            d = d * moving.view(-1, 1, 1, 1).to(d.dtype)
+            delta = xp - step_size * d - x
+            delta = delta.clamp(-eps, eps) if norm == "linf" else _project_l2(delta, eps * rms_scale)
+            xp = (x + delta).clamp(0, 1).detach()
     return xp
 
 
-def _project_l2(delta, eps):
+def _project_l2(delta, radius):
     norms = delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
-    return delta * (eps / norms.clamp_min(1e-12)).clamp(max=1.0)
+    return delta * (radius / norms.clamp_min(1e-12)).clamp(max=1.0)
+
+
+def restart_seeds(seeds, r: int):
+    """Per-image seeds of restart ``r``: the run's own for ``r = 0``, independent streams after."""
+    if seeds is None or r == 0:
+        return seeds
+    return torch.tensor([image_seed(int(s), f"uni:restart:{r}") for s in torch.as_tensor(seeds).tolist()])
 
 
 @uni_lab.baseline("uni")
 def uni_baseline(x, model, target, seeds=None, *, eta: float = 1.0, eps: float = 0.05, pgd_steps: int = 10,
-                 step_size: float = 0.01, norm: str = "linf", unlearn_chunk: int | None = None):
+                 step_size: float = 0.01, norm: str = "linf", start: str = "uniform", step_rule: str = "auto",
+                 kl_tol: float = 0.0, unlearn_chunk: int | None = None):
     """Unlearned baseline: one unlearning step in weight space, then PGD activation matching in the ε-ball."""
-    _check_uni_params(norm, eps, step_size, pgd_steps, unlearn_chunk)
+    _check_uni_params(norm, eps, step_size, pgd_steps, unlearn_chunk, start, step_rule, kl_tol)
     target_lp = unlearned_log_probs(model, x, target, eta, chunk=unlearn_chunk)
-    return match_activations(model, x, target_lp, seeds, eps=eps, steps=pgd_steps, step_size=step_size, norm=norm)
+    return match_activations(model, x, target_lp, seeds, eps=eps, steps=pgd_steps, step_size=step_size, norm=norm,
+                             start=start, step_rule=None if step_rule == "auto" else step_rule, kl_tol=kl_tol)
 
 
 def uni_baseline_reference(x, model, target, seeds=None, *, eta: float = 1.0, eps: float = 0.05,
-                           pgd_steps: int = 10, step_size: float = 0.01, norm: str = "linf", **_speed):
+                           pgd_steps: int = 10, step_size: float = 0.01, norm: str = "linf", start: str = "uniform",
+                           step_rule: str = "auto", kl_tol: float = 0.0, **_speed):
     """The naive per-image UNI baseline: for each image, copy the model, unlearn, then match alone.
 
     Same maths and seeds as :func:`uni_baseline`, one image at a time (what batching replaces);
     the tests hold the batched baseline to it and the benchmark times it.
     """
-    _check_uni_params(norm, eps, step_size, pgd_steps, None)
+    _check_uni_params(norm, eps, step_size, pgd_steps, None, start, step_rule, kl_tol)
     seeds = None if seeds is None else torch.as_tensor(seeds)
     out = []
     for i in range(x.shape[0]):
         xi, ti = x[i:i + 1], target[i:i + 1]
         lp = unlearned_log_probs_reference(model, xi, ti, eta)
         out.append(match_activations(model, xi, lp, None if seeds is None else seeds[i:i + 1], eps=eps,
-                                     steps=pgd_steps, step_size=step_size, norm=norm))
+                                     steps=pgd_steps, step_size=step_size, norm=norm, start=start,
+                                     step_rule=None if step_rule == "auto" else step_rule, kl_tol=kl_tol))
     return torch.cat(out)
 
 
-def _check_uni_params(norm, eps, step_size, pgd_steps, unlearn_chunk) -> None:
+def _check_uni_params(norm, eps, step_size, pgd_steps, unlearn_chunk, start="uniform", step_rule="auto",
+                      kl_tol=0.0) -> None:
     if norm not in NORMS:
         raise InputError(f"uni.norm must be one of {NORMS}, got '{norm}'.")
+    if start not in STARTS:
+        raise InputError(f"uni.start must be one of {STARTS}, got '{start}'.")
+    if step_rule not in STEP_RULES:
+        raise InputError(f"uni.step_rule must be one of {STEP_RULES}, got '{step_rule}'.")
+    if not kl_tol >= 0:
+        raise InputError(f"uni.kl_tol must be >= 0 (0: never stop early), got {kl_tol}.")
     if eps <= 0 or step_size <= 0 or pgd_steps < 0:
         raise InputError("uni needs eps > 0, step_size > 0 and pgd_steps >= 0.")
     if unlearn_chunk is not None and int(unlearn_chunk) < 1:
@@ -172,8 +212,20 @@ def _check_uni_params(norm, eps, step_size, pgd_steps, unlearn_chunk) -> None:
 
 
 @uni_lab.explainer("uni")
-def uni(model, x, target, seeds=None, *, baseline="uni", steps: int = 15, output: str = "prob",
+def uni(model, x, target, seeds=None, *, baseline="uni", steps: int = 15, restarts: int = 1, output: str = "prob",
         internal_batch_size: int | None = None):
-    """UNI: Integrated Gradients from the unlearned baseline (its parameters are the uni baseline's)."""
-    return integrated_gradients(model, x, target, seeds, baseline=baseline, steps=steps, output=output,
-                                internal_batch_size=internal_batch_size)
+    """UNI: Integrated Gradients from the unlearned baseline, averaged over `restarts` seeded PGD starts."""
+    if int(restarts) < 1:
+        raise InputError(f"uni.restarts must be a positive number of PGD starts, got {restarts}.")
+    n = x.shape[0]
+    parts = []
+    for r in range(int(restarts)):
+        exp = integrated_gradients(model, x, target, restart_seeds(seeds, r), baseline=baseline, steps=steps,
+                                   output=output, internal_batch_size=internal_batch_size)
+        if int(restarts) == 1:
+            return exp
+        parts.append(per_sample_explanation(exp, 1, n))
+    # The mean of the R maps, not IG from the mean baseline: each map is a complete UNI path
+    # from a matched point, and their mean estimates the expectation over the random start;
+    # the mean of matched points need not itself be matched (featureless).
+    return mean_explanation(parts, output)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import uni_lab
+from uni_lab import accel
 from uni_lab.accel import TOLERANCE, AcceleratedClassifier, accelerate, fit_batch, parse_bytes
 from uni_lab.engine import integrate, pass_size
 from uni_lab.errors import InputError
@@ -147,13 +148,13 @@ def test_chunking_and_memory_budget_do_not_change_results(bn_model, tiny_batch, 
     full = unlearned_log_probs(bn_model, x, target, chunk=4)
     for chunk in (1, 3):
         assert torch.allclose(unlearned_log_probs(bn_model, x, target, chunk=chunk), full, atol=1e-6)
-    assert unlearn_chunk_size(bn_model, x) == 4  # a tiny model fits the default budget whole
-    monkeypatch.setenv("UNI_LAB_MEMORY_BUDGET", "1KiB")
+    assert unlearn_chunk_size(bn_model, x) == 4  # a tiny model fits the default plan whole
+    monkeypatch.setitem(accel.PLAN_BYTES, "cpu", 1024)
     assert unlearn_chunk_size(bn_model, x) == 1
     assert pass_size(bn_model, x, 64) == 1
     assert torch.allclose(unlearned_log_probs(bn_model, x, target), full, atol=1e-6)
     tight = uni_lab.get("explainer", "ig")(bn_model, x, target, steps=2)
-    monkeypatch.delenv("UNI_LAB_MEMORY_BUDGET")
+    monkeypatch.undo()
     loose = uni_lab.get("explainer", "ig")(bn_model, x, target, steps=2)
     assert torch.allclose(tight.attribution, loose.attribution, atol=1e-6)
 

@@ -38,8 +38,8 @@ def test_ig_chunking_does_not_change_the_result(tiny_model, tiny_batch):
     torch.testing.assert_close(whole.trace["prob"], chunks.trace["prob"])
 
 
-def test_path_chunks_fill_the_passes_the_memory_budget_allows(tiny_model, tiny_batch, monkeypatch):
-    """Where the budget holds fewer samples than asked, path chunks shrink to fill one pass each,
+def test_path_chunks_fill_the_passes_the_plan_allows(tiny_model, tiny_batch, monkeypatch):
+    """Where the plan holds fewer samples than asked, path chunks shrink to fill one pass each,
     and a chunk that needs several passes splits evenly: no pass of a few leftover samples."""
     from uni_lab.accel import activation_bytes
     from uni_lab.engine import PASS_ACTIVATION_COPIES, _passes, path_chunk
@@ -50,7 +50,7 @@ def test_path_chunks_fill_the_passes_the_memory_budget_allows(tiny_model, tiny_b
     target = tiny_model(x).argmax(-1)
     whole = uni_lab.explain("ig:black", tiny_model, x, target, steps=10)
     per_sample = PASS_ACTIVATION_COPIES * activation_bytes(tiny_model, x[:1])
-    monkeypatch.setenv("UNI_LAB_MEMORY_BUDGET", str(int(per_sample * 2.5 * x.shape[0])))
+    monkeypatch.setitem(uni_lab.accel.PLAN_BYTES, "cpu", int(per_sample * 2.5 * x.shape[0]))
     assert path_chunk(tiny_model, x, 64) == (2 * x.shape[0] + x.shape[0] // 2, 2)
     sizes = []
     monkeypatch.setattr(uni_lab.engine, "score_and_grad", _recording(uni_lab.engine.score_and_grad, sizes))

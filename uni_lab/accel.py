@@ -24,9 +24,13 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # (channels_last), which changes the order of float sums, not the maths.
 TOLERANCE = {"fp32": 1e-5, "bf16": 0.1, "fp16": 0.02}
 ENV_BUDGET = "UNI_LAB_MEMORY_BUDGET"
-# Share of what the device has free that one batch of work may plan to use: the rest is
+# Share of what the device has free that one pass may use before a run warns: the rest is
 # headroom for the allocator, the model, other processes and estimation error.
 BUDGET_SHARE = {"cuda": 0.5, "cpu": 0.25}
+# What a pass is planned to hold, per device type. A constant, not a reading of free memory:
+# the partition of work into passes changes float rounding (a batch of 8 + 8 is not bitwise a
+# batch of 16), so it must be a function of the configuration, never of the machine's load.
+PLAN_BYTES = {"cuda": 8 * 2**30, "cpu": 2**30}
 _UNITS = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 
 
@@ -102,8 +106,22 @@ def activation_bytes(model: torch.nn.Module, sample: torch.Tensor) -> int:
 
 
 def fit_batch(per_item_bytes: int, device, cap: int) -> int:
-    """How many items of ``per_item_bytes`` fit the memory budget, between 1 and ``cap``."""
-    return max(1, min(int(cap), memory_budget(device) // max(1, int(per_item_bytes))))
+    """How many items of ``per_item_bytes`` a pass is planned for, between 1 and ``cap``.
+
+    Deterministic: sized against :data:`PLAN_BYTES` for the device type, whatever is free now
+    (:func:`check_fits` warns when the plan exceeds the budget).
+    """
+    plan = PLAN_BYTES.get(torch.device(device).type, PLAN_BYTES["cpu"])
+    return max(1, min(int(cap), plan // max(1, int(per_item_bytes))))
+
+
+def check_fits(items: int, per_item_bytes: int, device, what: str, fix: str) -> str | None:
+    """A one-line warning when ``items`` of ``per_item_bytes`` exceed the memory budget, else None."""
+    need, budget = int(items) * int(per_item_bytes), memory_budget(device)
+    if need <= budget:
+        return None
+    return (f"{what} of {items} plans for {need / 2**30:.1f} GiB, over the memory budget of "
+            f"{budget / 2**30:.1f} GiB; {fix} to use less memory (maps then differ in float rounding).")
 
 
 def to_device(t: torch.Tensor, device) -> torch.Tensor:

@@ -14,7 +14,7 @@ from typing import Callable, Generator, Iterator
 
 import torch
 
-from .accel import activation_bytes, fit_batch
+from .accel import PLAN_BYTES, activation_bytes, check_fits, fit_batch
 from .errors import InputError
 from .explanation import Explanation
 from .fastview import fast_view
@@ -58,8 +58,20 @@ PASS_ACTIVATION_COPIES = 3
 
 
 def pass_size(model, x: torch.Tensor, cap: int) -> int:
-    """Samples per forward/backward pass: ``cap``, or fewer where the memory budget holds fewer."""
+    """Samples per forward/backward pass: ``cap``, or fewer where the plan (:data:`~uni_lab.accel.PLAN_BYTES`)
+    holds fewer. A function of the model, the input shape and the device type only, so the same
+    configuration partitions its work the same way whatever memory is free."""
     return fit_batch(PASS_ACTIVATION_COPIES * activation_bytes(model, x[:1]), x.device, cap)
+
+
+def partition(model, x: torch.Tensor, batch_size: int) -> tuple[dict, str | None]:
+    """How a run splits its work (recorded in its store), and a warning if a pass exceeds the memory budget."""
+    per_sample = PASS_ACTIVATION_COPIES * activation_bytes(model, x[:1])
+    ibs = pass_size(model, x, DEFAULT_INTERNAL_BATCH)
+    plan = {"batch_size": int(batch_size), "pass_size": ibs,
+            "plan_bytes": PLAN_BYTES.get(x.device.type, PLAN_BYTES["cpu"])}
+    return plan, check_fits(ibs, per_sample, x.device, "a forward/backward pass",
+                            "set a smaller pass with --set <method>.internal_batch_size=N")
 
 
 def path_chunk(model, x: torch.Tensor, internal_batch_size: int | None) -> tuple[int, int]:

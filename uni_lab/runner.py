@@ -7,6 +7,7 @@ leaves those items not-done (the next run retries them).
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from tqdm.auto import tqdm
 from . import distributed, fastview
 from .accel import accelerate, check_precision, to_device
 from .data import load_images
-from .engine import check_output
+from .engine import check_output, partition
 from .errors import InputError, StoreError, UniLabError
 from .methods import Method, parse_sets, resolve, route_params
 from .models import Classifier, create_model, resolve_device
@@ -107,8 +108,11 @@ def run(models="efficientnet_lite0", images=None, methods=DEFAULT_METHODS, *, st
         "seed": int(seed), "size": list(size), "resize": resize, "output": output,
         "fast_view": fastview.setting(),
     }
+    plan, too_big = partition(clfs[0], to_device(imgs[0].pixels[None], dev), batch_size)
+    if too_big:
+        warnings.warn(too_big, stacklevel=2)
     store = StoreWriter(Store(out))  # item writes overlap the next batch's compute
-    layout = skeleton(names, specs, imgs, size, max(map(_method_steps, method_list)), config, str(dev))
+    layout = skeleton(names, specs, imgs, size, max(map(_method_steps, method_list)), config, str(dev), plan)
     # A store this run creates from nothing is written on the store's thread while the first
     # batch computes; its contents are known (nothing done, no inputs), so nothing waits for it.
     # Shards and ranks that may race for one store create it up front and validate it.

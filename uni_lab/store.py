@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -50,7 +51,8 @@ def _versions() -> dict:
     return out
 
 
-def skeleton(models, methods, images, size, max_steps: int, config: dict, device: str) -> xr.Dataset:
+def skeleton(models, methods, images, size, max_steps: int, config: dict, device: str,
+             partition: dict | None = None) -> xr.Dataset:
     """The full, still-empty dataset of a run: every variable at its final shape, lazily."""
     import dask.array as da
 
@@ -91,6 +93,7 @@ def skeleton(models, methods, images, size, max_steps: int, config: dict, device
         attrs={"title": "uni_lab attribution store", "uni_lab_schema": SCHEMA_VERSION,
                "uni_lab_config": json.dumps(config, sort_keys=True, default=str),
                "versions": json.dumps(_versions()), "device": device,
+               "uni_lab_partition": json.dumps(partition or {}, sort_keys=True),
                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
     )
     described = {
@@ -173,6 +176,17 @@ def _diff(a, b, prefix="") -> list[str]:
     return [prefix.rstrip(".")] if a != b else []
 
 
+def _warn_partition(old: str | None, new: str | None, path) -> None:
+    """Resuming with another split of the work (batch, pass size) is allowed, but its maps differ
+    from the earlier items' in float rounding; say so rather than mix them silently."""
+    old_p, new_p = json.loads(old or "{}"), json.loads(new or "{}")
+    if old_p and new_p and old_p != new_p:
+        changed = ", ".join(f"{k} {old_p.get(k)} -> {new_p.get(k)}" for k in sorted(set(old_p) | set(new_p))
+                            if old_p.get(k) != new_p.get(k))
+        warnings.warn(f"store '{path}' was computed with another partition of the work ({changed}); "
+                      "items computed now differ from earlier ones in float rounding.", stacklevel=3)
+
+
 class Store:
     """A run's store on disk: created once, then filled item by item."""
 
@@ -204,6 +218,7 @@ class Store:
                         if differing == ["fast_view"] else "")
                 raise StoreError(f"store '{self.path}' was written by another configuration (differs in: "
                                  f"{', '.join(differing)}). Use --overwrite to replace it, or a new --out.{hint}")
+            _warn_partition(self.open().attrs.get("uni_lab_partition"), ds.attrs.get("uni_lab_partition"), self.path)
             return False
         self.check_creatable(overwrite)
         if not self.create(ds, overwrite):
