@@ -31,16 +31,25 @@ def _score_trace(explanation, output: str) -> np.ndarray | None:
 
 @uni_lab.metric("monotonicity")
 def monotonicity(x, explanation, *, output: str = "prob"):
-    """Share of path steps where F_c does not fall, and conformance: min F_c at α=0, max at α=1 (Akhtar & Jalwana 2023)."""
+    """Share of path steps where F_c does not fall, and conformance: min F_c at α=0, max at α=1 (Akhtar & Jalwana 2023).
+
+    ``spearman`` is the paper's own measure (its Table 1): the Spearman correlation of α_k with
+    F_c(γ_k) over the stored path points (NaN for a constant F_c or fewer than two points).
+    """
     f = _score_trace(explanation, output)
     if f is None:
-        return {"fraction": _nan(x.shape[0]), "conformant": _nan(x.shape[0])}
+        return {"fraction": _nan(x.shape[0]), "conformant": _nan(x.shape[0]), "spearman": _nan(x.shape[0])}
     frac = monotone_fraction(xr.DataArray(f, dims=("image", "step"))).values
-    conformant = []
-    for row in f:
+    alpha = explanation.trace["alpha"].detach().double().cpu().numpy()
+    conformant, rho = [], []
+    for row, a in zip(f, alpha):
+        ok = np.isfinite(row) & np.isfinite(a)
+        rho.append(float(spearman_rows(torch.from_numpy(a[ok][None]), torch.from_numpy(row[ok][None]))[0])
+                   if ok.sum() >= 2 else np.nan)
         row = row[np.isfinite(row)]
         conformant.append(float(row[0] <= row.min() and row[-1] >= row.max()) if row.size else np.nan)
-    return {"fraction": torch.as_tensor(frac), "conformant": torch.tensor(conformant, dtype=torch.float64)}
+    return {"fraction": torch.as_tensor(frac), "conformant": torch.tensor(conformant, dtype=torch.float64),
+            "spearman": torch.tensor(rho, dtype=torch.float64)}
 
 
 @uni_lab.metric("curvature")
