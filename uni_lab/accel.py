@@ -30,7 +30,7 @@ BUDGET_SHARE = {"cuda": 0.5, "cpu": 0.25}
 # What a pass is planned to hold, per device type. A constant, not a reading of free memory:
 # the partition of work into passes changes float rounding (a batch of 8 + 8 is not bitwise a
 # batch of 16), so it must be a function of the configuration, never of the machine's load.
-PLAN_BYTES = {"cuda": 8 * 2**30, "cpu": 2**30}
+PLAN_BYTES = {"cuda": 8 * 2**30, "cpu": 4 * 2**30}
 _UNITS = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 
 
