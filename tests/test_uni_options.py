@@ -82,3 +82,28 @@ def test_maps_do_not_depend_on_the_free_memory(tiny_model, tiny_batch, monkeypat
     first = ig()
     monkeypatch.delenv("UNI_LAB_MEMORY_BUDGET")
     assert torch.equal(first, ig())
+
+
+def test_runs_are_bitwise_whatever_the_budget_and_close_whatever_the_batch(tmp_path, monkeypatch):
+    """The same command twice, with the memory budget changed between them, writes the same bits;
+    batches of 1, 2 and all images (another partition of the same work) agree to float rounding."""
+    import json
+
+    import numpy as np
+    import xarray as xr
+    from store_runs import ATOL, RTOL, assert_same_store, make_images, run_inprocess, values
+
+    images = make_images(tmp_path / "imgs", n=4)
+    monkeypatch.setenv("UNI_LAB_MEMORY_BUDGET", "64MiB")
+    run_inprocess(images, tmp_path / "a.zarr", batch_size=4)
+    monkeypatch.setenv("UNI_LAB_MEMORY_BUDGET", "16GiB")
+    run_inprocess(images, tmp_path / "b.zarr", batch_size=4)
+    assert_same_store(tmp_path / "b.zarr", tmp_path / "a.zarr", bitwise=True)
+    for b in (1, 2):
+        run_inprocess(images, tmp_path / f"b{b}.zarr", batch_size=b)
+        got, want = values(tmp_path / f"b{b}.zarr"), values(tmp_path / "a.zarr")
+        for name in ("attribution", "baseline", "trace_prob", "trace_logit"):  # the maps and their paths
+            np.testing.assert_allclose(got[name], want[name], rtol=RTOL, atol=ATOL, err_msg=name)
+        assert json.loads(xr.open_zarr(tmp_path / f"b{b}.zarr").attrs["uni_lab_partition"])["batch_size"] == b
+    with pytest.warns(UserWarning, match="another partition of the work.*batch_size 4 -> 2"):
+        run_inprocess(images, tmp_path / "a.zarr", batch_size=2)  # a resume: nothing left to compute

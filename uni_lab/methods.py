@@ -20,6 +20,8 @@ from .registry import Plugin, get, registry
 
 # Parameters that change speed or memory, not results: never part of a run's identity.
 NON_SEMANTIC = {"internal_batch_size", "unlearn_chunk"}
+# Built-ins whose maps depend on the seed (UNI only with its uniform PGD start).
+RANDOM_PARTS = {"explainer": {"smoothgrad"}, "baseline": {"uniform", "gaussian"}}
 _SPEC = re.compile(r"^\s*([A-Za-z_][\w.\-]*)\s*(?::\s*([A-Za-z_][\w.\-]*)\s*)?(?:\((.*)\))?\s*$")
 
 
@@ -90,6 +92,17 @@ class Method:
         if self.inner is not None:
             kwargs["inner"] = self.inner
         return self.explainer(model, x, target, seeds=seeds, **kwargs)
+
+    def has_random_part(self) -> bool:
+        """Whether the map depends on the seed: a random baseline, a random PGD start, a noise
+        tunnel. Known by name (:data:`RANDOM_PARTS`); a user plugin with a random part is measured
+        only when asked (``--metrics seed_stability``)."""
+        if self.explainer.name in RANDOM_PARTS["explainer"]:
+            return True
+        if self.baseline is not None and (self.baseline.name in RANDOM_PARTS["baseline"] or (
+                self.baseline.name == "uni" and self.baseline_params.get("start") == "uniform")):
+            return True
+        return self.inner is not None and self.inner.has_random_part()
 
     def config(self) -> dict:
         """Every parameter that determines the result, for the store's attrs and resume checks."""

@@ -61,7 +61,7 @@ def run(models="efficientnet_lite0", images=None, methods=DEFAULT_METHODS, *, st
         batch_size: int = 8, device: str | None = None, seed: int = 0, out: str | Path = DEFAULT_OUT,
         sets: dict | list | None = None, weights: str | None = None, output: str = "prob",
         resize: str = "full", overwrite: bool = False, progress: bool = True, shard=None,
-        precision: str = "fp32", channels_last: bool = False) -> RunResult:
+        precision: str = "fp32", channels_last: bool = False, seed_stability: bool = True) -> RunResult:
     """Explain ``images`` with every method on every model and write the store at ``out``.
 
     ``models``: registered names, torchvision/timm names (with ``weights``), or
@@ -75,6 +75,10 @@ def run(models="efficientnet_lite0", images=None, methods=DEFAULT_METHODS, *, st
 
     ``precision`` (``fp32``, ``bf16``, ``fp16``: autocast, recorded with the model) and
     ``channels_last`` change how the models run, see :mod:`uni_lab.accel`.
+
+    ``seed_stability``: methods with a random part (:meth:`Method.has_random_part`) are also
+    evaluated with the ``seed_stability`` metric (three seeds), so the summary says how much
+    their maps depend on ``seed``; skipped in shards and under torchrun.
     """
     t_start = time.perf_counter()
     check_output(output)
@@ -150,6 +154,12 @@ def run(models="efficientnet_lite0", images=None, methods=DEFAULT_METHODS, *, st
     from .store import open_store
 
     distributed.finish(ctx)
+    random_specs = [m.spec for m in method_list if m.has_random_part()]
+    if seed_stability and random_specs and not ctx.active and part == (0, 1):
+        from .evaluate import evaluate
+
+        evaluate(out, metrics="seed_stability", methods=random_specs, models=clfs, batch_size=batch_size,
+                 device=str(dev), progress=progress)
     summary = summarize(open_store(out)) if ctx.rank == 0 else None
     timings = {"wall_s": time.perf_counter() - t_start, **store.timings()}
     return RunResult(Path(out), summary, computed, skipped, part, timings)
