@@ -1,7 +1,7 @@
 """The path-integral engine (METHODS.md §1), shared by every path method.
 
-``A_i ≈ Σ_{k=1..K} ∂F_c(γ_k)/∂x_i · (γ_{k,i} − γ_{k−1,i})``, the right Riemann sum, over path
-points that arrive in chunks. A path is a generator: it yields ``(alphas, points)`` chunks
+``A_i ≈ Σ_{k=1..K} ∂F_c(γ_k)/∂x_i · (γ_{k,i} − γ_{k−1,i})``, the right Riemann sum (or, with
+``rule="left"``, the left one: ``∂F_c(γ_{k−1})/∂x_i``), over path points that arrive in chunks. A path is a generator: it yields ``(alphas, points)`` chunks
 (``points`` of shape ``(m, N, 3, H, W)``, the first chunk starting at ``α = 0``, the
 baseline) and receives, through ``send``, the gradients and scores the engine computed for
 that chunk, so that adaptive paths (Guided IG) can build their next point from them while
@@ -165,48 +165,74 @@ def check_input(x: torch.Tensor, name: str = "input") -> torch.Tensor:
     return x
 
 
+RULES = ("right", "left")
+
+
+def check_rule(rule: str) -> str:
+    if rule not in RULES:
+        raise InputError(f"rule must be one of {RULES} (the Riemann sum's gradient at each segment's end or start), "
+                         f"got '{rule}'.")
+    return rule
+
+
 def integrate(model, x: torch.Tensor, target: torch.Tensor, path: Iterator, *, output: str = "prob",
-              internal_batch_size: int | None = None, baseline_gradient: bool = True) -> Explanation:
-    """Right-Riemann path integral of ``F_c`` along ``path``, with its full trace.
+              internal_batch_size: int | None = None, baseline_gradient: bool = True,
+              rule: str = "right") -> Explanation:
+    """Riemann path integral of ``F_c`` along ``path``, with its full trace.
 
     ``path`` yields ``(alphas, points)`` chunks starting at the baseline (``α = 0``) and
     ending at ``x`` (``α = 1``). Returns attributions, the baseline (first point), the trace
     (α, F_c, logit, ‖∇F_c‖, ‖γ_k − x‖ at every step) and the completeness error
     ``|Σ A − (F_c(x) − F_c(x'))| / |F_c(x) − F_c(x')|`` in the chosen ``output``.
 
+    ``rule="right"`` (the default) multiplies the step ``γ_k − γ_{k−1}`` by ``∇F_c(γ_k)``, the
+    gradient at the segment's end; ``rule="left"`` by ``∇F_c(γ_{k−1})``, at its start (PAIR's
+    Guided IG). A chunk may also be ``(alphas, points, steps)``: ``steps[j]`` then replaces
+    ``points[j] − (the point before it)`` as the segment ending at ``points[j]`` (a path's own
+    estimate of ``γ'(α) Δα``, BlurIG's PAIR derivative); ``steps[0]`` of the first chunk is unused.
+
     The right sum never uses ``∇F_c`` at the baseline. Adaptive paths need it to choose their
     first step (it is sent back to them); closed-form paths pass ``baseline_gradient=False``,
     and the baseline then costs a forward pass only, its ``grad_norm`` in the trace being NaN.
+    The left sum needs it, so ``rule="left"`` computes it whatever ``baseline_gradient`` says.
     """
     check_output(output)
+    check_rule(rule)
     check_input(x)
     ibs = pass_size(model, x, internal_batch_size or DEFAULT_INTERNAL_BATCH)
     model = fast_view(model, x)  # once here, not per pass: every pass below differentiates w.r.t. the input only
     n = x.shape[0]
     attribution = torch.zeros_like(x)
     trace = {k: [] for k in ("alpha", "prob", "logit", "grad_norm", "distance")}
-    prev = baseline = None
+    prev = baseline = prev_grad = None
     reply = None
     gen = iter(path)
     while True:
         try:
-            alphas, points = gen.send(reply) if reply is not None else next(gen)
+            chunk = gen.send(reply) if reply is not None else next(gen)
         except StopIteration:
             break
-        points = points.detach()
-        if prev is None and not baseline_gradient:
+        alphas, points = chunk[0], chunk[1].detach()
+        if prev is None and not baseline_gradient and rule == "right":
             grads, prob, logit = _evaluate_without_baseline_gradient(model, points, target, output, ibs)
         else:
             grads, prob, logit = evaluate(model, points, target, output, ibs)
         reply = (grads, prob, logit)
         if baseline is None:
             baseline, first_alpha = points[0], alphas[:1]  # checked after the loop: no host sync inside it
-        if prev is None:  # the baseline itself closes no segment
-            attribution += (grads[1:] * (points[1:] - points[:-1])).sum(0)
+        if len(chunk) > 2:  # the path's own segments, one per point
+            steps = chunk[2].detach()[1:] if prev is None else chunk[2].detach()
+        elif prev is None:  # the baseline itself closes no segment
+            steps = points[1:] - points[:-1]
         else:
             seq = torch.cat([prev.unsqueeze(0), points])
-            attribution += (grads * (seq[1:] - seq[:-1])).sum(0)
-        prev = points[-1]
+            steps = seq[1:] - seq[:-1]
+        if rule == "right":
+            attribution += ((grads[1:] if prev is None else grads) * steps).sum(0)
+        else:  # each segment's start: the previous chunk's last point, then this chunk's points
+            attribution += ((grads[:-1] if prev is None else torch.cat([prev_grad.unsqueeze(0), grads[:-1]]))
+                            * steps).sum(0)
+        prev, prev_grad = points[-1], grads[-1]
         trace["alpha"].append(alphas.detach().view(-1, 1).expand(-1, n).to(x.dtype))
         trace["prob"].append(prob)
         trace["logit"].append(logit)
