@@ -40,7 +40,7 @@ def unlearned_log_probs(model, x, target, eta: float = 1.0, chunk: int | None = 
     kernels; conv / linear / batch-norm networks) and falls back to ``torch.func.vmap`` for
     anything else; ``"vmap"`` forces the latter. Per-sample gradients cost one copy of the
     parameters per image, so ``chunk`` images are unlearned at a time; ``None`` sizes it to
-    the device's memory budget (:func:`unlearn_chunk_size`).
+    the plan (:func:`unlearn_chunk_size`); a short last chunk is padded to full size.
     """
     if method not in ("auto", "vmap"):
         raise InputError(f"unlearning method must be 'auto' or 'vmap', got '{method}'.")
@@ -57,6 +57,13 @@ def unlearned_log_probs(model, x, target, eta: float = 1.0, chunk: int | None = 
     out = []
     for s in range(0, x.shape[0], chunk):
         xs, ts = x[s:s + chunk].detach(), target[s:s + chunk]
+        real = xs.shape[0]
+        if real < chunk:
+            # Every chunk holds exactly `chunk` images (the last one repeated): per-image results
+            # are then bitwise the same whatever batch, shard or rank an image arrives in, and
+            # PGD matching amplifies even 1e-7 differences of these targets (×10 a step).
+            xs = torch.cat([xs, xs[-1:].expand(chunk - real, *xs.shape[1:])])
+            ts = torch.cat([ts, ts[-1:].expand(chunk - real)])
         grads = per_sample_grads(model, xs, ts, factored=True) if method == "auto" else None
         logits = None if grads is None else per_image_forward(model, xs, grads, eta)
         if logits is None:
@@ -69,7 +76,7 @@ def unlearned_log_probs(model, x, target, eta: float = 1.0, chunk: int | None = 
                 for k, g in grads.items():  # θ̂ = θ + η g, built in the gradient's own memory
                     g.mul_(eta).add_(params[k])
                 logits = vmap(forward)(grads, xs)
-        out.append(logits.detach().log_softmax(-1))
+        out.append(logits.detach()[:real].log_softmax(-1))
         del grads
     return torch.cat(out)
 
@@ -79,11 +86,17 @@ def unlearned_log_probs(model, x, target, eta: float = 1.0, chunk: int | None = 
 PARAM_COPIES, ACTIVATION_COPIES = 3, 4
 
 
+# Images unlearned at once at most. Chunks are padded to their size, so a batch of one image
+# pays for this many: small enough for interactive calls, a divisor of the default batch (8).
+UNLEARN_CAP = 4
+
+
 def unlearn_chunk_size(model, x) -> int:
-    """Images unlearned at once: as many as the memory budget holds, at most the batch."""
+    """Images unlearned at once: as many as the plan holds, at most :data:`UNLEARN_CAP`; a
+    function of the model and the image shape, never of the batch."""
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     per_image = PARAM_COPIES * param_bytes + ACTIVATION_COPIES * activation_bytes(model, x[:1])
-    return fit_batch(per_image, x.device, cap=x.shape[0])
+    return fit_batch(per_image, x.device, cap=UNLEARN_CAP)
 
 
 def unlearned_log_probs_reference(model, x, target, eta: float = 1.0) -> torch.Tensor:
