@@ -6,7 +6,7 @@ The path is ``γ(α) = G_{σ(α)} * x`` with ``σ(α) = σ_max (1 − α)``, lin
 
 Three choices separate the defaults from PAIR's implementation (saliency 0.2.1); each is a
 parameter, and ``rule="right", blur="pair", derivative="pair"`` with PAIR's ``sigma_max=50,
-steps=100, grad_step=0.01`` reproduces PAIR's map (tests/test_pair.py, docs/methods_pair.md):
+steps=100, grad_step=0.01`` reproduces PAIR's map (tests/test_pair.py, docs/methods.md §3):
 
 - ``blur``: ``"reflect3"`` (default) is :func:`uni_lab.ops.gaussian_blur` as the rest of the
   toolkit uses it (reflect padding, kernel cut at ``⌈3σ⌉`` px, capped at the image size);

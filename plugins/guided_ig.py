@@ -24,7 +24,7 @@ does (METHODS.md §1); ``rule="left"`` at its start, as PAIR does, and with PAIR
 Rounding: Guided IG maps reproduce only under the same float arithmetic: on chelsea and coffee
 at 224² (Lite0, prob) the fast view on against off moves them by 0.83 / 0.93 relative L2
 (Spearman 0.55 / 0.50) at the defaults and by 0.49 / 0.58 (Spearman 0.75 / 0.71) at PAIR's
-settings with ``rule="left"``, against 0.2 % for IG-black (docs/methods_pair.md).
+settings with ``rule="left"``, against 0.2 % for IG-black (docs/methods.md §3).
 """
 from __future__ import annotations
 
