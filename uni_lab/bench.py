@@ -114,11 +114,13 @@ def _naive_uni(clf, x, target, seeds, steps: int, pgd_steps: int):
     """UNI the way a loop would do it: per image, copy the model, unlearn, match, integrate."""
     from .plugins.ig import integrated_gradients
     from .plugins.uni import uni_baseline_reference
+    from .registry import get
 
+    p = get("baseline", "uni").resolved_params({"pgd_steps": pgd_steps})  # the same UNI as the batched one
     maps, baselines = [], []
     for i in range(x.shape[0]):
         xi, ti, si = x[i:i + 1], target[i:i + 1], seeds[i:i + 1]
-        xb = uni_baseline_reference(xi, clf, ti, si, pgd_steps=pgd_steps)
+        xb = uni_baseline_reference(xi, clf, ti, si, **p)
         maps.append(integrated_gradients(clf, xi, ti, baseline=xb, steps=steps).attribution)
         baselines.append(xb)
     return torch.cat(maps), torch.cat(baselines)
@@ -139,7 +141,9 @@ def _uni_phases(clf, x, target, seeds, steps: int, pgd_steps: int) -> dict:
     _sync(dev)
     out["unlearn"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    xb = match_activations(clf, x, lp, seeds, eps=p["eps"], steps=pgd_steps, step_size=p["step_size"], norm=p["norm"])
+    xb = match_activations(clf, x, lp, seeds, eps=p["eps"], steps=pgd_steps, step_size=p["step_size"], norm=p["norm"],
+                           start=p["start"], step_rule=None if p["step_rule"] == "auto" else p["step_rule"],
+                           kl_tol=p["kl_tol"])
     _sync(dev)
     out["match"] = time.perf_counter() - t0
     t0 = time.perf_counter()

@@ -40,6 +40,8 @@ def add_arguments(p):
     p.add_argument("--shard", metavar="I/N", help="compute only the I-th of N contiguous slices of the images "
                                                   "(0-based; jobs may share one --out; torchrun splits further)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--no-seed-stability", action="store_true",
+                   help="do not measure the seed stability of methods with a random part (it re-runs them with 3 seeds)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="autocast the models (recorded in the store; see BENCHMARKS.md for the drift it brings)")
     p.add_argument("--channels-last", action="store_true", help="run the models in channels_last layout (GPU speed)")
@@ -80,7 +82,8 @@ def main(args) -> int:
     result = run(models=models, images=args.images, methods=methods, steps=args.steps, batch_size=args.batch_size,
                  device=args.device, seed=args.seed, out=args.out, sets=args.sets, weights=args.weights,
                  output=args.output, resize=args.resize, overwrite=args.overwrite, progress=not args.no_progress,
-                 shard=args.shard, precision=args.precision, channels_last=args.channels_last)
+                 shard=args.shard, precision=args.precision, channels_last=args.channels_last,
+                 seed_stability=not args.no_seed_stability)
     i, n = result.shard
     where = f", shard {i}/{n}" if n > 1 else ""
     print(f"store: {result.path} ({result.computed} items computed, {result.skipped} already done{where})")
