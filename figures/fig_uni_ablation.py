@@ -113,7 +113,8 @@ def compute_setting(path: Path, name: str, params: dict, model, images, steps: i
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".partial.zarr")
     ds.to_zarr(tmp, mode="w", consolidated=True)
-    tmp.rename(path) if not path.exists() else None
+    if not path.exists():  # written whole, then renamed: a killed sweep leaves no half store
+        tmp.rename(path)
 
 
 def compute(args) -> Path:

@@ -16,9 +16,8 @@ import xarray as xr
 import uni_lab
 from uni_lab.engine import scores
 from uni_lab.errors import InputError
-from uni_lab.ops import gaussian_blur
-
 from uni_lab.fastview import fast_view
+from uni_lab.ops import gaussian_blur
 
 from .metric_robustness import pearson_rows
 

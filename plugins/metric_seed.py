@@ -13,22 +13,17 @@ import torch
 
 import uni_lab
 from uni_lab.errors import InputError
-from uni_lab.seeding import image_seed
+from uni_lab.seeding import repeat_seeds
 
 from .metric_robustness import spearman_rows
 
 
 def seed_sets(seeds, r: int) -> torch.Tensor | None:
     """Seed set ``r`` of a batch: ``r = 0`` is the per-image seeds the run used, ``r ≥ 1`` a stable
-    SHA-256 hash of (seed, r) (:func:`~uni_lab.seeding.image_seed`), so set r of an image never
+    SHA-256 hash of (seed, r) (:func:`~uni_lab.seeding.repeat_seeds`), so set r of an image never
     depends on the batch it is in. Without seeds (an in-memory call) every set is ``None``: draws
     from the global generator, different each time but not reproducible."""
-    if seeds is None:
-        return None
-    seeds = torch.as_tensor(seeds)
-    if r == 0:
-        return seeds
-    return torch.tensor([image_seed(int(s), f"seed_stability:{r}") for s in seeds.tolist()])
+    return repeat_seeds(seeds, "seed_stability", r)
 
 
 def _rel_l2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

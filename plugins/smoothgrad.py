@@ -18,7 +18,7 @@ import uni_lab
 from uni_lab.engine import check_input, check_output, completeness_error
 from uni_lab.errors import InputError
 from uni_lab.explanation import Explanation
-from uni_lab.seeding import draw, image_seed
+from uni_lab.seeding import derived_seeds, draw
 
 NOISE_SALT = 23
 # Noisy copies handed to the inner method per call: enough to fill its batches, few enough
@@ -28,9 +28,7 @@ ROWS_PER_CALL = 64
 
 def sample_seeds(seeds, sample: int):
     """Per-image seeds of noisy copy ``sample``: distinct per copy, independent of the batch."""
-    if seeds is None:
-        return None
-    return torch.tensor([image_seed(int(s), f"smoothgrad:{sample}") for s in torch.as_tensor(seeds).tolist()])
+    return derived_seeds(seeds, f"smoothgrad:{sample}")
 
 
 def noise(x: torch.Tensor, seeds, samples: int, noise_level: float) -> torch.Tensor:

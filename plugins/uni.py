@@ -21,7 +21,7 @@ from uni_lab.accel import activation_bytes, fit_batch
 from uni_lab.errors import InputError
 from uni_lab.fastview import fast_view
 from uni_lab.persample import dense, per_image_forward, per_sample_grads
-from uni_lab.seeding import draw, image_seed
+from uni_lab.seeding import draw, repeat_seeds
 
 from .ig import integrated_gradients
 from .smoothgrad import mean_explanation, per_sample_explanation
@@ -120,7 +120,7 @@ def unlearned_log_probs_reference(model, x, target, eta: float = 1.0) -> torch.T
 
 
 def match_activations(model, x, target_log_probs, seeds=None, *, eps: float, steps: int, step_size: float,
-                      norm: str = "linf", start: str = "uniform", step_rule: str | None = None,
+                      norm: str = "linf", start: str = "uniform", step_rule: str = "auto",
                       kl_tol: float = 0.0) -> torch.Tensor:
     """PGD on ``KL(P̂ ‖ F(x'; θ))`` inside the ε-ball around ``x``, clipped to ``[0, 1]``.
 
@@ -132,7 +132,8 @@ def match_activations(model, x, target_log_probs, seeds=None, *, eps: float, ste
     (``sign`` for L∞, ``l2`` for L2). ``kl_tol > 0`` stops an image once its KL is below it.
     """
     p_hat = target_log_probs.exp()
-    step_rule = step_rule or ("sign" if norm == "linf" else "l2")
+    if step_rule == "auto":
+        step_rule = "sign" if norm == "linf" else "l2"
     # Input gradients only, so the fast view serves. Its rounding differs from the model's, and
     # sign steps amplify that into another baseline: the run records which one was used.
     model = fast_view(model, x)
@@ -172,9 +173,7 @@ def _project_l2(delta, radius):
 
 def restart_seeds(seeds, r: int):
     """Per-image seeds of restart ``r``: the run's own for ``r = 0``, independent streams after."""
-    if seeds is None or r == 0:
-        return seeds
-    return torch.tensor([image_seed(int(s), f"uni:restart:{r}") for s in torch.as_tensor(seeds).tolist()])
+    return repeat_seeds(seeds, "uni:restart", r)
 
 
 @uni_lab.baseline("uni")
@@ -191,7 +190,7 @@ def uni_baseline(x, model, target, seeds=None, *, eta: float = 1.0, eps: float =
     _check_uni_params(norm, eps, step_size, pgd_steps, unlearn_chunk, start, step_rule, kl_tol)
     target_lp = unlearned_log_probs(model, x, target, eta, chunk=unlearn_chunk)
     return match_activations(model, x, target_lp, seeds, eps=eps, steps=pgd_steps, step_size=step_size, norm=norm,
-                             start=start, step_rule=None if step_rule == "auto" else step_rule, kl_tol=kl_tol)
+                             start=start, step_rule=step_rule, kl_tol=kl_tol)
 
 
 def uni_baseline_reference(x, model, target, seeds=None, *, eta: float = 1.0, eps: float = 0.025,
@@ -210,7 +209,7 @@ def uni_baseline_reference(x, model, target, seeds=None, *, eta: float = 1.0, ep
         lp = unlearned_log_probs_reference(model, xi, ti, eta)
         out.append(match_activations(model, xi, lp, None if seeds is None else seeds[i:i + 1], eps=eps,
                                      steps=pgd_steps, step_size=step_size, norm=norm, start=start,
-                                     step_rule=None if step_rule == "auto" else step_rule, kl_tol=kl_tol))
+                                     step_rule=step_rule, kl_tol=kl_tol))
     return torch.cat(out)
 
 

@@ -142,7 +142,7 @@ def _uni_phases(clf, x, target, seeds, steps: int, pgd_steps: int) -> dict:
     out["unlearn"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     xb = match_activations(clf, x, lp, seeds, eps=p["eps"], steps=pgd_steps, step_size=p["step_size"], norm=p["norm"],
-                           start=p["start"], step_rule=None if p["step_rule"] == "auto" else p["step_rule"],
+                           start=p["start"], step_rule=p["step_rule"],
                            kl_tol=p["kl_tol"])
     _sync(dev)
     out["match"] = time.perf_counter() - t0

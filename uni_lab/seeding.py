@@ -12,6 +12,22 @@ def image_seed(seed: int, image_id: str) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+def derived_seeds(seeds, tag: str):
+    """Per-image seeds of another random stream, ``image_seed(s, tag)`` for each seed ``s``: an
+    image's derived seed never depends on the batch it is in. ``None`` stays ``None``."""
+    if seeds is None:
+        return None
+    return torch.tensor([image_seed(int(s), tag) for s in torch.as_tensor(seeds).tolist()])
+
+
+def repeat_seeds(seeds, name: str, r: int):
+    """Seeds of repetition ``r`` of a random computation: the run's own for ``r = 0``, the stream
+    ``name:r`` after, so one repetition reproduces the single run."""
+    if seeds is None or r == 0:
+        return None if seeds is None else torch.as_tensor(seeds)
+    return derived_seeds(seeds, f"{name}:{r}")
+
+
 def draw(x: torch.Tensor, seeds, kind: str = "rand", salt: int = 0) -> torch.Tensor:
     """Noise shaped like ``x``, image ``i`` drawn from ``seeds[i]`` on the CPU (device-independent).
 

@@ -209,7 +209,8 @@ class Store:
 
         Returns whether this call created it (a store it did not create may still differ in layout)."""
         if self.exists() and not overwrite:
-            old = config_of(self.open())
+            existing = self.open()
+            old = config_of(existing)
             new = json.loads(ds.attrs["uni_lab_config"])
             differing = _diff(old, new)
             if differing:
@@ -218,7 +219,7 @@ class Store:
                         if differing == ["fast_view"] else "")
                 raise StoreError(f"store '{self.path}' was written by another configuration (differs in: "
                                  f"{', '.join(differing)}). Use --overwrite to replace it, or a new --out.{hint}")
-            _warn_partition(self.open().attrs.get("uni_lab_partition"), ds.attrs.get("uni_lab_partition"), self.path)
+            _warn_partition(existing.attrs.get("uni_lab_partition"), ds.attrs.get("uni_lab_partition"), self.path)
             return False
         self.check_creatable(overwrite)
         if not self.create(ds, overwrite):
