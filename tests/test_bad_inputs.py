@@ -8,6 +8,7 @@ items.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -233,6 +234,17 @@ def _float32(path: Path) -> None:
     Image.fromarray(np.full((20, 20), 0.25, np.float32)).save(path)  # PIL mode F (TIFF)
 
 
+def _rgb16(path: Path) -> None:
+    import cv2
+
+    cv2.imwrite(str(path), np.full((20, 20, 3), (65535, 40000, 300), np.uint16))  # BGR: RGB (300, 40000, 65535)
+
+
+def _animated_gif(path: Path) -> None:
+    frames = [Image.new("RGB", (20, 20), c) for c in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
+
+
 # (case, file, writer, note in image_source, expected RGB in [0, 1], tolerance: JPEG is lossy)
 CONVERSIONS = [
     ("16-bit grayscale", "g16.png", _gray16, r"I;16 scaled to \[0,1\], grayscale→RGB", (32768 / 65535,) * 3, 1e-6),
@@ -241,6 +253,9 @@ CONVERSIONS = [
     ("CMYK JPEG", "cmyk.jpg", _saved("CMYK", (255, 0, 0)), r"CMYK→RGB", (1, 0, 0), 0.03),
     ("palette", "p.png", _saved("P", (0, 255, 0)), r"P→RGB", (0, 1, 0), 1e-6),
     ("32-bit float", "f.tif", _float32, r"float grayscale→RGB", (0.25,) * 3, 1e-6),
+    # Pillow reads 16-bit RGB PNGs as 8-bit (300/65535 would become 1/255): read at 16 bits
+    ("16-bit RGB", "rgb16.png", _rgb16, r"16-bit RGB read at 16 bits, scaled to \[0,1\]", (300 / 65535, 40000 / 65535, 1), 1e-6),
+    ("animated GIF", "anim.gif", _animated_gif, r"frame 0 of 3 used, P→RGB", (1, 0, 0), 1e-6),
 ]
 
 
@@ -258,6 +273,46 @@ def test_documented_conversion(name, file, write, note, colour, tol, tmp_path, c
     assert x.shape == (3, 16, 16)
     np.testing.assert_allclose(x, np.broadcast_to(np.asarray(colour, np.float32)[:, None, None], x.shape), atol=tol)
     assert check_store(out).done == 1
+
+
+def test_exif_orientation_is_applied_and_noted(tmp_path, capsys):
+    """A 40×20 photograph, red left and blue right, tagged "rotate 90° clockwise to display"
+    (orientation 6): displayed, red is on top. The tag is applied before resizing."""
+    arr = np.zeros((20, 40, 3), np.uint8)
+    arr[:, :20, 0], arr[:, 20:, 2] = 255, 255
+    im = Image.fromarray(arr)
+    exif = im.getexif()
+    exif[0x0112] = 6
+    (tmp_path / "imgs").mkdir()
+    im.save(tmp_path / "imgs" / "turned.png", exif=exif)
+    out = tmp_path / "s.zarr"
+    with pytest.warns(UserWarning, match="EXIF orientation 6 applied"):
+        assert cli.main(["run", *BASE, "--images", str(tmp_path / "imgs"), "--out", str(out)]) == 0
+    ds = uni_lab.store.open_store(out)
+    assert "EXIF orientation 6 applied" in str(ds.image_source.values[0])
+    x = ds.input.isel(model=0, image=0).values
+    assert x[0, :6].min() > 0.99 and x[2, :6].max() < 0.01  # top: red
+    assert x[2, -6:].min() > 0.99 and x[0, -6:].max() < 0.01  # bottom: blue
+
+
+def test_bad_files_are_all_named_before_compute_or_skipped_and_listed(tmp_path, capsys):
+    folder = good_folder(tmp_path)
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "text.jpg").write_text("not pixels")
+    out = tmp_path / "s.zarr"
+    capsys.readouterr()
+    assert cli.main(["run", *BASE, "--images", str(folder), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "2 bad image files" in err and "empty.png" in err and "text.jpg" in err, err
+    assert "--skip-bad-images" in err and not out.exists()
+    with pytest.warns(UserWarning, match="skipped 2 bad image files"):
+        assert cli.main(["run", *BASE, "--images", str(folder), "--out", str(out), "--skip-bad-images"]) == 0
+    ds = uni_lab.store.open_store(out)
+    assert list(ds.image.values) == ["a", "b", "c"]
+    skipped = json.loads(ds.attrs["uni_lab_skipped_images"])
+    assert [Path(s["source"]).name for s in skipped] == ["empty.png", "text.jpg"]
+    assert "is empty (0 bytes)" in skipped[0]["reason"]
+    assert check_store(out).done == 3
 
 
 # --- the Python API
@@ -279,7 +334,9 @@ def test_api_rejects_wrong_shape(tiny_model, tiny_batch):
 
 def test_plugin_raising_mid_run_leaves_no_partial_item(tmp_path):
     """``boom`` raises on the white image ``b``: the run stops with the method and image named;
-    items finished before it are kept, ``b`` and later are not done and hold no data."""
+    items finished before it are kept, ``b`` and later are not done and hold no data. Runs go
+    image batch by image batch, every method on a batch before the next is decoded, so
+    ``ig:black`` has done ``a`` and ``b`` but not ``c``."""
     folder = tmp_path / "imgs"
     rgb(folder / "a.png"), rgb(folder / "b.png", value=255), rgb(folder / "c.png")
     out = tmp_path / "s.zarr"
@@ -288,8 +345,9 @@ def test_plugin_raising_mid_run_leaves_no_partial_item(tmp_path):
     assert "method 'boom' failed on images ['b'] (RuntimeError: boom: white image); no partial results were stored" in p.stderr
     report = check_store(out)
     assert report.consistent and not report.partial, report.format()
-    assert report.by_method[("tiny16", "ig:black")] == (3, 3) and report.by_method[("tiny16", "boom")] == (1, 3)
+    assert report.by_method[("tiny16", "ig:black")] == (2, 3) and report.by_method[("tiny16", "boom")] == (1, 3)
     assert ("tiny16", "boom", "b") in report.missing and ("tiny16", "boom", "c") in report.missing
+    assert ("tiny16", "ig:black", "c") in report.missing
 
 
 def test_damaged_chunk_is_named_then_repaired_and_recomputed(tmp_path, capsys):

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from . import distributed, fastview
 from .accel import accelerate, check_precision, to_device
-from .data import load_images
+from .data import ImageDataset, batches, collate, list_images
 from .engine import check_output, partition
 from .errors import InputError, StoreError, UniLabError
 from .methods import Method, parse_sets, resolve, route_params
@@ -61,7 +61,8 @@ def run(models="efficientnet_lite0", images=None, methods=DEFAULT_METHODS, *, st
         batch_size: int = 8, device: str | None = None, seed: int = 0, out: str | Path = DEFAULT_OUT,
         sets: dict | list | None = None, weights: str | None = None, output: str = "prob",
         resize: str = "full", overwrite: bool = False, progress: bool = True, shard=None,
-        precision: str = "fp32", channels_last: bool = False, seed_stability: bool = True) -> RunResult:
+        precision: str = "fp32", channels_last: bool = False, seed_stability: bool = True,
+        workers: int | None = None, skip_bad_images: bool = False) -> RunResult:
     """Explain ``images`` with every method on every model and write the store at ``out``.
 
     ``models``: registered names, torchvision/timm names (with ``weights``), or
@@ -79,6 +80,10 @@ def run(models="efficientnet_lite0", images=None, methods=DEFAULT_METHODS, *, st
     ``seed_stability``: methods with a random part (:meth:`Method.has_random_part`) are also
     evaluated with the ``seed_stability`` metric (three seeds), so the summary says how much
     their maps depend on ``seed``; skipped in shards and under torchrun.
+
+    Images are listed and checked up front (every bad file named before any compute;
+    ``skip_bad_images`` leaves them out and lists them in the store), then decoded batch by
+    batch in ``workers`` processes (:mod:`uni_lab.data`), so memory does not grow with their number.
     """
     t_start = time.perf_counter()
     check_output(output)
@@ -103,20 +108,27 @@ def run(models="efficientnet_lite0", images=None, methods=DEFAULT_METHODS, *, st
     if len(set(names)) != len(names):
         raise InputError(f"two models share the name in {names}; give each Classifier a distinct name.")
     size = clfs[0].input_size
-    imgs = load_images(images, size, resize)
+    workers = default_workers(dev) if workers is None else int(workers)
+    if workers < 0:
+        raise InputError(f"--workers must be 0 or more, got {workers}.")
+    entries, skipped_files = list_images(images, workers=workers, skip_bad=skip_bad_images)
+    dataset = ImageDataset(entries, size, resize)
 
     config = {
         "models": {c.name: c.describe() for c in clfs},
         "methods": {m.spec: m.config() for m in method_list},
-        "images": {i.id: i.source for i in imgs},
+        "images": {e.id: e.source for e in entries},
         "seed": int(seed), "size": list(size), "resize": resize, "output": output,
         "fast_view": fastview.setting(),
     }
-    plan, too_big = partition(clfs[0], to_device(imgs[0].pixels[None], dev), batch_size)
+    _, first = collate([dataset[0]])
+    plan, too_big = partition(clfs[0], to_device(first, dev), batch_size)
+    del first
     if too_big:
         warnings.warn(too_big, stacklevel=2)
     store = StoreWriter(Store(out))  # item writes overlap the next batch's compute
-    layout = skeleton(names, specs, imgs, size, max(map(_method_steps, method_list)), config, str(dev), plan)
+    layout = skeleton(names, specs, entries, size, max(map(_method_steps, method_list)), config, str(dev), plan,
+                      skipped=skipped_files)
     # A store this run creates from nothing is written on the store's thread while the first
     # batch computes; its contents are known (nothing done, no inputs), so nothing waits for it.
     # Shards and ranks that may race for one store create it up front and validate it.
@@ -126,29 +138,41 @@ def run(models="efficientnet_lite0", images=None, methods=DEFAULT_METHODS, *, st
         store.create_fresh(layout, overwrite)
     else:
         distributed.create_once(ctx, lambda ow: _prepare(store, layout, ow), overwrite)
-    seeds_all = torch.tensor([image_seed(seed, i.id) for i in imgs])
-    x_all = torch.stack([i.pixels for i in imgs])
+    seeds_all = torch.tensor([image_seed(seed, e.id) for e in entries])
+    ids = [e.id for e in entries]
 
     part = distributed.my_shard(part, ctx)
-    mine = distributed.shard_range(len(imgs), *part)
+    mine = distributed.shard_range(len(entries), *part)
+    done = np.zeros((len(clfs), len(specs), len(entries)), bool) if fresh else store.done()
+    if not fresh:
+        _refuse_changed(store, entries, [ii for ii in mine if not done[:, :, ii].all()])
     computed = skipped = 0
     try:  # finished items reach the disk even when a later batch fails or is interrupted
         for mi, clf in enumerate(clfs):
             clf.input_size = size
-            done = np.zeros((len(clfs), len(specs), len(imgs)), bool) if fresh else store.done()
-            targets = _write_inputs(store, mi, clf, x_all, dev, batch_size,
-                                    [ii for ii in mine if not done[mi, :, ii].all()], [i.id for i in imgs], fresh)
-            for mei, method in enumerate(method_list):
-                pending = [ii for ii in mine if not done[mi, mei, ii]]
-                skipped += len(mine) - len(pending)
-                bar = tqdm(total=len(pending), desc=f"{clf.name} {method.spec}", unit="img", disable=not progress, leave=False)
-                for s in range(0, len(pending), batch_size):
-                    idx = pending[s:s + batch_size]
-                    _run_batch(store, mi, mei, method, clf, to_device(x_all[idx], dev), to_device(targets[idx], dev),
-                               seeds_all[idx], [imgs[i].id for i in idx], idx)
-                    bar.update(len(idx))
-                    computed += len(idx)
-                bar.close()
+            todo = [ii for ii in mine if not done[mi, :, ii].all()]
+            skipped += int(done[mi][:, list(mine)].sum())
+            targets = np.full(len(entries), -1, np.int64) if fresh else store.written_targets(mi)
+            bar = tqdm(total=int((~done[mi][:, todo]).sum()), desc=clf.name, unit="item", disable=not progress,
+                       leave=False)
+            order = [todo[s:s + batch_size] for s in range(0, len(todo), batch_size)]
+            # Images decode batch by batch; every method runs on a batch before the next one is
+            # decoded, so each image is decoded once per model and held only while it is used.
+            for idx, x in batches(dataset, order, workers, pin_memory=dev.type == "cuda"):
+                x = to_device(x, dev)
+                _write_inputs(store, mi, clf, x, idx, targets)
+                for mei, method in enumerate(method_list):
+                    sub = [k for k, ii in enumerate(idx) if not done[mi, mei, ii]]
+                    if not sub:
+                        continue
+                    sel = idx if len(sub) == len(idx) else [idx[k] for k in sub]
+                    xs = x if len(sub) == len(idx) else x[sub]
+                    _run_batch(store, mi, mei, method, clf, xs, to_device(torch.as_tensor(targets[sel]), dev),
+                               seeds_all[sel], [ids[i] for i in sel], sel)
+                    bar.update(len(sel))
+                    computed += len(sel)
+                del x
+            bar.close()
     finally:
         store.close()
     from .store import open_store
@@ -177,32 +201,38 @@ def _prepare(store: Store, layout, overwrite: bool) -> None:
                          "Use --overwrite to replace it, or a new --out.")
 
 
-# Far below one 8-bit level (1/255): tells a changed image file from float noise in decoding.
-PIXEL_TOLERANCE = 1e-6
+def default_workers(dev) -> int:
+    """Decoding processes when ``--workers`` is not given: none on CPU (the cores compute),
+    up to four on CUDA (decoding would otherwise stall the GPU)."""
+    import os
+
+    return 0 if dev.type != "cuda" else max(1, min(4, (os.cpu_count() or 2) - 1))
 
 
-def _write_inputs(store: Store, mi: int, clf: Classifier, x_all: torch.Tensor, dev, batch_size: int,
-                  todo: list[int], ids: list[str], fresh: bool = False) -> torch.Tensor:
-    """The explained class of the ``todo`` images for this model: computed and written (input,
-    F_c(x), logit) for images new to the store; read back for the others, whose stored pixels
-    must still be the ones loaded now, so a resumed item explains the same input as its peers.
-    A ``fresh`` store has no inputs yet: nothing is read."""
-    targets = torch.full((len(ids),), -1, dtype=torch.long) if fresh else torch.as_tensor(store.written_targets(mi))
-    changed = [ids[ii] for ii in todo if targets[ii] >= 0
-               and not np.allclose(store.read_input(mi, ii), x_all[ii].numpy(), rtol=0, atol=PIXEL_TOLERANCE)]
+def _refuse_changed(store: Store, entries, todo: list[int]) -> None:
+    """A resumed image whose file changed would mix two inputs in one store: refused by name,
+    before any compute, from the content hashes the store recorded."""
+    stored = store.image_hashes()
+    changed = [entries[ii].id for ii in todo if stored[ii] and stored[ii] != entries[ii].digest]
     if changed:
         raise StoreError(f"store '{store.path}' holds other pixels for images {changed[:5]} than their files give "
-                         "now (changed since the store was written?). Use --overwrite to recompute, or a new --out.")
-    new = [ii for ii in todo if targets[ii] < 0]
+                         "now (content changed since the store was written). Use --overwrite to recompute, or a new --out.")
+
+
+def _write_inputs(store: Store, mi: int, clf: Classifier, x: torch.Tensor, idx: list[int], targets: np.ndarray) -> None:
+    """The explained class of the batch's images for this model, in ``targets``: computed and
+    written (input, F_c(x), logit) for images new to the store; those written before keep theirs."""
+    new = [k for k, ii in enumerate(idx) if targets[ii] < 0]
+    if not new:
+        return
+    xs = x if len(new) == len(idx) else x[new]
+    sel = [idx[k] for k in new]
     with torch.no_grad():
-        for s in range(0, len(new), batch_size):
-            idx = new[s:s + batch_size]
-            lg = clf(x_all[idx].to(dev)).float()
-            t = lg.argmax(-1)
-            probs, logits = lg.softmax(-1).gather(1, t[:, None]).squeeze(1).cpu(), lg.gather(1, t[:, None]).squeeze(1).cpu()
-            store.write_inputs(mi, idx, x_all[idx].numpy(), t.cpu().numpy(), probs.numpy(), logits.numpy())
-            targets[idx] = t.cpu()
-    return targets
+        lg = clf(xs).float()
+    t = lg.argmax(-1)
+    probs, logits = lg.softmax(-1).gather(1, t[:, None]).squeeze(1).cpu(), lg.gather(1, t[:, None]).squeeze(1).cpu()
+    store.write_inputs(mi, sel, xs.float().cpu().numpy(), t.cpu().numpy(), probs.numpy(), logits.numpy())
+    targets[sel] = t.cpu().numpy()
 
 
 def _run_batch(store, mi, mei, method: Method, clf, x, target, seeds, ids, idx) -> None:

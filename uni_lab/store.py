@@ -52,8 +52,12 @@ def _versions() -> dict:
 
 
 def skeleton(models, methods, images, size, max_steps: int, config: dict, device: str,
-             partition: dict | None = None) -> xr.Dataset:
-    """The full, still-empty dataset of a run: every variable at its final shape, lazily."""
+             partition: dict | None = None, skipped=()) -> xr.Dataset:
+    """The full, still-empty dataset of a run: every variable at its final shape, lazily.
+
+    ``images``: objects with ``id``, ``source`` and (for resume checks) ``digest``; ``skipped``:
+    the bad files a ``--skip-bad-images`` run left out (``source``, ``reason``), kept in the
+    attribute ``uni_lab_skipped_images``."""
     import dask.array as da
 
     h, w = size
@@ -88,12 +92,14 @@ def skeleton(models, methods, images, size, max_steps: int, config: dict, device
     ds = xr.Dataset(
         data,
         coords={"model": _strings(models), "method": _strings(methods), "image": _strings(i.id for i in images),
-                "image_source": ("image", _strings(i.source for i in images)), "channel": _strings(CHANNELS),
+                "image_source": ("image", _strings(i.source for i in images)),
+                "image_hash": ("image", _strings(getattr(i, "digest", "") for i in images)), "channel": _strings(CHANNELS),
                 "y": np.arange(h), "x": np.arange(w), "step": np.arange(max_steps + 1)},
         attrs={"title": "uni_lab attribution store", "uni_lab_schema": SCHEMA_VERSION,
                "uni_lab_config": json.dumps(config, sort_keys=True, default=str),
                "versions": json.dumps(_versions()), "device": device,
                "uni_lab_partition": json.dumps(partition or {}, sort_keys=True),
+               "uni_lab_skipped_images": json.dumps([{"source": b.source, "reason": b.reason} for b in skipped]),
                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
     )
     described = {
@@ -302,6 +308,11 @@ class Store:
 
     def read_input(self, mi: int, ii: int) -> np.ndarray:
         return self._read("input", (mi, ii))
+
+    def image_hashes(self) -> list[str]:
+        """The content hash of every image as the store recorded it ("" where it has none)."""
+        g = self.group()
+        return [str(v) for v in g["image_hash"][:]] if "image_hash" in g else [""] * g["image"].shape[0]
 
     def write_inputs(self, mi: int, images, pixels, targets, probs, logits) -> None:
         """Inputs of images ``images`` (indices) for model ``mi``, one region write per variable.

@@ -44,6 +44,10 @@ def add_arguments(p):
                    help="do not measure the seed stability of methods with a random part (it re-runs them with 3 seeds)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="autocast the models (recorded in the store; see BENCHMARKS.md for the drift it brings)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="processes decoding images ahead of the compute (default: 0 on CPU, up to 4 on CUDA)")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="leave out image files that cannot be read (listed in the store) instead of stopping")
     p.add_argument("--channels-last", action="store_true", help="run the models in channels_last layout (GPU speed)")
     add_evaluation_arguments(p)  # --metrics/--attacks/--corruptions: `uni-lab evaluate` on the new store
 
@@ -83,7 +87,8 @@ def main(args) -> int:
                  device=args.device, seed=args.seed, out=args.out, sets=args.sets, weights=args.weights,
                  output=args.output, resize=args.resize, overwrite=args.overwrite, progress=not args.no_progress,
                  shard=args.shard, precision=args.precision, channels_last=args.channels_last,
-                 seed_stability=not args.no_seed_stability)
+                 seed_stability=not args.no_seed_stability, workers=args.workers,
+                 skip_bad_images=args.skip_bad_images)
     i, n = result.shard
     where = f", shard {i}/{n}" if n > 1 else ""
     print(f"store: {result.path} ({result.computed} items computed, {result.skipped} already done{where})")
