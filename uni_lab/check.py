@@ -84,6 +84,7 @@ def _trace_bad(v):  # finite values form a prefix along step (NaN pads short pat
 _BAD = {
     "attribution": _not_all_finite, "input": _not_all_finite, "seconds": _not_all_finite,
     "prob_input": _not_all_finite, "logit_input": _not_all_finite, "target": lambda v: v.isnull() | (v < 0),
+    "predicted": lambda v: v.isnull() | (v < 0),
     "baseline": _baseline_bad,
 }
 

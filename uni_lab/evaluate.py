@@ -155,13 +155,15 @@ def load_model(name: str, described: dict, given: dict) -> Classifier:
 def _verify_model(clf, ds: xr.Dataset, name: str, ids, dev, batch_size: int) -> None:
     """The reloaded model must reproduce the stored classes and F_c(x): evaluation of another
     model's maps would be meaningless and silent."""
-    sub = ds[["input", "target", "prob_input"]].sel(model=name, image=list(ids)).load()
+    predicted = "predicted" if "predicted" in ds else "target"  # a run with labels explains the label
+    sub = ds[list({"input", "target", "prob_input", predicted})].sel(model=name, image=list(ids)).load()
     x = torch.from_numpy(sub["input"].values).float()
     with torch.no_grad():
         logits = torch.cat([clf(x[s:s + batch_size].to(dev)).float().cpu() for s in range(0, len(x), batch_size)])
     target = torch.from_numpy(sub["target"].values).long()
+    pred = torch.from_numpy(sub[predicted].values).long()
     prob = logits.softmax(-1).gather(1, target.view(-1, 1)).squeeze(1).double().numpy()
-    bad = [i for i, ok in zip(ids, (logits.argmax(-1) == target).numpy() & (np.abs(prob - sub["prob_input"].values)
+    bad = [i for i, ok in zip(ids, (logits.argmax(-1) == pred).numpy() & (np.abs(prob - sub["prob_input"].values)
                                                                            <= PROB_TOLERANCE)) if not ok]
     if bad:
         raise StoreError(f"model '{name}' as reloaded does not reproduce the stored predictions for images {bad}; "

@@ -6,6 +6,7 @@ leaves those items not-done (the next run retries them).
 """
 from __future__ import annotations
 
+import hashlib
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from .accel import accelerate, check_precision, to_device
 from .data import ImageDataset, batches, collate, list_images
 from .engine import check_output, partition
 from .errors import InputError, StoreError, UniLabError
+from .labels import read_labels
 from .methods import Method, parse_sets, resolve, route_params
 from .models import Classifier, create_model, resolve_device
 from .seeding import image_seed
@@ -62,7 +64,8 @@ def run(models="efficientnet_lite0", images=None, methods=DEFAULT_METHODS, *, st
         sets: dict | list | None = None, weights: str | None = None, output: str = "prob",
         resize: str = "full", overwrite: bool = False, progress: bool = True, shard=None,
         precision: str = "fp32", channels_last: bool = False, seed_stability: bool = True,
-        workers: int | None = None, skip_bad_images: bool = False) -> RunResult:
+        workers: int | None = None, skip_bad_images: bool = False, labels: str | Path | None = None,
+        synsets: str | None = None) -> RunResult:
     """Explain ``images`` with every method on every model and write the store at ``out``.
 
     ``models``: registered names, torchvision/timm names (with ``weights``), or
@@ -114,6 +117,13 @@ def run(models="efficientnet_lite0", images=None, methods=DEFAULT_METHODS, *, st
     entries, skipped_files = list_images(images, workers=workers, skip_bad=skip_bad_images)
     dataset = ImageDataset(entries, size, resize)
 
+    _, first = collate([dataset[0]])
+    first = to_device(first, dev)
+    label_of = None
+    if labels is not None:
+        with torch.no_grad():
+            classes = min(int(c(first).shape[-1]) for c in clfs)
+        label_of = read_labels(labels, entries, classes, synsets)
     config = {
         "models": {c.name: c.describe() for c in clfs},
         "methods": {m.spec: m.config() for m in method_list},
@@ -121,14 +131,15 @@ def run(models="efficientnet_lite0", images=None, methods=DEFAULT_METHODS, *, st
         "seed": int(seed), "size": list(size), "resize": resize, "output": output,
         "fast_view": fastview.setting(),
     }
-    _, first = collate([dataset[0]])
-    plan, too_big = partition(clfs[0], to_device(first, dev), batch_size)
+    if label_of is not None:  # the explained classes: a resume with other labels is another configuration
+        config["labels"] = hashlib.blake2b(label_of.tobytes(), digest_size=16).hexdigest()
+    plan, too_big = partition(clfs[0], first, batch_size)
     del first
     if too_big:
         warnings.warn(too_big, stacklevel=2)
     store = StoreWriter(Store(out))  # item writes overlap the next batch's compute
     layout = skeleton(names, specs, entries, size, max(map(_method_steps, method_list)), config, str(dev), plan,
-                      skipped=skipped_files)
+                      skipped=skipped_files, labels=label_of)
     # A store this run creates from nothing is written on the store's thread while the first
     # batch computes; its contents are known (nothing done, no inputs), so nothing waits for it.
     # Shards and ranks that may race for one store create it up front and validate it.
@@ -160,7 +171,7 @@ def run(models="efficientnet_lite0", images=None, methods=DEFAULT_METHODS, *, st
             # decoded, so each image is decoded once per model and held only while it is used.
             for idx, x in batches(dataset, order, workers, pin_memory=dev.type == "cuda"):
                 x = to_device(x, dev)
-                _write_inputs(store, mi, clf, x, idx, targets)
+                _write_inputs(store, mi, clf, x, idx, targets, label_of)
                 for mei, method in enumerate(method_list):
                     sub = [k for k, ii in enumerate(idx) if not done[mi, mei, ii]]
                     if not sub:
@@ -219,9 +230,11 @@ def _refuse_changed(store: Store, entries, todo: list[int]) -> None:
                          "now (content changed since the store was written). Use --overwrite to recompute, or a new --out.")
 
 
-def _write_inputs(store: Store, mi: int, clf: Classifier, x: torch.Tensor, idx: list[int], targets: np.ndarray) -> None:
+def _write_inputs(store: Store, mi: int, clf: Classifier, x: torch.Tensor, idx: list[int], targets: np.ndarray,
+                  labels: np.ndarray | None) -> None:
     """The explained class of the batch's images for this model, in ``targets``: computed and
-    written (input, F_c(x), logit) for images new to the store; those written before keep theirs."""
+    written (input, predicted class, F_c(x), logit) for images new to the store; those written
+    before keep theirs. The explained class is the label where labels are given."""
     new = [k for k, ii in enumerate(idx) if targets[ii] < 0]
     if not new:
         return
@@ -229,9 +242,11 @@ def _write_inputs(store: Store, mi: int, clf: Classifier, x: torch.Tensor, idx: 
     sel = [idx[k] for k in new]
     with torch.no_grad():
         lg = clf(xs).float()
-    t = lg.argmax(-1)
+    pred = lg.argmax(-1)
+    t = pred if labels is None else torch.as_tensor(labels[sel], device=lg.device)
     probs, logits = lg.softmax(-1).gather(1, t[:, None]).squeeze(1).cpu(), lg.gather(1, t[:, None]).squeeze(1).cpu()
-    store.write_inputs(mi, sel, xs.float().cpu().numpy(), t.cpu().numpy(), probs.numpy(), logits.numpy())
+    store.write_inputs(mi, sel, xs.float().cpu().numpy(), t.cpu().numpy(), pred.cpu().numpy(), probs.numpy(),
+                       logits.numpy())
     targets[sel] = t.cpu().numpy()
 
 

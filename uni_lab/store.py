@@ -32,7 +32,7 @@ import xarray as xr
 from .errors import StoreError
 from .explanation import TRACE_KEYS
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: integer target, predicted, label, image_hash
 # Format 2: consolidated metadata and variable-length strings that every zarr reader knows.
 ZARR_FORMAT = 2
 CHANNELS = ("R", "G", "B")
@@ -52,12 +52,16 @@ def _versions() -> dict:
 
 
 def skeleton(models, methods, images, size, max_steps: int, config: dict, device: str,
-             partition: dict | None = None, skipped=()) -> xr.Dataset:
+             partition: dict | None = None, skipped=(), labels=None) -> xr.Dataset:
     """The full, still-empty dataset of a run: every variable at its final shape, lazily.
 
     ``images``: objects with ``id``, ``source`` and (for resume checks) ``digest``; ``skipped``:
     the bad files a ``--skip-bad-images`` run left out (``source``, ``reason``), kept in the
-    attribute ``uni_lab_skipped_images``."""
+    attribute ``uni_lab_skipped_images``; ``labels``: the ground-truth class of each image
+    (coordinate ``label``, -1 where none is given).
+
+    ``target`` and ``predicted`` are integers written whole at creation (-1: not computed yet)
+    and have no fill value, so xarray reads them as integers, not as floats with NaN."""
     import dask.array as da
 
     h, w = size
@@ -69,31 +73,36 @@ def skeleton(models, methods, images, size, max_steps: int, config: dict, device
 
     zarr_chunks = {}
 
-    def full(shape, chunks, fill, dtype):
+    def full(name, shape, chunks, fill, dtype):
         # One dask chunk: the array is never computed (the store is created with compute=False),
         # and a graph of one task per variable instead of one per item keeps creation cheap.
-        # The zarr chunks, one item each, go in the encoding.
-        zarr_chunks[len(zarr_chunks)] = chunks
+        # The zarr chunks go in the encoding.
+        zarr_chunks[name] = chunks
         return da.full(shape, fill, dtype=dtype, chunks=shape)
 
     data = {
-        "input": (dims_img, full((nm, ni, 3, h, w), (1, 1, 3, h, w), np.nan, "f4")),
-        "attribution": (dims_map, full((nm, nme, ni, 3, h, w), (1, 1, 1, 3, h, w), np.nan, "f4")),
-        "baseline": (dims_map, full((nm, nme, ni, 3, h, w), (1, 1, 1, 3, h, w), np.nan, "f4")),
-        "target": (("model", "image"), full((nm, ni), (1, 1), -1, "i8")),
-        "prob_input": (("model", "image"), full((nm, ni), (1, 1), np.nan, "f8")),
-        "logit_input": (("model", "image"), full((nm, ni), (1, 1), np.nan, "f8")),
-        "done": (dims_item, full((nm, nme, ni), (1, 1, 1), False, bool)),
+        "input": (dims_img, full("input", (nm, ni, 3, h, w), (1, 1, 3, h, w), np.nan, "f4")),
+        "attribution": (dims_map, full("attribution", (nm, nme, ni, 3, h, w), (1, 1, 1, 3, h, w), np.nan, "f4")),
+        "baseline": (dims_map, full("baseline", (nm, nme, ni, 3, h, w), (1, 1, 1, 3, h, w), np.nan, "f4")),
+        "prob_input": (("model", "image"), full("prob_input", (nm, ni), (1, 1), np.nan, "f8")),
+        "logit_input": (("model", "image"), full("logit_input", (nm, ni), (1, 1), np.nan, "f8")),
+        "done": (dims_item, full("done", (nm, nme, ni), (1, 1, 1), False, bool)),
     }
+    for name in ("target", "predicted"):  # small: written whole now, so no fill value is needed
+        data[name] = (("model", "image"), np.full((nm, ni), -1, np.int64))
+        zarr_chunks[name] = (1, 1)
     for key in TRACE_KEYS:
-        data[f"trace_{key}"] = (dims_tr, full((nm, nme, ni, max_steps + 1), (1, 1, 1, max_steps + 1), np.nan, "f8"))
+        data[f"trace_{key}"] = (dims_tr, full(f"trace_{key}", (nm, nme, ni, max_steps + 1), (1, 1, 1, max_steps + 1),
+                                              np.nan, "f8"))
     for key in ITEM_VARS:
-        data[key] = (dims_item, full((nm, nme, ni), (1, 1, 1), np.nan, "f8"))
+        data[key] = (dims_item, full(key, (nm, nme, ni), (1, 1, 1), np.nan, "f8"))
     ds = xr.Dataset(
         data,
         coords={"model": _strings(models), "method": _strings(methods), "image": _strings(i.id for i in images),
                 "image_source": ("image", _strings(i.source for i in images)),
-                "image_hash": ("image", _strings(getattr(i, "digest", "") for i in images)), "channel": _strings(CHANNELS),
+                "image_hash": ("image", _strings(getattr(i, "digest", "") for i in images)),
+                "label": ("image", np.full(ni, -1, np.int64) if labels is None else np.asarray(labels, np.int64)),
+                "channel": _strings(CHANNELS),
                 "y": np.arange(h), "x": np.arange(w), "step": np.arange(max_steps + 1)},
         attrs={"title": "uni_lab attribution store", "uni_lab_schema": SCHEMA_VERSION,
                "uni_lab_config": json.dumps(config, sort_keys=True, default=str),
@@ -104,7 +113,8 @@ def skeleton(models, methods, images, size, max_steps: int, config: dict, device
     )
     described = {
         "input": "pixel-space image explained, [0,1]", "attribution": "attribution A_i per channel and pixel",
-        "baseline": "baseline x' of path methods (NaN for others)", "target": "explained class c",
+        "baseline": "baseline x' of path methods (NaN for others)", "target": "explained class c (the label when the run was given labels, else the predicted class)",
+        "predicted": "the model's class at x (argmax of its logits)",
         "prob_input": "F_c(x), softmax probability", "logit_input": "logit of c at x",
         "done": "item fully written", "completeness_error": "|sum A - (F_c(x) - F_c(x'))| / |F_c(x) - F_c(x')|",
         "prob_baseline": "F_c(x') (softmax probability)", "seconds": "wall seconds per image for this method",
@@ -115,9 +125,11 @@ def skeleton(models, methods, images, size, max_steps: int, config: dict, device
     }
     for k, text in described.items():
         ds[k].attrs["description"] = text
-    for k, chunks in zip(data, zarr_chunks.values()):
+    for k, chunks in zarr_chunks.items():
         ds[k].encoding["chunks"] = chunks
-    ds["target"].encoding["_FillValue"] = -1
+    for k in ("target", "predicted"):
+        ds[k].encoding["_FillValue"] = None
+    ds["label"].attrs["description"] = "ground-truth class (-1: none given)"
     return ds
 
 
@@ -314,12 +326,13 @@ class Store:
         g = self.group()
         return [str(v) for v in g["image_hash"][:]] if "image_hash" in g else [""] * g["image"].shape[0]
 
-    def write_inputs(self, mi: int, images, pixels, targets, probs, logits) -> None:
+    def write_inputs(self, mi: int, images, pixels, targets, predicted, probs, logits) -> None:
         """Inputs of images ``images`` (indices) for model ``mi``, one region write per variable.
 
         ``target`` last: it marks the images' inputs as written (see :meth:`written_targets`)."""
         g = self.group()
-        columns = {"input": np.asarray(pixels, dtype="f4"), "prob_input": np.asarray(probs, dtype="f8"),
+        columns = {"input": np.asarray(pixels, dtype="f4"), "predicted": np.asarray(predicted, dtype="i8"),
+                   "prob_input": np.asarray(probs, dtype="f8"),
                    "logit_input": np.asarray(logits, dtype="f8"), "target": np.asarray(targets, dtype="i8")}
         runs = _runs(images)
         target = columns.pop("target")
@@ -501,7 +514,7 @@ def drop_variables(store: Store, names) -> None:
 
 
 def skeleton_variables() -> tuple[str, ...]:
-    return ("input", "attribution", "baseline", "target", "prob_input", "logit_input", "done",
+    return ("input", "attribution", "baseline", "target", "predicted", "prob_input", "logit_input", "done",
             *(f"trace_{k}" for k in TRACE_KEYS), *ITEM_VARS)
 
 

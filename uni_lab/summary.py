@@ -22,7 +22,8 @@ SEED_VAR = "seed_stability_spearman_min"
 def summarize(ds: xr.Dataset) -> pd.DataFrame:
     """Mean completeness error, monotone-step fraction, F_c at the baseline and seconds per image,
     over the done images of each (model, method); where the store holds the ``seed_stability``
-    metric, the mean over images of its worst pair's Spearman (``seed_spearman_min``)."""
+    metric, the mean over images of its worst pair's Spearman (``seed_spearman_min``); where
+    the run was given labels, the model's accuracy on those images (``accuracy``)."""
     done = ds["done"].load()
     mono = monotone_fraction(ds["trace_prob"].load())
     # each variable read once, not once per (model, method)
@@ -30,6 +31,10 @@ def summarize(ds: xr.Dataset) -> pd.DataFrame:
                "F_c(baseline)": ds["prob_baseline"].load(), "seconds_per_image": ds["seconds"].load()}
     if SEED_VAR in ds:  # NaN: not measured (a method without a random part is not re-run)
         columns["seed_spearman_min"] = ds[SEED_VAR].load()
+    accuracy = labelled = None
+    if "label" in ds.coords and "predicted" in ds and bool((ds["label"] >= 0).any()):
+        labelled = ds["label"].values >= 0
+        accuracy = (ds["predicted"] == ds["label"]).load()
     rows = []
     for model in ds.model.values:
         for method in ds.method.values:
@@ -42,8 +47,11 @@ def summarize(ds: xr.Dataset) -> pd.DataFrame:
                 vals = np.asarray(var.sel(sel).values, dtype=float)[mask]
                 return float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
 
-            rows.append({"model": str(model), "method": str(method), "images": int(mask.sum()),
-                         **{name: mean(var) for name, var in columns.items()}})
+            row = {"model": str(model), "method": str(method), "images": int(mask.sum())}
+            if accuracy is not None:  # over the images of this (model, method) that are done and labelled
+                ok = mask & labelled
+                row["accuracy"] = float(accuracy.sel(model=model).values[ok].mean()) if ok.any() else float("nan")
+            rows.append({**row, **{name: mean(var) for name, var in columns.items()}})
     return pd.DataFrame(rows)
 
 

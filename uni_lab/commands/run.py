@@ -44,6 +44,12 @@ def add_arguments(p):
                    help="do not measure the seed stability of methods with a random part (it re-runs them with 3 seeds)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="autocast the models (recorded in the store; see BENCHMARKS.md for the drift it brings)")
+    p.add_argument("--labels", metavar="FILE",
+                   help="ground-truth classes (CSV filename,class; ImageNet's LOC_val_solution.csv; JSON): explain "
+                        "each image for its label, store label and prediction, report accuracy")
+    p.add_argument("--synsets", metavar="FILE",
+                   help="synset id per line, in class-index order, for labels given as synsets "
+                        "(default: the 1000 ImageNet-1k synsets, sorted)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="processes decoding images ahead of the compute (default: 0 on CPU, up to 4 on CUDA)")
     p.add_argument("--skip-bad-images", action="store_true",
@@ -88,7 +94,7 @@ def main(args) -> int:
                  output=args.output, resize=args.resize, overwrite=args.overwrite, progress=not args.no_progress,
                  shard=args.shard, precision=args.precision, channels_last=args.channels_last,
                  seed_stability=not args.no_seed_stability, workers=args.workers,
-                 skip_bad_images=args.skip_bad_images)
+                 skip_bad_images=args.skip_bad_images, labels=args.labels, synsets=args.synsets)
     i, n = result.shard
     where = f", shard {i}/{n}" if n > 1 else ""
     print(f"store: {result.path} ({result.computed} items computed, {result.skipped} already done{where})")
