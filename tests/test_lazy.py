@@ -1,11 +1,12 @@
-"""Lazy reading: stores open dask-backed, one chunk per image, and are read block by block.
+"""Lazy reading: stores open dask-backed, chunked in blocks of images, and are read block by block.
 
 A store larger than memory must work for ``uni-lab check``, figures and metrics: nothing may
 need a whole variable in memory. Here a dask callback records every intermediate array while
-``check_store`` runs, and none may exceed one block of images.
+``check_store`` runs, and none may exceed one chunk of the store.
 """
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -31,12 +32,15 @@ def store(tiny_model, tmp_path_factory):
     return out
 
 
-def test_store_opens_dask_backed_one_chunk_per_image(store):
+def test_store_opens_dask_backed_in_blocks_of_images(store):
     ds = open_store(store)
+    layout = json.loads(ds.attrs["uni_lab_chunks"])
+    assert layout == {"images": 6, "maps": 6}  # 12 images: two blocks, so two ranks can share the run
     for name, var in ds.data_vars.items():
         assert isinstance(var.data, da.Array), name
         if "image" in var.dims:
-            assert set(var.chunks[var.dims.index("image")]) == {1}, name
+            assert set(var.chunks[var.dims.index("image")]) == {6}, name
+    assert len(list((store / "attribution").glob("0.*"))) == 2
 
 
 class _Largest(Callback):
@@ -55,7 +59,7 @@ def test_check_reads_block_by_block(store, monkeypatch):
     with _Largest() as seen:
         report = check.check_store(store)
     assert report.consistent and report.done == N_IMAGES
-    assert 0 < seen.largest <= 2 * one_map  # a block of two images, never the 12-image variable
+    assert 0 < seen.largest <= 6 * one_map  # one chunk of six images, never the 12-image variable
 
 
 def test_figures_keep_large_stores_lazy(store, monkeypatch):

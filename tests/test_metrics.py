@@ -1,6 +1,7 @@
 """Metrics: known answers by construction, independent (numpy/scipy) recomputations, and the store."""
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -306,8 +307,9 @@ def test_evaluate_fills_labelled_variables_without_recomputing_stored_maps(tiny_
     assert bool(sev.sel(severity=[1, 4]).all()) and not bool(sev.sel(severity=[2, 3, 5]).any())
     assert '"n_subsets": 16' in ds["mufidelity"].attrs["uni_lab_params"]
     assert np.isfinite(ds["mufidelity"].values).all()
-    # one chunk file per item: scalars hold all their attacks/severities, maps one label each
-    assert ds["corruption_bias_colour"].encoding["chunks"] == (1, 1, 1, ds.sizes["corruption"], ds.sizes["severity"])
+    # scalars: one chunk file per block of images, holding all their attacks/severities; maps one label each
+    block = min(json.loads(ds.attrs["uni_lab_chunks"])["images"], ds.sizes["image"])
+    assert ds["corruption_bias_colour"].encoding["chunks"] == (1, 1, block, ds.sizes["corruption"], ds.sizes["severity"])
     assert ds["corruption_attribution"].encoding["chunks"][:5] == (1, 1, 1, 1, 1)
     # the stored corrupted input is the corruption of the stored input, pixel for pixel
     from uni_lab.plugins.corruptions import corrupt

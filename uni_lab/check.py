@@ -38,6 +38,7 @@ def schema_problems(ds: xr.Dataset, expected: xr.Dataset | None = None) -> list[
         config = config_of(ds)
     except StoreError as exc:
         return [str(exc)]
+    layout = json.loads(ds.attrs.get("uni_lab_chunks", "{}"))
     if ds.attrs.get("uni_lab_schema") != SCHEMA_VERSION:
         problems.append(f"schema version {ds.attrs.get('uni_lab_schema')!r}; this uni_lab writes {SCHEMA_VERSION}.")
     for name, dims in expected_dims().items():
@@ -47,9 +48,10 @@ def schema_problems(ds: xr.Dataset, expected: xr.Dataset | None = None) -> list[
             problems.append(f"variable '{name}' has dims {ds[name].dims}, expected {dims}.")
         elif "image" in dims:
             chunks = ds[name].encoding.get("chunks")
-            if chunks is not None and chunks[dims.index("image")] != 1:
-                problems.append(f"variable '{name}' is chunked {chunks}: writes of different images would "
-                                "share chunk files (shards and ranks need one image per chunk).")
+            block = layout.get("images", 1)
+            if chunks is not None and block % chunks[dims.index("image")]:
+                problems.append(f"variable '{name}' is chunked {chunks} on image, which does not divide the store's "
+                                f"block of {block} images: shards and ranks would share chunk files.")
     for dim, key in (("model", "models"), ("method", "methods"), ("image", "images")):
         labels = [str(v) for v in ds[dim].values] if dim in ds.coords else []
         if len(set(labels)) != len(labels):
@@ -57,6 +59,9 @@ def schema_problems(ds: xr.Dataset, expected: xr.Dataset | None = None) -> list[
         if set(labels) != set(config.get(key, {})):
             problems.append(f"coordinate '{dim}' does not match the configuration's {key}.")
     if expected is not None:
+        if layout != json.loads(expected.attrs.get("uni_lab_chunks", "{}")):
+            problems.append(f"its chunk layout {layout} is not this version's for these images "
+                            f"({expected.attrs.get('uni_lab_chunks')}).")
         for dim in expected.dims:
             old = ds[dim].values if dim in ds.coords else None
             if old is None or len(old) != expected.sizes[dim] or not np.array_equal(old, expected[dim].values):
@@ -109,6 +114,7 @@ class Report:
     partial: list = field(default_factory=list)  # not-done items holding data from an interrupted write
     nonfinite: list = field(default_factory=list)  # (variable, item) of done items with broken values
     unreadable: list = field(default_factory=list)  # (variable, item) whose chunk cannot be decoded
+    damaged: list = field(default_factory=list)  # every (variable, item) in an undecodable chunk, done or not
     problems: list = field(default_factory=list)  # schema
     stray: list = field(default_factory=list)  # temporary files of interrupted writes
     repaired: tuple = (0, 0)  # items, images
@@ -150,7 +156,7 @@ def _labels(flags: xr.DataArray) -> list[tuple]:
 
 def _compute(var: xr.DataArray, raw: xr.DataArray, fn, name: str, report: Report) -> xr.DataArray | None:
     """``fn(var)`` computed block-wise. A damaged chunk fails its whole block, so then go image by
-    image over ``raw`` (one chunk per image), and item by item inside a failing image: damaged
+    image over ``raw`` (every image of a damaged chunk fails), and item by item inside a failing image: damaged
     items are reported and flagged False. None when nothing could be read at all."""
     try:
         return fn(var).compute()
@@ -224,7 +230,9 @@ def check_store(path: str | Path, repair: bool = False) -> Report:
                                name, report)
             if partial is not None:
                 report.partial += [item for item in _labels(partial) if item not in report.partial]
-    # A damaged chunk of an item that is not done is only a partial item: the next run rewrites it.
+    # A damaged chunk of an item that is not done is only a partial item: the next run rewrites it
+    # (after --repair has replaced the chunk, which other items may share).
+    report.damaged = list(report.unreadable)
     done_set = {tuple(map(str, item)) for item in _labels(done)}
     for var, item in list(report.unreadable):
         if len(item) == 3 and var != "done" and item not in done_set:
@@ -240,11 +248,12 @@ def _finish(store: Store, report: Report, repair: bool) -> Report:
     items, images = set(), set()
     for _, item in report.nonfinite + report.unreadable:
         (items if len(item) == 3 else images).add(item)
+    store.drop_chunks(report.damaged)
     store.reset(items=sorted(items), images=sorted(images))
     for rel in report.stray:
         (store.path / rel).unlink(missing_ok=True)
     report.repaired = (len(items), len(images))
-    report.nonfinite, report.unreadable, report.stray = [], [], []
+    report.nonfinite, report.unreadable, report.damaged, report.stray = [], [], [], []
     return report
 
 

@@ -6,8 +6,9 @@ and ranks agree without talking. Under ``torchrun`` (``RANK``/``WORLD_SIZE``/``L
 in the environment) every rank joins a gloo process group and takes shard ``rank`` of
 ``world`` (of shard ``i`` when ``--shard i/n`` is given too); rank 0 creates or validates the
 store while the others wait. The group carries only that wait and one closing barrier, so
-gloo serves GPUs too (NCCL would also refuse two ranks sharing one GPU). The store chunks every variable per
-image, so ranks write disjoint chunk files and need no locks. Per-image seeds
+gloo serves GPUs too (NCCL would also refuse two ranks sharing one GPU). The store's chunks span
+blocks of images (:func:`uni_lab.store.chunking`) and shards are whole blocks, so ranks write
+disjoint chunk files and need no locks. Per-image seeds
 (:func:`uni_lab.seeding.image_seed`) keep random draws independent of the split.
 """
 from __future__ import annotations
@@ -51,9 +52,12 @@ def parse_shard(shard) -> tuple[int, int] | None:
     return i, n
 
 
-def shard_range(count: int, i: int, n: int) -> range:
-    """Indices of shard ``i`` of ``n`` over ``count`` items: contiguous, sizes differ by at most one."""
-    return range(count * i // n, count * (i + 1) // n)
+def shard_range(count: int, i: int, n: int, block: int = 1) -> range:
+    """Indices of shard ``i`` of ``n`` over ``count`` items: contiguous runs of whole blocks of
+    ``block`` items (the store's chunks span a block, so no two shards write one chunk file);
+    their numbers of blocks differ by at most one. With more shards than blocks some are empty."""
+    blocks = -(-count // max(1, block))
+    return range(min(count, blocks * i // n * block), min(count, blocks * (i + 1) // n * block))
 
 
 def _env_world() -> tuple[int, int, int]:

@@ -7,6 +7,7 @@ leaves those items not-done (the next run retries them).
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -153,7 +154,11 @@ def run(models="efficientnet_lite0", images=None, methods=DEFAULT_METHODS, *, st
     ids = [e.id for e in entries]
 
     part = distributed.my_shard(part, ctx)
-    mine = distributed.shard_range(len(entries), *part)
+    mine = distributed.shard_range(len(entries), *part, block=json.loads(layout.attrs["uni_lab_chunks"])["images"])
+    if not mine and part[1] > 1:
+        warnings.warn(f"shard {part[0]}/{part[1]} has no images: {len(entries)} images make "
+                      f"{-(-len(entries) // json.loads(layout.attrs['uni_lab_chunks'])['images'])} blocks of the store, "
+                      "and shards take whole blocks.", stacklevel=2)
     done = np.zeros((len(clfs), len(specs), len(entries)), bool) if fresh else store.done()
     if not fresh:
         _refuse_changed(store, entries, [ii for ii in mine if not done[:, :, ii].all()])

@@ -14,7 +14,9 @@ Schema (named dims; see README "Store schema"):
 
 This is the only module that addresses a store by position. An item (model, method, image)
 is written in one pass over its variables, and ``done`` is set only after all of them, so a
-run killed mid-write leaves the item not-done and a rerun recomputes it.
+run killed mid-write leaves the item not-done and a rerun recomputes it. Chunks span blocks
+of images (:func:`chunking`); zarr replaces a chunk file whole (temporary file, then rename),
+so a killed write leaves a chunk's previous version, never half of it.
 """
 from __future__ import annotations
 
@@ -32,11 +34,30 @@ import xarray as xr
 from .errors import StoreError
 from .explanation import TRACE_KEYS
 
-SCHEMA_VERSION = 2  # 2: integer target, predicted, label, image_hash
+SCHEMA_VERSION = 2  # 2: integer target, predicted, label, image_hash; chunks span blocks of images
 # Format 2: consolidated metadata and variable-length strings that every zarr reader knows.
 ZARR_FORMAT = 2
 CHANNELS = ("R", "G", "B")
 ITEM_VARS = ("completeness_error", "prob_baseline", "seconds")
+# Chunks span many images (one file per item and variable made an ImageNet-val store millions
+# of files). A map chunk (input, attribution, baseline) holds up to MAP_CHUNK_BYTES of float32
+# maps; every other variable has one chunk per block of images, models and methods, and a
+# block is a whole number of map chunks, at most BLOCK_IMAGES images. Shards and ranks take
+# whole blocks (uni_lab.distributed.shard_range), so no two processes ever write one chunk.
+MAP_CHUNK_BYTES = 8 << 20
+BLOCK_IMAGES = 512
+
+
+def chunking(n_images: int, size) -> dict[str, int]:
+    """``{"images": block, "maps": images per map chunk}`` for a store of ``n_images`` at ``size``.
+
+    At least two blocks whenever there are two images, so two shards or ranks share a small
+    run; a block is a multiple of the map chunk."""
+    per_map = 3 * int(size[0]) * int(size[1]) * 4
+    half = max(1, -(-int(n_images) // 2))
+    maps = max(1, min(MAP_CHUNK_BYTES // per_map, half))
+    block = maps * max(1, -(-min(BLOCK_IMAGES, half) // maps))
+    return {"images": block, "maps": maps}
 
 
 def _versions() -> dict:
@@ -49,6 +70,18 @@ def _versions() -> dict:
         except md.PackageNotFoundError:
             pass
     return out
+
+
+def data_files(n_images: int, n_methods: int, size, n_models: int = 1) -> int:
+    """Chunk files of a finished run store at most (metadata and coordinates not counted):
+    ``(1 + 2M)·⌈N/K⌉`` map chunks (input; attribution and baseline per method) and
+    ``(8 + 5M)·⌈N/B⌉`` block chunks (target, predicted, prob_input, logit_input, done and the
+    three item scalars across models and methods; five traces per method), per model for maps
+    and traces. Chunks holding only the fill value are not written (zarr's default), so a
+    method without baselines has fewer."""
+    c = chunking(n_images, size)
+    maps, blocks = -(-n_images // c["maps"]), -(-n_images // c["images"])
+    return n_models * (1 + 2 * n_methods) * maps + (8 + 5 * n_models * n_methods) * blocks
 
 
 def skeleton(models, methods, images, size, max_steps: int, config: dict, device: str,
@@ -70,6 +103,8 @@ def skeleton(models, methods, images, size, max_steps: int, config: dict, device
     dims_tr = ("model", "method", "image", "step")
     dims_item = ("model", "method", "image")
     nm, nme, ni = len(models), len(methods), len(images)
+    layout = chunking(ni, size)
+    blk, mc = layout["images"], layout["maps"]
 
     zarr_chunks = {}
 
@@ -81,21 +116,21 @@ def skeleton(models, methods, images, size, max_steps: int, config: dict, device
         return da.full(shape, fill, dtype=dtype, chunks=shape)
 
     data = {
-        "input": (dims_img, full("input", (nm, ni, 3, h, w), (1, 1, 3, h, w), np.nan, "f4")),
-        "attribution": (dims_map, full("attribution", (nm, nme, ni, 3, h, w), (1, 1, 1, 3, h, w), np.nan, "f4")),
-        "baseline": (dims_map, full("baseline", (nm, nme, ni, 3, h, w), (1, 1, 1, 3, h, w), np.nan, "f4")),
-        "prob_input": (("model", "image"), full("prob_input", (nm, ni), (1, 1), np.nan, "f8")),
-        "logit_input": (("model", "image"), full("logit_input", (nm, ni), (1, 1), np.nan, "f8")),
-        "done": (dims_item, full("done", (nm, nme, ni), (1, 1, 1), False, bool)),
+        "input": (dims_img, full("input", (nm, ni, 3, h, w), (1, mc, 3, h, w), np.nan, "f4")),
+        "attribution": (dims_map, full("attribution", (nm, nme, ni, 3, h, w), (1, 1, mc, 3, h, w), np.nan, "f4")),
+        "baseline": (dims_map, full("baseline", (nm, nme, ni, 3, h, w), (1, 1, mc, 3, h, w), np.nan, "f4")),
+        "prob_input": (("model", "image"), full("prob_input", (nm, ni), (nm, blk), np.nan, "f8")),
+        "logit_input": (("model", "image"), full("logit_input", (nm, ni), (nm, blk), np.nan, "f8")),
+        "done": (dims_item, full("done", (nm, nme, ni), (nm, nme, blk), False, bool)),
     }
     for name in ("target", "predicted"):  # small: written whole now, so no fill value is needed
         data[name] = (("model", "image"), np.full((nm, ni), -1, np.int64))
-        zarr_chunks[name] = (1, 1)
-    for key in TRACE_KEYS:
-        data[f"trace_{key}"] = (dims_tr, full(f"trace_{key}", (nm, nme, ni, max_steps + 1), (1, 1, 1, max_steps + 1),
+        zarr_chunks[name] = (nm, blk)
+    for key in TRACE_KEYS:  # per method: a batch rewrites only its method's block of traces
+        data[f"trace_{key}"] = (dims_tr, full(f"trace_{key}", (nm, nme, ni, max_steps + 1), (1, 1, blk, max_steps + 1),
                                               np.nan, "f8"))
     for key in ITEM_VARS:
-        data[key] = (dims_item, full(key, (nm, nme, ni), (1, 1, 1), np.nan, "f8"))
+        data[key] = (dims_item, full(key, (nm, nme, ni), (nm, nme, blk), np.nan, "f8"))
     ds = xr.Dataset(
         data,
         coords={"model": _strings(models), "method": _strings(methods), "image": _strings(i.id for i in images),
@@ -108,6 +143,7 @@ def skeleton(models, methods, images, size, max_steps: int, config: dict, device
                "uni_lab_config": json.dumps(config, sort_keys=True, default=str),
                "versions": json.dumps(_versions()), "device": device,
                "uni_lab_partition": json.dumps(partition or {}, sort_keys=True),
+               "uni_lab_chunks": json.dumps(layout, sort_keys=True),
                "uni_lab_skipped_images": json.dumps([{"source": b.source, "reason": b.reason} for b in skipped]),
                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
     )
@@ -162,16 +198,26 @@ def _assign(writes) -> None:
     """``arr[index] = value`` for every ``(arr, index, value)``, all in one call to zarr's event loop.
 
     One synchronous zarr call costs a few milliseconds of hand-over to its I/O thread; a batch
-    of items touches a dozen variables, so the calls are gathered and their chunk writes overlap.
-    No two writes may touch one chunk (each would rewrite it whole): callers write disjoint runs
-    of images, and every run variable keeps one image per chunk.
+    of items touches a dozen variables, so the calls are gathered and the variables' chunk
+    writes overlap. A chunk spans many images, and zarr writes part of a chunk by reading it,
+    changing it and replacing the file whole (a temporary file renamed over it: a killed write
+    leaves the old chunk); two writes into one chunk at once would each replace the other's, so
+    the writes of one array go one after the other.
     """
     import asyncio
 
     from zarr.core.sync import sync
 
+    by_array: dict[str, list] = {}
+    for arr, index, value in writes:  # by path: each group[name] lookup is a new Array object
+        by_array.setdefault(arr.path, []).append((arr, index, value))
+
+    async def one_array(items):
+        for arr, index, value in items:
+            await arr.async_array.setitem(index, value)
+
     async def run():
-        await asyncio.gather(*(arr.async_array.setitem(index, value) for arr, index, value in writes))
+        await asyncio.gather(*(one_array(items) for items in by_array.values()))
 
     if writes:
         sync(run())
@@ -339,6 +385,34 @@ class Store:
         _assign([(g[name], (mi, slice(lo, hi)), value[rows]) for name, value in columns.items() for lo, hi, rows in runs])
         _assign([(g["target"], (mi, slice(lo, hi)), target[rows]) for lo, hi, rows in runs])
 
+    def drop_chunks(self, damaged) -> int:
+        """Replace the chunk files that hold the damaged ``(variable, item labels)`` with fresh
+        ones: removed (read back as the fill value, NaN or not-done), or for the integer
+        ``target``/``predicted``, which have no fill value, rewritten as -1 (not written). A chunk
+        spans many items and a partial write must read it first, so a damaged one would stop the
+        rerun that recomputes its items. Every item of a damaged chunk is unreadable, so
+        :meth:`reset` marks them all for recomputation. Returns the number of chunks replaced."""
+        import itertools
+
+        g = self.group()
+        keys = set()
+        for name, item in damaged:
+            arr = g[name]
+            dims = arr.attrs["_ARRAY_DIMENSIONS"]
+            at = dict(zip(("model", "method", "image") if len(item) == 3 else ("model", "image"), item))
+            ranges = []
+            for d, n, c in zip(dims, arr.shape, arr.chunks):
+                ranges.append([self.index_of(d, [at[d]])[0] // c] if d in at else range(-(-n // c)))
+            keys.update((name, k) for k in itertools.product(*ranges))
+        for name, k in sorted(keys):
+            arr = g[name]
+            if arr.dtype.kind in "iu":
+                region = tuple(slice(i * c, min(n, (i + 1) * c)) for i, c, n in zip(k, arr.chunks, arr.shape))
+                arr[region] = np.full([s.stop - s.start for s in region], -1, arr.dtype)  # whole chunk: nothing read
+            else:
+                (self.path / name / ".".join(map(str, k))).unlink(missing_ok=True)
+        return len(keys)
+
     def reset(self, items=(), images=()) -> None:
         """Mark items ``(model, method, image)`` not done and images ``(model, image)`` not written,
         by label, so the next run recomputes them (``uni-lab check --repair``)."""
@@ -415,18 +489,27 @@ class UniAccessor:
 
 # Evaluation variables (uni_lab.evaluate): metrics, attacked and corrupted inputs and their maps,
 # added to an existing store and written by label. Every dim named here is one item per label
-# (chunk 1); the others (channel, y, x, a metric's steps) are written whole. Scalars per item
-# keep all attacks, corruptions and severities of an item in one chunk: one file per item, not
-# thirty (reading a store's metrics opens every chunk file), and safe because one evaluation at
-# a time writes a store (evaluation_lock), so no two writers share a chunk.
+# (chunk 1), except that scalars span the run's block of images; the others (channel, y, x, a
+# metric's steps) are written whole. Scalars keep all attacks, corruptions and severities of a
+# block in one chunk: one file per block, not thirty per item (reading a store's metrics opens
+# every chunk file), and safe because one evaluation at a time writes a store
+# (evaluation_lock), so no two writers share a chunk.
 LABEL_DIMS = ("model", "method", "image", "attack", "corruption", "severity")
 ITEM_DIMS = ("model", "method", "image")
 MAP_DIMS = ("channel", "y", "x")
 
 
-def _eval_chunks(dims, sizes) -> tuple:
+def _eval_chunks(dims, sizes, block: int = 1) -> tuple:
+    """Per label, except: scalars span the store's block of images (one evaluation writes a store
+    at a time, so item writes into one chunk follow each other)."""
     per_label = ITEM_DIMS if not set(dims) & set(MAP_DIMS) else LABEL_DIMS
-    return tuple(1 if d in per_label else sizes[d] for d in dims)
+    maps = bool(set(dims) & set(MAP_DIMS))
+    return tuple((min(block, sizes[d]) if d == "image" and not maps else 1) if d in per_label else sizes[d]
+                 for d in dims)
+
+
+def _block(ds: xr.Dataset) -> int:
+    return int(json.loads(ds.attrs.get("uni_lab_chunks", "{}")).get("images", 1))
 
 
 def _fill(dtype) -> object:
@@ -456,7 +539,7 @@ def add_variables(store: Store, specs: dict, coords: dict) -> bool:
     sizes = {d: len(v) for d, v in labels.items()}
     data = {}
     for name, (dims, dtype, attrs) in new.items():
-        arr = da.full(tuple(sizes[d] for d in dims), _fill(dtype), dtype=dtype, chunks=_eval_chunks(dims, sizes))
+        arr = da.full(tuple(sizes[d] for d in dims), _fill(dtype), dtype=dtype, chunks=_eval_chunks(dims, sizes, _block(ds)))
         data[name] = xr.Variable(dims, arr, attrs=attrs)
     fresh = {d: _labels(v) for d, v in labels.items() if d not in ds.dims}
     # mode="a" replaces the group's attributes with the dataset's: carry the store's own along
@@ -489,7 +572,7 @@ def _grow_dim(store: Store, ds: xr.Dataset, dim: str, labels) -> None:
         del group[name]
     zarr.consolidate_metadata(str(store.path))
     sizes = dict(grown.sizes)
-    encoding = {v: {"chunks": _eval_chunks(grown[v].dims, sizes)} for v in names}
+    encoding = {v: {"chunks": _eval_chunks(grown[v].dims, sizes, _block(ds))} for v in names}
     for v in names:
         grown[v].encoding = {}
     grown.drop_vars([c for c in grown.coords if c != dim]).to_zarr(
