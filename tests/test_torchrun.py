@@ -9,6 +9,8 @@ stated tolerance elsewhere.
 """
 from __future__ import annotations
 
+import re
+
 import pytest
 from store_runs import TOTAL, assert_same_store, make_images, run_cli, run_inprocess
 
@@ -68,6 +70,8 @@ def test_torchrun_two_ranks_same_store_as_one_process(images, one_process, tmp_p
     assert p.returncode == 0, p.stderr[-3000:]
     assert "shard 0/2" in p.stdout and "shard 1/2" in p.stdout
     assert p.stdout.count(f"({TOTAL // 2} items computed, 0 already done") == 2
+    for rank in (0, 1):  # each rank logs its own throughput
+        assert re.search(rf"uni-lab rank {rank}/2: {TOTAL // 2} items, 3 images in \d+ s \(.* items/s", p.stderr), p.stderr
     report = check_store(out)
     assert report.consistent and report.done == TOTAL, report.format()
     ref = one_process / "b2.zarr"

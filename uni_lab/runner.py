@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from tqdm.auto import tqdm
 from . import distributed, fastview
 from .accel import accelerate, check_precision, to_device
 from .data import ImageDataset, batches, collate, list_images
+from .defaults import DEFAULT_BATCH, DEFAULT_METHODS, DEFAULT_MODEL, DEFAULT_OUT, DEFAULT_STEPS
 from .engine import check_output, partition
 from .errors import InputError, StoreError, UniLabError
 from .labels import read_labels
@@ -30,8 +32,6 @@ from .store import Store, skeleton
 from .summary import summarize
 from .writer import StoreWriter
 
-DEFAULT_METHODS = ("uni", "ig:black", "ig:white", "ig:mean", "ig:uniform", "ig:gaussian", "ig:blur")
-DEFAULT_OUT = "runs/default.zarr"
 
 
 @dataclass
@@ -60,8 +60,8 @@ def _method_steps(method: Method) -> int:
     return int(steps or 0)
 
 
-def run(models="efficientnet_lite0", images=None, methods=DEFAULT_METHODS, *, steps: int = 15,
-        batch_size: int = 8, device: str | None = None, seed: int = 0, out: str | Path = DEFAULT_OUT,
+def run(models=DEFAULT_MODEL, images=None, methods=DEFAULT_METHODS, *, steps: int = DEFAULT_STEPS,
+        batch_size: int = DEFAULT_BATCH, device: str | None = None, seed: int = 0, out: str | Path = DEFAULT_OUT,
         sets: dict | list | None = None, weights: str | None = None, output: str = "prob",
         resize: str = "full", overwrite: bool = False, progress: bool = True, shard=None,
         precision: str = "fp32", channels_last: bool = False, seed_stability: bool = True,
@@ -95,6 +95,8 @@ def run(models="efficientnet_lite0", images=None, methods=DEFAULT_METHODS, *, st
     if batch_size < 1 or steps < 1:
         raise InputError("--batch-size and --steps must be at least 1.")
     part = distributed.parse_shard(shard)
+    resolve_device(device)  # a typo in --device or --out fails here, before any process group or model
+    Store(out).check_path()
     ctx, device = distributed.setup(device)
     dev = resolve_device(device)
     sets = parse_sets(sets) if isinstance(sets, (list, tuple)) else dict(sets or {})
@@ -138,7 +140,11 @@ def run(models="efficientnet_lite0", images=None, methods=DEFAULT_METHODS, *, st
     del first
     if too_big:
         warnings.warn(too_big, stacklevel=2)
-    store = StoreWriter(Store(out))  # item writes overlap the next batch's compute
+    base = Store(out)
+    # Jobs of one run (shards, ranks) write disjoint items and share the lock; a second unsharded run
+    # on the same --out would compute every item again, and an evaluation would rewrite the metadata.
+    base.lock_mode = "shared" if (ctx.active or part not in (None, (0, 1))) else "exclusive"
+    store = StoreWriter(base)  # item writes overlap the next batch's compute
     layout = skeleton(names, specs, entries, size, max(map(_method_steps, method_list)), config, str(dev), plan,
                       skipped=skipped_files, labels=label_of)
     # A store this run creates from nothing is written on the store's thread while the first
@@ -154,16 +160,17 @@ def run(models="efficientnet_lite0", images=None, methods=DEFAULT_METHODS, *, st
     ids = [e.id for e in entries]
 
     part = distributed.my_shard(part, ctx)
-    mine = distributed.shard_range(len(entries), *part, block=json.loads(layout.attrs["uni_lab_chunks"])["images"])
+    block = json.loads(layout.attrs["uni_lab_chunks"])["images"]
+    mine = distributed.shard_range(len(entries), *part, block=block)
     if not mine and part[1] > 1:
         warnings.warn(f"shard {part[0]}/{part[1]} has no images: {len(entries)} images make "
-                      f"{-(-len(entries) // json.loads(layout.attrs['uni_lab_chunks'])['images'])} blocks of the store, "
-                      "and shards take whole blocks.", stacklevel=2)
-    done = np.zeros((len(clfs), len(specs), len(entries)), bool) if fresh else store.done()
-    if not fresh:
-        _refuse_changed(store, entries, [ii for ii in mine if not done[:, :, ii].all()])
+                      f"{-(-len(entries) // block)} blocks of the store, and shards take whole blocks.", stacklevel=2)
     computed = skipped = 0
+    rate = _RankLog(ctx, part) if (ctx.active or part[1] > 1) else None
     try:  # finished items reach the disk even when a later batch fails or is interrupted
+        done = np.zeros((len(clfs), len(specs), len(entries)), bool) if fresh else store.done()
+        if not fresh:
+            _refuse_changed(store, entries, [ii for ii in mine if not done[:, :, ii].all()])
         for mi, clf in enumerate(clfs):
             clf.input_size = size
             todo = [ii for ii in mine if not done[mi, :, ii].all()]
@@ -187,10 +194,17 @@ def run(models="efficientnet_lite0", images=None, methods=DEFAULT_METHODS, *, st
                                seeds_all[sel], [ids[i] for i in sel], sel)
                     bar.update(len(sel))
                     computed += len(sel)
+                if rate is not None:
+                    rate.update(computed, len(idx))
                 del x
             bar.close()
+        if rate is not None:
+            rate.update(computed, 0, final=True)
     finally:
-        store.close()
+        try:
+            store.close()
+        finally:
+            base.release()  # before the evaluation below, which takes the lock itself
     from .store import open_store
 
     distributed.finish(ctx)
@@ -203,6 +217,27 @@ def run(models="efficientnet_lite0", images=None, methods=DEFAULT_METHODS, *, st
     summary = summarize(open_store(out)) if ctx.rank == 0 else None
     timings = {"wall_s": time.perf_counter() - t_start, **store.timings()}
     return RunResult(Path(out), summary, computed, skipped, part, timings)
+
+
+class _RankLog:
+    """Throughput of this rank or shard on stderr, every LOG_EVERY_S and at the end, so an uneven
+    or stalled rank of a long torchrun job shows in its log."""
+
+    LOG_EVERY_S = 300.0
+
+    def __init__(self, ctx, part):
+        self.who = f"rank {ctx.rank}/{ctx.world}" if ctx.active else f"shard {part[0]}/{part[1]}"
+        self.t0 = self.last = time.perf_counter()
+        self.images = 0
+
+    def update(self, items: int, images: int, final: bool = False) -> None:
+        self.images += images
+        now = time.perf_counter()
+        if final or now - self.last >= self.LOG_EVERY_S:
+            self.last, wall = now, max(now - self.t0, 1e-9)
+            print(f"uni-lab {self.who}: {items} items, {self.images} images in {wall:.0f} s "
+                  f"({items / wall:.3g} items/s, {self.images / wall:.3g} images/s){' done' if final else ''}",
+                  file=sys.stderr, flush=True)
 
 
 def _prepare(store: Store, layout, overwrite: bool) -> None:
