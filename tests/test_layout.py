@@ -7,9 +7,10 @@ import json
 import numpy as np
 import pytest
 import xarray as xr
-from store_runs import ATOL, RTOL, values
+from store_runs import ATOL, RTOL, make_images, values
 from test_bad_inputs import BASE, rgb
 
+import uni_lab
 from uni_lab import cli
 from uni_lab.check import check_store
 from uni_lab.distributed import shard_range
@@ -91,3 +92,24 @@ def test_damaged_chunk_shared_with_unfinished_items_is_replaced_then_recomputed(
         if k != "seconds":
             np.testing.assert_allclose(fixed[k], good[k], rtol=RTOL, atol=ATOL, err_msg=k)
     assert check_store(out).consistent
+
+
+def test_a_run_writes_each_map_chunk_once(tiny_model, tmp_path, monkeypatch):
+    """Batches of one image into map chunks of three: each chunk file is written once, whole
+    (the run holds items until their chunk is complete), not read and rewritten per batch."""
+    import zarr.storage._local as local
+
+    puts = []
+    original = local._put
+
+    def counting(path, value, exclusive=False):
+        puts.append(path.parent.name)
+        return original(path, value, exclusive)
+
+    monkeypatch.setattr(local, "_put", counting)
+    out = tmp_path / "s.zarr"
+    uni_lab.run(models=tiny_model, images=[str(make_images(tmp_path / "imgs", 6))], methods=["ig:black"], steps=2,
+                device="cpu", out=out, progress=False, batch_size=1, seed_stability=False)
+    assert json.loads(xr.open_zarr(out).attrs["uni_lab_chunks"]) == {"images": 3, "maps": 3}
+    assert puts.count("attribution") == 2 and puts.count("input") == 2 and puts.count("done") == 2
+    assert bool(xr.open_zarr(out)["done"].all())

@@ -52,34 +52,39 @@ def reference(images, tmp_path_factory):
 def test_kill_during_compute_write_and_torn_file_then_resume_bitwise(images, reference, tmp_path):
     out = tmp_path / "s.zarr"
     history = []
-    # 1. SIGKILL inside a forward/backward pass, in the third image of the second method (uni).
-    #    Finished items may still sit in the background writer's queue: lost, to be recomputed.
+    # 1. SIGKILL inside a forward/backward pass. Finished items may still sit in the background
+    #    writer's queue, or be held until their map chunk (three images here) is complete: lost,
+    #    to be recomputed.
     p = run_cli(images, out, 1, fault="compute:19")
     assert_killed(p)
     history.append(done_count(out))
     assert history[-1] < TOTAL
     assert check_store(out).consistent
 
-    # 2. SIGKILL while an item's variables are being written (their chunk writes overlap, so
-    #    which of the others reached the disk varies): its done flag is never set.
+    # 2. SIGKILL while the items of a chunk are being written (their variables' writes overlap,
+    #    so which of the others reached the disk varies): their done flags are never set. Each
+    #    method's chunk of three images is written once it is complete; the third trace write
+    #    is the third method's, so the two chunks before it are done.
     before = values(out)
     p = run_cli(images, out, 1, fault="write:trace_prob:3")
     assert_killed(p)
     history.append(done_count(out))
     report = check_store(out)
     assert report.consistent, report.format()
-    assert history[-1] == history[-2] + 2  # the two items written before the third one's trace
+    assert history[-1] == history[-2] + 6  # two chunks of three items written before the third one's trace
     assert_not_recomputed(before, out)
 
     # 3. SIGKILL half-way through writing a chunk file: zarr writes chunks to a temporary file
-    #    and renames it, so the torn bytes stay in a *.partial file and the store stays sound.
+    #    and renames it, so the torn bytes stay in a *.partial file and the store stays sound. The
+    #    done flags of a block share one chunk file: the third write of it is torn, after two
+    #    chunks of three items.
     before = values(out)
-    p = run_cli(images, out, 1, fault="torn:done:3")  # the third item's done flag, torn
+    p = run_cli(images, out, 1, fault="torn:done:3")  # the third chunk's done flags, torn
     assert_killed(p)
     history.append(done_count(out))
     report = check_store(out)
     assert report.consistent and report.stray and report.partial, report.format()
-    assert history[-1] == history[-2] + 2
+    assert history[-1] == history[-2] + 6
     assert_not_recomputed(before, out)
 
     # 4. Rerun to the end: it computes exactly the items still missing.

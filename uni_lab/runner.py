@@ -144,6 +144,7 @@ def run(models=DEFAULT_MODEL, images=None, methods=DEFAULT_METHODS, *, steps: in
     # Jobs of one run (shards, ranks) write disjoint items and share the lock; a second unsharded run
     # on the same --out would compute every item again, and an evaluation would rewrite the metadata.
     base.lock_mode = "shared" if (ctx.active or part not in (None, (0, 1))) else "exclusive"
+    base.staging = True  # map chunks written whole, not rewritten for every batch (uni_lab.store.Store)
     store = StoreWriter(base)  # item writes overlap the next batch's compute
     layout = skeleton(names, specs, entries, size, max(map(_method_steps, method_list)), config, str(dev), plan,
                       skipped=skipped_files, labels=label_of)

@@ -18,11 +18,12 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-QUEUED = ("create_fresh", "write_item", "write_items", "write_inputs")
+QUEUED = ("create_fresh", "write_item", "write_items", "write_inputs", "flush_staged")
 # Queued writes (a batch of items each) held in memory at most; past that the runner waits.
-# Two keep the disk busy while the next batch computes, bound memory on long runs, and limit
-# what a killed run loses to the batches it had not yet written.
-MAX_PENDING = 2
+# Eight absorb the burst of a completed map chunk's write (uni_lab.store.Store.staging: a few
+# hundred milliseconds at 64², while batches of a small model take tens), bound memory on long
+# runs, and limit what a killed run loses to the batches it had not yet written.
+MAX_PENDING = 8
 
 # Writers with writes possibly still queued, by store path: a new writer on the same path
 # (a rerun after a failure, in the same process) first waits for them.
@@ -77,8 +78,11 @@ class StoreWriter:
             raise first
 
     def close(self) -> None:
-        """Flush, stop the worker and raise a failed write, if any."""
+        """Write what the store still holds (``Store.staging``), flush, stop the worker and raise a
+        failed write, if any."""
         try:
+            if hasattr(self.store, "flush_staged"):
+                self._submit("flush_staged", (), {})
             self.flush()
         finally:
             self._pool.shutdown(wait=True)
