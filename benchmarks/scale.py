@@ -1,7 +1,7 @@
 """Issue 13's dataset-scale benchmark: memory, files, throughput and store cost against N.
 
-Generated JPEG folders of 1,000 and 5,000 images at 64² (seeded noise), EfficientNet-Lite0
-with random weights, ``ig:black`` with 2 steps (a cheap method that still writes maps,
+Generated JPEG folders of 1,000 and 5,000 images at 64² (seeded noise), a small CNN with
+seeded random weights (``benchmarks/scale_model.py``: the same net in every process), ``ig:black`` with 2 steps (a cheap method that still writes maps,
 baselines and traces), batches of 8, one thread per process. Every run is a fresh process.
 
 1. N = 1,000 and N = 5,000 in one process each: peak RSS, wall time, throughput, the store's
@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-ARGS = ["--model", "efficientnet_lite0", "--weights", "random", "--methods", "ig:black", "--steps", "2",
+PLUGIN = str(Path(__file__).with_name("scale_model.py"))
+ARGS = ["--plugins", PLUGIN, "--model", "cnn64", "--methods", "ig:black", "--steps", "2",
         "--batch-size", "8", "--device", "cpu", "--no-progress", "--no-seed-stability"]
 SIZE = 64
 
@@ -54,13 +55,15 @@ def child(argv: list[str]) -> None:
 
     import torch
 
+    from uni_lab.commands.run import import_plugins
     from uni_lab.runner import run
 
     torch.set_num_threads(1)
     folder, out = argv
     t0 = time.perf_counter()
     a = dict(zip(ARGS[::2], ARGS[1::2]))
-    res = run(models=a["--model"], weights=a["--weights"], images=[folder], methods=[a["--methods"]],
+    import_plugins([a["--plugins"]])
+    res = run(models=a["--model"], images=[folder], methods=[a["--methods"]],
               steps=int(a["--steps"]), batch_size=int(a["--batch-size"]), device="cpu", out=out, progress=False,
               seed_stability=False, overwrite=True)
     wall = time.perf_counter() - t0
