@@ -2,7 +2,7 @@
 
 Per corruption (one per family by default: digital = brightness, blur = gaussian_blur,
 noise = gaussian_noise): the corrupted image and each method's map at one severity, and the
-four bias measures (colour, intensity, texture, frequency; METHODS.md §6) against severity,
+four bias measures (colour, intensity, texture, frequency; docs/methods.md §6) against severity,
 severity 0 being the clean image. Reads what ``uni-lab evaluate --metrics bias --corruptions ...
 --perturbed-metrics bias`` stored.
 

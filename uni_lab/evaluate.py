@@ -127,7 +127,12 @@ def method_from_config(spec: str, cfg: dict) -> Method:
     if "inner" in cfg:
         inner = method_from_config(spec[spec.find("(") + 1:spec.rfind(")")], cfg["inner"])
         params.pop("inner", None)
-    return Method(spec, explainer, params, baseline, bparams, inner)
+    path, pparams = None, {}
+    if "path" in explainer.params:  # recorded only where it is not the implicit straight line
+        path = get("path", cfg.get("path", "straight"))
+        pparams = path.resolved_params(cfg.get("path_params", {}))
+        params.pop("path", None)
+    return Method(spec, explainer, params, baseline, bparams, inner, path, pparams)
 
 
 def load_model(name: str, described: dict, given: dict) -> Classifier:
@@ -268,6 +273,11 @@ def plan(metrics=(), attacks=(), corruptions=(), *, severities=SEVERITIES, pertu
         raise InputError(f"severities must be among {SEVERITIES}, got {severities}.")
     params = {("metric", p.name): _params(p, routed, output) for p in metric_ps + perturbed_ps}
     params.update({("attack", p.name): _params(p, routed, output) for p in attack_ps + corruption_ps})
+    unused = [f"{name}.{k}" for (kind, name), ps in routed.items() if kind in ("metric", "attack")
+              and (kind, name) not in params for k in ps]
+    if unused:
+        raise PluginError(f"--set {', '.join(unused)}: that plugin is not among the metrics, attacks and corruptions "
+                          "asked for (--metrics/--attacks/--corruptions/--perturbed-metrics), so it would change nothing.")
     return Plan(metric_ps, attack_ps, corruption_ps, perturbed_ps, severities, params)
 
 
