@@ -28,9 +28,23 @@ DEFAULT_IMAGES = ("chelsea", "coffee")
 DEFAULT_METHODS = ("uni", "ig:black", "ig:blur", "blur_ig", "guided_ig")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Imports ``--plugins`` as soon as the arguments are parsed: a store made with a user's plugin is
+    computed, widened or evaluated with it."""
+
+    def parse_args(self, *args, **kwargs):
+        from uni_lab.commands._shared import import_plugins
+
+        parsed = super().parse_args(*args, **kwargs)
+        import_plugins(parsed.plugins)
+        return parsed
+
+
 def parser(description: str, store_name: str, *, images=DEFAULT_IMAGES, methods=DEFAULT_METHODS,
            steps: int = DEFAULT_STEPS, several_stores: bool = False) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
+    p = _Parser(description=description)
+    p.add_argument("--plugins", action="append", default=[], metavar="MODULE_OR_FILE",
+                   help="import a module or .py file that registers plugins first (repeatable)")
     p.add_argument("--store", type=Path, nargs="+" if several_stores else None,
                    help="draw from existing store(s) (no model is built); "
                    f"default: compute or reuse CACHE/{store_name}")

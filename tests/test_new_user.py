@@ -254,3 +254,16 @@ def test_every_run_flag_is_in_the_readme():
         flags = [o for a in sub[command]._actions for o in a.option_strings if o.startswith("--") and o != "--help"]
         missing = [f for f in flags if f"`{f}" not in readme]
         assert not missing, f"uni-lab {command} flags the README does not mention: {missing}"
+
+
+def test_evaluate_names_the_missing_plugin_and_the_flag(store):
+    """A fresh process without the run's --plugins: the store says where its model came from."""
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "uni_lab", "evaluate", str(store), "--metrics", "deletion"],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 2, out.stderr
+    assert f"made with model 'tiny16' from {PLUGIN}" in out.stderr and f"--plugins {PLUGIN}" in out.stderr, out.stderr
+    out = subprocess.run([sys.executable, "-m", "uni_lab", "evaluate", str(store), "--metrics", "deletion",
+                          "--plugins", str(PLUGIN), "--no-progress", "--device", "cpu"],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr

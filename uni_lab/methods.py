@@ -182,6 +182,27 @@ def used_plugins(method: Method) -> set[tuple[str, str]]:
     return used | (used_plugins(method.inner) if method.inner is not None else set())
 
 
+def plugin_origins(methods: list[Method], model_names=()) -> dict[str, dict]:
+    """``{"kind:name": {"origin", "file"}}`` of every plugin a run uses, so a store can say where a
+    plugin it needs came from (a user's ``--plugins`` file) when it is not registered."""
+    import inspect
+
+    from .registry import registry
+
+    used = set().union(*(used_plugins(m) for m in methods)) if methods else set()
+    models = registry.index()["model"]
+    used |= {("model", n) for n in model_names if n in models}
+    out = {}
+    for kind, name in sorted(used):
+        plugin = get(kind, name)
+        try:
+            source = inspect.getsourcefile(plugin.obj)
+        except TypeError:
+            source = None
+        out[f"{kind}:{name}"] = {"origin": plugin.origin, "file": source}
+    return out
+
+
 def check_all_used(routed: dict, methods: list[Method], kinds=("explainer", "baseline", "path")) -> None:
     """A ``--set`` for a plugin none of the methods calls would be recorded nowhere and change nothing."""
     used = set().union(*(used_plugins(m) for m in methods)) if methods else set()
