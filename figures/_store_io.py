@@ -184,7 +184,11 @@ def class_names(ds: xr.Dataset, model: str) -> list[str] | None:
 
 
 def class_label(names: list[str] | None, index: int) -> str:
-    return f"class {index}: {names[index]}" if names and 0 <= index < len(names) else f"class {index}"
+    """``class 1: goldfish``: the number and the first of the class's synonyms (the number alone
+    without names)."""
+    if names and 0 <= index < len(names):
+        return f"class {index}: {names[index].split(',')[0]}"
+    return f"class {index}"
 
 
 def done_methods(ds: xr.Dataset, model=None) -> list[str]:
