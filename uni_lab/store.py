@@ -87,7 +87,7 @@ def data_files(n_images: int, n_methods: int, size, n_models: int = 1) -> int:
 
 
 def skeleton(models, methods, images, size, max_steps: int, config: dict, device: str,
-             partition: dict | None = None, skipped=(), labels=None) -> xr.Dataset:
+             partition: dict | None = None, plugins: dict | None = None, skipped=(), labels=None) -> xr.Dataset:
     """The full, still-empty dataset of a run: every variable at its final shape, lazily.
 
     ``images``: objects with ``id``, ``source`` and (for resume checks) ``digest``; ``skipped``:
@@ -147,6 +147,8 @@ def skeleton(models, methods, images, size, max_steps: int, config: dict, device
                "uni_lab_partition": json.dumps(partition or {}, sort_keys=True),
                "uni_lab_chunks": json.dumps(layout, sort_keys=True),
                "uni_lab_skipped_images": json.dumps([{"source": b.source, "reason": b.reason} for b in skipped]),
+               # where each plugin came from: not part of the configuration (moving a plugin file keeps a store resumable)
+               "uni_lab_plugins": json.dumps(plugins or {}, sort_keys=True),
                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
     )
     described = {
