@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from . import distributed, fastview
 from .accel import accelerate, check_precision, to_device
 from .data import load_images
-from .defaults import DEFAULT_BATCH, DEFAULT_METHODS, DEFAULT_MODEL, DEFAULT_OUT, DEFAULT_STEPS
+from .defaults import DEFAULT_BATCH, DEFAULT_METHODS, DEFAULT_MODEL, DEFAULT_OUT, DEFAULT_STEPS, RESIZES
 from .engine import check_output, partition
 from .errors import InputError, StoreError, UniLabError
 from .methods import Method, check_all_used, parse_sets, plugin_origins, resolve, route_params
@@ -59,7 +59,7 @@ def _method_steps(method: Method) -> int:
 def run(models=DEFAULT_MODEL, images=None, methods=DEFAULT_METHODS, *, steps: int = DEFAULT_STEPS,
         batch_size: int = DEFAULT_BATCH, device: str | None = None, seed: int = 0, out: str | Path = DEFAULT_OUT,
         sets: dict | list | None = None, weights: str | None = None, output: str = "prob",
-        resize: str = "full", overwrite: bool = False, progress: bool = True, shard=None,
+        resize: str = "model", overwrite: bool = False, progress: bool = True, shard=None,
         precision: str = "fp32", channels_last: bool = False, seed_stability: bool = True) -> RunResult:
     """Explain ``images`` with every method on every model and write the store at ``out``.
 
@@ -81,6 +81,8 @@ def run(models=DEFAULT_MODEL, images=None, methods=DEFAULT_METHODS, *, steps: in
     """
     t_start = time.perf_counter()
     check_output(output)
+    if resize not in RESIZES:
+        raise InputError(f"resize must be one of {RESIZES}, got '{resize}'.")
     check_precision(precision)
     if batch_size < 1 or steps < 1:
         raise InputError("--batch-size and --steps must be at least 1.")
@@ -105,13 +107,15 @@ def run(models=DEFAULT_MODEL, images=None, methods=DEFAULT_METHODS, *, steps: in
     if len(set(names)) != len(names):
         raise InputError(f"two models share the name in {names}; give each Classifier a distinct name.")
     size = clfs[0].input_size
-    imgs = load_images(images, size, resize)
+    resize, crop_pct = _transform(resize, clfs[0])
+    imgs = load_images(images, size, resize, crop_pct)
 
     config = {
         "models": {c.name: c.describe() for c in clfs},
         "methods": {m.spec: m.config() for m in method_list},
         "images": {i.id: i.source for i in imgs},
         "seed": int(seed), "size": list(size), "resize": resize, "output": output,
+        **({"crop_pct": crop_pct} if resize == "crop" else {}),
         "fast_view": fastview.setting(),
     }
     plan, too_big = partition(clfs[0], to_device(imgs[0].pixels[None], dev), batch_size)
@@ -173,6 +177,13 @@ def run(models=DEFAULT_MODEL, images=None, methods=DEFAULT_METHODS, *, steps: in
     summary = summarize(open_store(out)) if ctx.rank == 0 else None
     timings = {"wall_s": time.perf_counter() - t_start, **store.timings()}
     return RunResult(Path(out), summary, computed, skipped, part, timings)
+
+
+def _transform(resize: str, clf: Classifier) -> tuple[str, float]:
+    """``("crop"|"full", crop_pct)``: ``model`` is the model's own evaluation transform (its crop_pct)."""
+    if resize == "model":
+        return "crop", float(getattr(clf, "crop_pct", None) or 0.875)
+    return resize, 0.875
 
 
 def _prepare(store: Store, layout, overwrite: bool) -> None:
