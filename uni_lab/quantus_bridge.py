@@ -11,20 +11,11 @@ pixels, so an image's map does not depend on the batch Quantus happens to pass i
 """
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import torch
 
 from .methods import explain
-from .seeding import image_seed
-
-
-def content_seeds(x: torch.Tensor, seed: int) -> torch.Tensor:
-    """Per-image seeds from ``seed`` and the SHA-256 of each image's float32 pixels."""
-    ids = [hashlib.sha256(np.ascontiguousarray(img.detach().float().cpu().numpy()).tobytes()).hexdigest()
-           for img in x]
-    return torch.tensor([image_seed(seed, i) for i in ids])
+from .seeding import content_seeds
 
 
 def explain_func(model, inputs, targets, *, method: str = "ig:black", sets: dict | None = None, seed: int | None = 0,
