@@ -102,3 +102,20 @@ def test_ifgsm_stops_an_image_at_its_first_label_changing_step(tiny_model, batch
     with torch.no_grad():
         assert torch.equal(tiny_model(huge).argmax(-1), target)
     assert unmoved.any()
+
+
+def test_double_backward_passes_hold_at_most_the_planned_points(tiny_model, batch, monkeypatch):
+    """Issue 16: the old surrogate kept one create_graph graph for every step of the whole batch
+    (8 images × 8 steps at 224² went past 8 GB); now no pass holds more points than the plan allows."""
+    from uni_lab import accel
+    from uni_lab.plugins import attacks
+
+    x, target = batch
+    smooth = softplus_copy(tiny_model)
+    monkeypatch.setitem(accel.PLAN_BYTES, "cpu", 3 * HVP_ACTIVATION_COPIES * accel.activation_bytes(smooth, x[:1]))
+    seen = []
+    real = attacks._class_score
+    monkeypatch.setattr(attacks, "_class_score", lambda m, p, t, o: (seen.append(p.shape[0]), real(m, p, t, o))[1])
+    exp = Explanation(torch.zeros_like(x), baseline=torch.zeros_like(x))
+    fgsm_attribution(tiny_model, x, target, None, exp, k=K, surrogate_steps=8, output="logit")
+    assert max(seen) <= 3 and sum(seen) == 2 * 8 * x.shape[0]  # first-order and second-order passes, every point
