@@ -37,6 +37,6 @@ def infidelity(model, x, target, attribution, seeds=None, *, n_samples: int = 64
         with seeded(seed), torch.no_grad():
             values.append(captum_infidelity(forward, perturb, x[i:i + 1], attribution[i:i + 1].to(x),
                                             target=target[i:i + 1], n_perturb_samples=int(n_samples),
-                                            max_examples_per_batch=max(1, int(internal_batch_size)),
+                                            max_examples_per_batch=max(1, min(int(internal_batch_size), int(n_samples))),
                                             normalize=bool(normalize)))
     return {"infidelity": torch.cat(values).double()}
