@@ -119,3 +119,20 @@ def test_double_backward_passes_hold_at_most_the_planned_points(tiny_model, batc
     exp = Explanation(torch.zeros_like(x), baseline=torch.zeros_like(x))
     fgsm_attribution(tiny_model, x, target, None, exp, k=K, surrogate_steps=8, output="logit")
     assert max(seen) <= 3 and sum(seen) == 2 * 8 * x.shape[0]  # first-order and second-order passes, every point
+
+
+def test_evaluate_runs_the_iterative_attack_and_reports_its_applied_share(tiny_model, tmp_path):
+    import xarray as xr
+
+    from uni_lab.evaluate import evaluate
+
+    out = uni_lab.run(models=tiny_model, images=["chelsea", "coffee"], methods=["ig:black"], steps=4,
+                      out=tmp_path / "s.zarr", progress=False, seed_stability=False).path
+    res = evaluate(out, attacks="ifgsm_attribution", perturbed_metrics="robustness", models=[tiny_model],
+                   sets={"ifgsm_attribution.k": 20, "ifgsm_attribution.iterations": 3, "robustness.k": 20},
+                   progress=False)
+    ds = xr.open_zarr(out)
+    assert list(ds.attack.values) == ["ifgsm_attribution"] and bool(ds.done_attack.all())
+    assert (ds.attack_linf.values <= 8 / 255 + 1e-6).all() and (ds.attack_label_kept.values == 1).all()
+    row = res.table.iloc[0]
+    assert 0 <= row["attack_accepted[ifgsm_attribution]"] <= 1 and "attack_robustness_spearman[ifgsm_attribution]" in row
