@@ -3,9 +3,9 @@
 scikit-learn's digits (1797 images of 8 × 8 grey pixels) are upsampled bilinearly to 32 × 32
 and repeated over three channels; a small ReLU CNN trains on a fixed 2/3 of them in seconds.
 Every method explains every image (train and test) once, with that model and its predicted
-class. For each removal share k = 10 … 90 % the top-k pixels of each image (by ``Σ_c A_c``,
-most positive first, as ``deletion`` and ``road`` rank them; ``--rank abs`` ranks by
-``Σ_c |A_c|``) are replaced by the training set's per-channel mean, a fresh model (same
+class. For each removal share k = 10 … 90 % the top-k pixels of each image (by ``Σ_c |A_c|``,
+the magnitude; ``--rank signed`` takes ``Σ_c A_c``, most positive first, as ``deletion`` and
+``road`` rank them) are replaced by the training set's per-channel mean, a fresh model (same
 initialisation seed) is trained on the modified training images and scored on the modified
 test images. Random removal (a seeded random order per image) is the control: a method whose
 curve falls faster than random found pixels the task needs. Hooker et al. retrain five models
@@ -200,7 +200,8 @@ def draw(ds: xr.Dataset, out_dir: Path, stem: str = "fig_roar"):
     ax.set_ylim(0, 1.02)
     ax.legend(fontsize=8)
     ax.set_title(f"ROAR on upsampled digits ({SIZE}²), {cfg['repeats']} model(s) per point")
-    text = (f"Hooker et al. 2019. Removed pixels set to the training mean; ranking {cfg['rank']} Σ_c A_c; "
+    ranking = "Σ_c |A_c|" if cfg["rank"] == "abs" else "signed Σ_c A_c"
+    text = (f"Hooker et al. 2019. Removed pixels set to the training mean; ranking by {ranking}; "
             f"{cfg['epochs']} epochs; seed {cfg['seed']}. Lower than random = the method found pixels the task needs.")
     style.footer(fig, io.wrap(text, 110))
     fig.tight_layout()
@@ -226,7 +227,9 @@ def main(argv=None) -> int:
     p.add_argument("--methods", default=",".join(METHODS), help="comma list of method specs (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=4, help="training epochs per model (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=1, help="models retrained per point (default: %(default)s)")
-    p.add_argument("--rank", choices=("signed", "abs"), default="signed", help="pixel ranking (default: signed)")
+    # By magnitude: with the signed sum, removing IG's, saliency's or SmoothGrad's top pixels hurt
+    # less than removing random ones (measured: they stayed at 0.95 at k = 90 %, random fell to 0.85).
+    p.add_argument("--rank", choices=("signed", "abs"), default="abs", help="pixel ranking (default: abs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="use only the first N digits (a quick check)")
     p.add_argument("--recompute", action="store_true", help="recompute the cached store")
