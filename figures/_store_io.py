@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from uni_lab.defaults import DEFAULT_STEPS
+
 REPO = Path(__file__).resolve().parents[1]
 RUNS = REPO / "runs" / "figures"
 OUT = REPO / "figures" / "out"
@@ -27,7 +29,7 @@ DEFAULT_METHODS = ("uni", "ig:black", "ig:blur", "blur_ig", "guided_ig")
 
 
 def parser(description: str, store_name: str, *, images=DEFAULT_IMAGES, methods=DEFAULT_METHODS,
-           steps: int = 15, several_stores: bool = False) -> argparse.ArgumentParser:
+           steps: int = DEFAULT_STEPS, several_stores: bool = False) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--store", type=Path, nargs="+" if several_stores else None,
                    help="draw from existing store(s) (no model is built); "

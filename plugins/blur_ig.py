@@ -32,6 +32,7 @@ import functools
 import torch
 
 import uni_lab
+from uni_lab.defaults import DEFAULT_STEPS
 from uni_lab.engine import check_input, check_rule, fixed_path, integrate, path_chunk
 from uni_lab.errors import InputError
 from uni_lab.ops import gaussian_blur
@@ -47,7 +48,7 @@ def blur_path(x, baseline, alphas, *, sigma_max: float = 20.0):
 
 
 @uni_lab.explainer("blur_ig")
-def blur_ig(model, x, target, seeds=None, *, sigma_max: float = 20.0, steps: int = 15, rule: str = "right",
+def blur_ig(model, x, target, seeds=None, *, sigma_max: float = 20.0, steps: int = DEFAULT_STEPS, rule: str = "right",
             blur: str = "reflect3", derivative: str = "difference", grad_step: float = 0.01,
             output: str = "prob", internal_batch_size: int | None = None):
     """BlurIG: integrate gradients along the path from the sigma_max-blurred image to the image."""

@@ -33,6 +33,7 @@ import math
 import torch
 
 import uni_lab
+from uni_lab.defaults import DEFAULT_STEPS
 from uni_lab.engine import DEFAULT_INTERNAL_BATCH, check_rule, integrate, resolve_baseline
 from uni_lab.errors import InputError
 
@@ -40,7 +41,7 @@ REL_TOL = 1e-9  # PAIR's closeness test for "this step's L1 target is reached"
 
 
 @uni_lab.explainer("guided_ig")
-def guided_ig(model, x, target, seeds=None, *, baseline="black", steps: int = 15, fraction: float = 0.1,
+def guided_ig(model, x, target, seeds=None, *, baseline="black", steps: int = DEFAULT_STEPS, fraction: float = 0.1,
               max_dist: float = 0.02, rule: str = "right", output: str = "prob",
               internal_batch_size: int | None = None):
     """Guided IG: an adaptive path that first moves the features with the smallest gradients."""

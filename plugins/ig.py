@@ -1,10 +1,11 @@
 """Integrated Gradients (Sundararajan et al. 2017) on the shared engine."""
 import uni_lab
+from uni_lab.defaults import DEFAULT_STEPS
 from uni_lab.engine import check_rule, fixed_path, integrate, path_chunk, resolve_baseline, straight_path
 
 
 @uni_lab.explainer("ig")
-def integrated_gradients(model, x, target, seeds=None, *, baseline="black", steps: int = 15, rule: str = "right",
+def integrated_gradients(model, x, target, seeds=None, *, baseline="black", steps: int = DEFAULT_STEPS, rule: str = "right",
                          output: str = "prob", internal_batch_size: int | None = None):
     """Integrated Gradients: straight path from a baseline, right (or left) Riemann sum with B steps."""
     check_rule(rule)

@@ -18,6 +18,7 @@ from torch.func import functional_call, grad, vmap
 
 import uni_lab
 from uni_lab.accel import activation_bytes, fit_batch
+from uni_lab.defaults import DEFAULT_STEPS
 from uni_lab.errors import InputError
 from uni_lab.fastview import fast_view
 from uni_lab.persample import dense, per_image_forward, per_sample_grads
@@ -176,7 +177,12 @@ def restart_seeds(seeds, r: int):
     return repeat_seeds(seeds, "uni:restart", r)
 
 
-@uni_lab.baseline("uni")
+def _check_uni_baseline(*, eta=1.0, eps=0.025, pgd_steps=10, step_size=0.005, norm="l2", start="zero",
+                        step_rule="auto", kl_tol=0.0, unlearn_chunk=None) -> None:
+    _check_uni_params(norm, eps, step_size, pgd_steps, unlearn_chunk, start, step_rule, kl_tol)
+
+
+@uni_lab.baseline("uni", check=_check_uni_baseline)
 def uni_baseline(x, model, target, seeds=None, *, eta: float = 1.0, eps: float = 0.025, pgd_steps: int = 10,
                  step_size: float = 0.005, norm: str = "l2", start: str = "zero", step_rule: str = "auto",
                  kl_tol: float = 0.0, unlearn_chunk: int | None = None):
@@ -229,12 +235,16 @@ def _check_uni_params(norm, eps, step_size, pgd_steps, unlearn_chunk, start="uni
         raise InputError("uni.unlearn_chunk must be a positive number of images, or None to fit the memory budget.")
 
 
-@uni_lab.explainer("uni")
-def uni(model, x, target, seeds=None, *, baseline="uni", steps: int = 15, restarts: int = 1, output: str = "prob",
-        internal_batch_size: int | None = None):
-    """UNI: Integrated Gradients from the unlearned baseline, averaged over `restarts` seeded PGD starts."""
+def _check_uni(*, restarts=1, **_):
     if int(restarts) < 1:
         raise InputError(f"uni.restarts must be a positive number of PGD starts, got {restarts}.")
+
+
+@uni_lab.explainer("uni", check=_check_uni)
+def uni(model, x, target, seeds=None, *, baseline="uni", steps: int = DEFAULT_STEPS, restarts: int = 1, output: str = "prob",
+        internal_batch_size: int | None = None):
+    """UNI: Integrated Gradients from the unlearned baseline, averaged over `restarts` seeded PGD starts."""
+    _check_uni(restarts=restarts)
     n = x.shape[0]
     parts = []
     for r in range(int(restarts)):

@@ -121,6 +121,11 @@ def not_a_store(tmp: Path) -> list[str]:
     return ["--images", str(good_folder(tmp))]
 
 
+def out_is_file(tmp: Path) -> list[str]:
+    (tmp / "s.zarr").write_text("a file where the store should go")
+    return ["--images", str(good_folder(tmp))]
+
+
 def unwritable_parent(tmp: Path) -> list[str]:
     (tmp / "afile").write_text("a file, not a folder")
     return ["--images", str(good_folder(tmp)), "--out", str(tmp / "afile" / "s.zarr")]
@@ -161,7 +166,23 @@ CASES = [
     Case("weights file that is not a state dict", junk_weights, r"could not be read as a PyTorch state dict"),
     Case("steps zero", good_then("--steps", "0"), r"--steps must be at least 1"),
     Case("bad --shard", good_then("--shard", "2/2"), r"--shard 2/2: need 0 <= I < N"),
-    Case("unwritable output path", unwritable_parent, r"cannot write the store at .*choose a writable --out"),
+    Case("output path under a file", unwritable_parent, r"--out '.*afile/s\.zarr' lies under a file, not a folder"),
+    Case("output path that is a file", out_is_file, r"--out '.*s\.zarr' is a file, not a store folder"),
+    Case("unknown device", good_then("--device", "tpu9"), r"unknown device 'tpu9'; use cpu, cuda or cuda:N"),
+    Case("--set value of the wrong type", good_then("--set", "ig.steps=abc"), r"ig\.steps must be an int, got 'abc'"),
+    Case("--set float parameter given text", good_then("--methods", "uni", "--set", "uni.eps=abc"),
+         r"uni\.eps must be a float, got 'abc'"),
+    Case("--set NaN", good_then("--methods", "uni", "--set", "uni.eps=nan"), r"uni\.eps must be a float, got 'nan'"),
+    Case("--set value out of range", good_then("--methods", "uni", "--set", "uni.eps=-1"), r"uni needs eps > 0"),
+    Case("--set choice not offered", good_then("--set", "ig.rule=mid"), r"rule must be one of \('right', 'left'\)"),
+    Case("unknown metric", good_then("--metrics", "nosuchmetric"), r"unknown metric 'nosuchmetric'\. Available metrics:"),
+    Case("metric parameter of the wrong type", good_then("--metrics", "deletion", "--set", "deletion.n_steps=many"),
+         r"deletion\.n_steps must be an int, got 'many'"),
+    Case("unknown attack", good_then("--attacks", "nosuch"), r"unknown attack 'nosuch'"),
+    Case("severity out of range", good_then("--corruptions", "brightness", "--severities", "9"),
+         r"severities must be among \(1, 2, 3, 4, 5\), got \[9\]"),
+    Case("severity that is not a number", good_then("--corruptions", "brightness", "--severities", "1,high"),
+         r"severities must be integers"),
     Case("store of another configuration (seed)", store_then("--seed", "7"), r"differs in: seed\)\. Use --overwrite"),
     Case("store of another configuration (steps)", store_then("--steps", "3"), r"differs in: methods\.ig:black\.params\.steps"),
     Case("folder that is not a store", not_a_store, r"exists and is not a uni_lab store"),

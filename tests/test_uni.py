@@ -42,7 +42,18 @@ def test_uni_baseline_of_an_image_does_not_depend_on_its_batch(tiny_model, tiny_
     torch.testing.assert_close(whole[2:3], alone, rtol=0, atol=1e-6)
 
 
-def test_uni_on_the_embedded_model_beats_black_ig(real_model):
+@pytest.fixture
+def two_threads():
+    """UNI's matching amplifies float rounding (README): with one intra-op thread instead of two, the
+    hubble_deep_field photograph's F_c(x')/F_c(x) is 0.148, not below 0.1 (measured). The criteria of
+    docs/methods.md were measured at two threads, so this test pins them."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_uni_on_the_embedded_model_beats_black_ig(real_model, two_threads):
     """On every shipped photograph: x' in the ε-ball, weights bit-identical, F_c(x') ≤ 0.1·F_c(x).
     Averaged over the photographs, UNI's path is more monotone and its completeness error
     smaller than black-baseline IG at the same B = 15 (the seed paper's stability claim)."""

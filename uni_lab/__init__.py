@@ -2,18 +2,35 @@
 
 The public surface: the plugin decorators (``baseline``, ``path``, ``explainer``, ``attack``,
 ``metric``, ``model``), ``create``/``get``/``list_plugins`` to use what is registered,
-``create_model``/``wrap`` for classifiers in pixel space, and ``run`` for whole stores.
+``create_model``/``wrap`` for classifiers in pixel space, ``run`` for whole stores and
+``open_store`` to read one (``ds.uni`` is registered on import).
 """
+from . import accessor  # noqa: F401  registers the ``ds.uni`` accessor on every xarray Dataset
 from .errors import InputError, PluginError, StoreError, UniLabError
-from .explanation import Explanation
 from .hookspecs import hookimpl
-from .models import Classifier, create_model, wrap
 from .registry import attack, baseline, create, explainer, get, list_plugins, metric, model, path, registry
 
 __version__ = "0.1.0"
 
+# Torch-backed names load on first use, so `import uni_lab` (and every `uni-lab` command's
+# argument parsing) does not pay for importing torch.
+_LAZY = {"Explanation": "explanation", "Classifier": "models", "create_model": "models", "wrap": "models",
+         "open_store": "store"}
 
-def explain(method: str, model, x, target=None, seeds=None, **params) -> Explanation:
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'uni_lab' has no attribute '{name}'")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))
+
+
+def explain(method: str, model, x, target=None, seeds=None, **params) -> "Explanation":
     """Run one method (``"ig:black"``, ``"uni"``, ...) on a pixel-space batch; see :mod:`uni_lab.methods`."""
     from .methods import explain as _explain
 

@@ -39,6 +39,7 @@ import torch
 
 from .accel import accelerate
 from .data import load_images
+from .defaults import BENCH
 from .engine import DEFAULT_INTERNAL_BATCH, score_and_grad
 from .errors import InputError
 from .fastview import fast_view
@@ -49,8 +50,7 @@ from .seeding import image_seed
 
 # The defaults run in a few minutes on 2 CPU cores: 64×64 inputs keep EfficientNet-Lite0's
 # passes short; batch 16 is where the batched-vs-naive goal is stated.
-DEFAULTS = {"model": "efficientnet_lite0", "batch_size": 16, "size": 64, "steps": 15, "pgd_steps": 10,
-            "reps": 4, "method_batch": 4}
+DEFAULTS = BENCH
 GOALS = {"uni_vs_floor": ("<=", 1.15), "uni_batched_vs_naive": (">=", 1.0), "ig_vs_captum": ("<=", 1.0),
          "store_share": ("<=", 0.05)}
 # On a CUDA device single-image passes leave most of it idle, so batching must pay more.

@@ -17,7 +17,7 @@ import numpy as np
 import xarray as xr
 
 from .errors import StoreError
-from .store import SCHEMA_VERSION, Store, config_of, skeleton
+from .store import SCHEMA_VERSION, Store, config_of, evaluation_lock, skeleton
 
 ITEM = ("model", "method", "image")
 IMAGE = ("model", "image")
@@ -111,6 +111,7 @@ class Report:
     problems: list = field(default_factory=list)  # schema
     stray: list = field(default_factory=list)  # temporary files of interrupted writes
     repaired: tuple = (0, 0)  # items, images
+    rebuilt: list = field(default_factory=list)  # metadata files rewritten from their other copy
 
     @property
     def consistent(self) -> bool:
@@ -134,6 +135,8 @@ class Report:
         listing("missing items", self.missing)
         listing("partial items (not done; the next run rewrites them)", self.partial)
         listing("temporary files left by interrupted writes", self.stray)
+        if self.rebuilt:
+            lines.append(f"rebuilt damaged metadata: {', '.join(self.rebuilt)}")
         if any(self.repaired):
             lines.append(f"repaired: {self.repaired[0]} items and all items of {self.repaired[1]} images marked "
                          "not done; rerun the same command to recompute them")
@@ -181,13 +184,56 @@ def _compute(var: xr.DataArray, raw: xr.DataArray, fn, name: str, report: Report
     return out
 
 
+def _json_ok(path: Path) -> bool:
+    try:
+        json.loads(path.read_text())
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def repair_metadata(path: str | Path) -> list[str]:
+    """Rebuild damaged metadata files of a format-2 store from their other copy.
+
+    Every ``.zgroup``/``.zattrs``/``.zarray`` is kept twice: in its own file and in the consolidated
+    ``.zmetadata``. A damaged own file is rewritten from ``.zmetadata``; a damaged ``.zmetadata`` is
+    consolidated anew from the own files. Returns the files rewritten; raises where both copies of
+    one entry are gone (then the store cannot be saved)."""
+    import zarr
+
+    root = Path(path)
+    consolidated = root / ".zmetadata"
+    entries = json.loads(consolidated.read_text())["metadata"] if _json_ok(consolidated) else None
+    rebuilt = []
+    if entries is not None:
+        for key, meta in entries.items():
+            own = root / key
+            if not _json_ok(own):
+                own.write_text(json.dumps(meta, indent=2))
+                rebuilt.append(key)
+    names = [p for p in root.rglob(".z*") if p.name in (".zgroup", ".zattrs", ".zarray")]
+    broken = [str(p.relative_to(root)) for p in names if not _json_ok(p)]
+    if broken:
+        raise StoreError(f"store '{root}': metadata {broken[:5]} is damaged and has no intact copy; rerun its "
+                         "`uni-lab run` with --overwrite.")
+    if entries is None:
+        zarr.consolidate_metadata(str(root), zarr_format=2)
+        rebuilt.append(".zmetadata")
+    return rebuilt
+
+
 def check_store(path: str | Path, repair: bool = False) -> Report:
-    """Check the store at ``path``; with ``repair``, mark broken items not done and drop temp files."""
+    """Check the store at ``path``; with ``repair``, rebuild damaged metadata, mark broken items not done
+    and drop temp files."""
     store = Store(path)
     if not store.exists():
         raise StoreError(f"'{path}' is not a zarr store (no .zgroup); pass the --out of a run.")
+    rebuilt = []
+    if repair:
+        with evaluation_lock(store):  # no run or evaluation may write while metadata is rebuilt
+            rebuilt = repair_metadata(store.path)
     ds = store.open()
-    report = Report(Path(path), problems=schema_problems(ds))
+    report = Report(Path(path), problems=schema_problems(ds), rebuilt=rebuilt)
     report.stray = sorted(str(p.relative_to(store.path)) for p in store.path.rglob("*.partial"))
     if any("missing" in p or "dims" in p for p in report.problems) or "done" not in ds:
         return report
@@ -239,9 +285,10 @@ def _finish(store: Store, report: Report, repair: bool) -> Report:
     items, images = set(), set()
     for _, item in report.nonfinite + report.unreadable:
         (items if len(item) == 3 else images).add(item)
-    store.reset(items=sorted(items), images=sorted(images))
-    for rel in report.stray:
-        (store.path / rel).unlink(missing_ok=True)
+    with evaluation_lock(store):
+        store.reset(items=sorted(items), images=sorted(images))
+        for rel in report.stray:
+            (store.path / rel).unlink(missing_ok=True)
     report.repaired = (len(items), len(images))
     report.nonfinite, report.unreadable, report.stray = [], [], []
     return report

@@ -142,17 +142,24 @@ def straight_path(x: torch.Tensor, baseline: torch.Tensor, alphas: torch.Tensor)
 
 
 def resolve_baseline(baseline, x, model, target, seeds=None) -> torch.Tensor:
-    """``x'`` from a tensor, a registered baseline name, or a baseline callable."""
+    """``x'`` from a tensor, a registered baseline name, or a baseline callable; a plugin that returns
+    the wrong shape or non-finite values is named (the inputs were checked already)."""
     if torch.is_tensor(baseline):
-        xb = baseline.to(x).expand_as(x)
+        xb, who = baseline.to(x).expand_as(x), "the baseline tensor"
     else:
         if isinstance(baseline, str):
             from .registry import get
             baseline = get("baseline", baseline)
+        who = f"baseline '{getattr(baseline, 'plugin_name', None) or getattr(baseline, 'name', None) or getattr(baseline, '__name__', '?')}'"
         xb = baseline(x, model, target, seeds=seeds)
-    if xb.shape != x.shape:
-        raise InputError(f"the baseline has shape {tuple(xb.shape)}, the input {tuple(x.shape)}; they must match.")
-    return check_input(xb.detach(), "baseline")
+    if not torch.is_tensor(xb) or xb.shape != x.shape:
+        raise InputError(f"{who} returned {tuple(xb.shape) if torch.is_tensor(xb) else type(xb).__name__} for inputs "
+                         f"{tuple(x.shape)}; a baseline must return a tensor of the input's shape (fix the plugin).")
+    if not torch.isfinite(xb).all():
+        bad = (~torch.isfinite(xb)).flatten(1).any(1).nonzero().flatten().tolist()
+        raise InputError(f"{who} returned NaN or Inf values (images at batch positions {bad}) for finite inputs; "
+                         "fix the plugin.")
+    return xb.detach()
 
 
 def check_input(x: torch.Tensor, name: str = "input") -> torch.Tensor:

@@ -39,6 +39,7 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from . import fastview
+from .defaults import DEFAULT_BATCH, PERTURBED_METRICS, SEVERITIES
 from .errors import InputError, PluginError, StoreError, UniLabError
 from .explanation import TRACE_KEYS, Explanation
 from .methods import NON_SEMANTIC, Method, parse_sets, route_params
@@ -48,8 +49,6 @@ from .seeding import image_seed
 from .store import (LABEL_DIMS, Store, _diff, add_variables, config_of, drop_variables, evaluation_lock, open_lazy,
                     update_attrs, write_region)
 
-SEVERITIES = (1, 2, 3, 4, 5)
-PERTURBED_METRICS = ("robustness", "bias")
 ITEM = ("model", "method", "image")
 MAP = ("channel", "y", "x")
 PROB_TOLERANCE = 1e-3  # reloaded vs stored F_c(x): device and batch-order noise, far below a different model
@@ -154,15 +153,31 @@ def load_model(name: str, described: dict, given: dict) -> Classifier:
 
 def _verify_model(clf, ds: xr.Dataset, name: str, ids, dev, batch_size: int) -> None:
     """The reloaded model must reproduce the stored classes and F_c(x): evaluation of another
-    model's maps would be meaningless and silent."""
-    sub = ds[["input", "target", "prob_input"]].sel(model=name, image=list(ids)).load()
-    x = torch.from_numpy(sub["input"].values).float()
-    with torch.no_grad():
-        logits = torch.cat([clf(x[s:s + batch_size].to(dev)).float().cpu() for s in range(0, len(x), batch_size)])
-    target = torch.from_numpy(sub["target"].values).long()
-    prob = logits.softmax(-1).gather(1, target.view(-1, 1)).squeeze(1).double().numpy()
-    bad = [i for i, ok in zip(ids, (logits.argmax(-1) == target).numpy() & (np.abs(prob - sub["prob_input"].values)
-                                                                           <= PROB_TOLERANCE)) if not ok]
+    model's maps would be meaningless and silent. The stored inputs are checked first, so a
+    missing or damaged input chunk is named as such, not blamed on the model. Batch by batch:
+    a store of any size is never loaded whole."""
+    ids = list(ids)
+    bad, missing = [], []
+    for s in range(0, len(ids), batch_size):
+        part = ids[s:s + batch_size]
+        try:
+            sub = ds[["input", "target", "prob_input"]].sel(model=name, image=part).load()
+        except Exception as exc:  # a damaged chunk surfaces as a codec or zarr error
+            raise StoreError(f"store '{ds.encoding.get('source', '')}': the stored inputs of images {part} cannot be "
+                             f"read ({exc.__class__.__name__}); run `uni-lab check --repair` on it, then rerun "
+                             "`uni-lab run` to rewrite them.") from exc
+        x = torch.from_numpy(sub["input"].values).float()
+        finite = torch.isfinite(x).flatten(1).all(1).numpy()
+        missing += [i for i, ok in zip(part, finite) if not ok]
+        with torch.no_grad():
+            logits = clf(x.to(dev)).float().cpu()
+        target = torch.from_numpy(sub["target"].values).long()
+        prob = logits.softmax(-1).gather(1, target.view(-1, 1)).squeeze(1).double().numpy()
+        ok = (logits.argmax(-1) == target).numpy() & (np.abs(prob - sub["prob_input"].values) <= PROB_TOLERANCE)
+        bad += [i for i, good, fin in zip(part, ok, finite) if fin and not good]
+    if missing:
+        raise StoreError(f"the stored input of images {missing[:5]} (model '{name}') is missing or damaged; run "
+                         "`uni-lab check --repair` on the store, then rerun its `uni-lab run` command to rewrite it.")
     if bad:
         raise StoreError(f"model '{name}' as reloaded does not reproduce the stored predictions for images {bad}; "
                          "evaluate with the model the store was made with (uni_lab.evaluate(..., models=[clf])).")
@@ -191,7 +206,7 @@ def _params(plugin: Plugin, routed: dict, output: str) -> dict:
     params = plugin.resolved_params(routed.get((plugin.kind, plugin.name), {}))
     if "output" in plugin.params and "output" not in routed.get((plugin.kind, plugin.name), {}):
         params["output"] = output  # metrics and attacks explain the same F_c as the stored maps
-    return params
+    return plugin.validate(params)
 
 
 def _semantic(params: dict) -> dict:
@@ -201,7 +216,7 @@ def _semantic(params: dict) -> dict:
 
 def evaluate(store, metrics=(), attacks=(), corruptions=(), *, severities=SEVERITIES,
              perturbed_metrics=PERTURBED_METRICS, sets=None, models=None, methods=None, images=None,
-             batch_size: int = 8, device: str | None = None, recompute: bool = False,
+             batch_size: int = DEFAULT_BATCH, device: str | None = None, recompute: bool = False,
              progress: bool = True) -> EvalResult:
     """Compute ``metrics`` on the stored maps and ``perturbed_metrics`` on ``attacks``/``corruptions``.
 
@@ -224,20 +239,45 @@ def evaluate(store, metrics=(), attacks=(), corruptions=(), *, severities=SEVERI
                              methods, images, batch_size, device, recompute, progress)
 
 
-def _evaluate(st, ds, metrics, attacks, corruptions, severities, perturbed_metrics, sets, models, methods, images,
-              batch_size, device, recompute, progress) -> EvalResult:
-    config = config_of(ds)
+@dataclass
+class Plan:
+    """What an evaluation computes: plugins and their parameters, validated before any work."""
+
+    metrics: list
+    attacks: list
+    corruptions: list
+    perturbed: list
+    severities: list
+    params: dict  # (kind, name) -> resolved parameters
+
+
+def plan(metrics=(), attacks=(), corruptions=(), *, severities=SEVERITIES, perturbed_metrics=PERTURBED_METRICS,
+         sets=None, output: str = "prob") -> Plan:
+    """Resolve names and parameters (types and the plugins' own checks); raises before anything is computed,
+    so ``uni-lab run --metrics ...`` can refuse a typo before its run starts."""
     sets = parse_sets(sets) if isinstance(sets, (list, tuple)) else dict(sets or {})
     routed = route_params(sets)
-    output = config.get("output", "prob")
     metric_ps = _names("metric", metrics)
     attack_ps, corruption_ps = _names("attack", attacks, False), _names("attack", corruptions, True)
     perturbed_ps = _names("metric", perturbed_metrics) if (attack_ps or corruption_ps) else []
-    severities = [int(s) for s in severities]
-    if not set(severities) <= set(SEVERITIES):
+    try:
+        severities = sorted({int(s) for s in severities})
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"severities must be integers among {SEVERITIES}, got {severities!r}.") from exc
+    if not set(severities) <= set(SEVERITIES) or (corruption_ps and not severities):
         raise InputError(f"severities must be among {SEVERITIES}, got {severities}.")
     params = {("metric", p.name): _params(p, routed, output) for p in metric_ps + perturbed_ps}
     params.update({("attack", p.name): _params(p, routed, output) for p in attack_ps + corruption_ps})
+    return Plan(metric_ps, attack_ps, corruption_ps, perturbed_ps, severities, params)
+
+
+def _evaluate(st, ds, metrics, attacks, corruptions, severities, perturbed_metrics, sets, models, methods, images,
+              batch_size, device, recompute, progress) -> EvalResult:
+    config = config_of(ds)
+    todo = plan(metrics, attacks, corruptions, severities=severities, perturbed_metrics=perturbed_metrics, sets=sets,
+                output=config.get("output", "prob"))
+    metric_ps, attack_ps, corruption_ps, perturbed_ps = todo.metrics, todo.attacks, todo.corruptions, todo.perturbed
+    severities, params = todo.severities, todo.params
     _check_params(st, ds, params, recompute)
 
     given = {c.name: c for c in (models if isinstance(models, (list, tuple)) else [models] if models else [])}
@@ -247,7 +287,7 @@ def _evaluate(st, ds, metrics, attacks, corruptions, severities, perturbed_metri
     ids = _subset("image", [str(i) for i in ds.image.values], images)
     seeds = {i: image_seed(config.get("seed", 0), i) for i in ids}
     coords = {"attack": [p.name for p in attack_ps], "corruption": [p.name for p in corruption_ps],
-              "severity": list(SEVERITIES)}
+              "severity": severities}  # only the asked ones: a later evaluation grows the dim
     job = _Job(st, params, dev, coords)
     for model_name in [str(m) for m in ds.model.values]:
         clf = load_model(model_name, config["models"][model_name], given).to(dev)

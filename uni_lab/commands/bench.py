@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import sys
 
-from ..bench import DEFAULTS
+from ..defaults import BENCH as DEFAULTS
 
 NAME = "bench"
 HELP = ("Time UNI against its (1+T+B) plain passes and against per-image UNI, IG against Captum, the store's "
@@ -34,14 +34,14 @@ def add_arguments(p):
 
 def main(args) -> int:
     from ..bench import bench, format_table
-    from .run import _split_methods
+    from ._shared import split_methods
 
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     say = None if args.quiet else (lambda msg: print(f"[bench] {msg}", file=sys.stderr, flush=True))
-    methods = [m.strip() for m in _split_methods(args.methods)] if args.methods else None
+    methods = [m.strip() for m in split_methods(args.methods)] if args.methods else None
     res = bench(args.model, weights=args.weights, batch_size=args.batch_size, size=args.size, device=args.device,
                 steps=args.steps, pgd_steps=args.pgd_steps, reps=args.reps, methods=methods,
                 method_batch=args.method_batch, precision=args.precision, channels_last=args.channels_last,

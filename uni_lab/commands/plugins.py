@@ -14,7 +14,7 @@ def add_arguments(p):
 
 def main(args) -> int:
     from ..registry import REQUIRED, list_plugins
-    from .run import import_plugins
+    from ._shared import import_plugins
 
     import_plugins(args.plugins)
     kind = None

@@ -1,32 +1,27 @@
 """``uni-lab run``: explain images with methods and write a store."""
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
-from pathlib import Path
-
-from ..errors import PluginError
-from ..runner import DEFAULT_METHODS, DEFAULT_OUT
-from .evaluate import add_evaluation_arguments, evaluate_from_args
+from ..defaults import DEFAULT_BATCH, DEFAULT_METHODS, DEFAULT_MODEL, DEFAULT_OUT, DEFAULT_STEPS
+from ._shared import add_evaluation_arguments, evaluate_from_args, import_plugins, names, plan_from_args, split_methods
 
 NAME = "run"
 HELP = "Explain images with methods on a model and write a labelled zarr store."
 
 
 def add_arguments(p):
-    p.add_argument("--model", default="efficientnet_lite0",
+    p.add_argument("--model", default=DEFAULT_MODEL,
                    help="registered model, torchvision or timm name (tv:NAME / timm:NAME to disambiguate); "
                         "comma list for several (default: efficientnet_lite0, embedded ImageNet weights)")
     p.add_argument("--weights", help="local state-dict file for --model, or 'random' for untrained weights")
-    p.add_argument("--images", nargs="+", help="scikit-image photograph names, image files or folders "
-                                               "(default: the eight photographs in scikit-image)")
+    p.add_argument("--images", nargs="+", help="scikit-image photograph names, image files or folders, space- or "
+                                               "comma-separated (default: the eight photographs in scikit-image)")
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                    help="comma list of method specs, e.g. uni,ig:black,ig:blur (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=15, help="Riemann steps B for every path method (default: 15)")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS,
+                   help="Riemann steps B for every path method (default: %(default)s)")
     p.add_argument("--output", choices=("prob", "logit"), default="prob",
                    help="explain the softmax probability of the class (default) or its logit")
-    p.add_argument("--batch-size", type=int, default=8, help="images per batch (default: 8)")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help="images per batch (default: %(default)s)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
     p.add_argument("--seed", type=int, default=0, help="run seed; each image draws from a seed derived from it")
     p.add_argument("--out", default=DEFAULT_OUT, help="store path (default: %(default)s)")
@@ -48,38 +43,17 @@ def add_arguments(p):
     add_evaluation_arguments(p)  # --metrics/--attacks/--corruptions: `uni-lab evaluate` on the new store
 
 
-def import_plugins(items) -> None:
-    """Import user plugin modules (dotted names or .py files) so their decorators run."""
-    for item in items:
-        path = Path(item)
-        if path.suffix == ".py":
-            if not path.is_file():
-                raise PluginError(f"plugin file '{item}' does not exist.")
-            spec = importlib.util.spec_from_file_location(f"uni_lab_user_{path.stem}", path)
-            mod = importlib.util.module_from_spec(spec)
-            sys.modules[spec.name] = mod
-            try:
-                spec.loader.exec_module(mod)
-            except PluginError:
-                raise
-            except Exception as exc:  # name the file, not just a traceback from inside it
-                raise PluginError(f"plugin file '{item}' failed to import ({exc.__class__.__name__}: {exc}); "
-                                  "fix it or drop --plugins.") from exc
-        else:
-            try:
-                importlib.import_module(item)
-            except ImportError as exc:
-                raise PluginError(f"cannot import plugin module '{item}': {exc}") from exc
-
-
 def main(args) -> int:
     from ..runner import run
     from ..summary import format_table
 
     import_plugins(args.plugins)
+    evaluating = bool(args.metrics or args.attacks or args.corruptions)
+    if evaluating:  # a typo in a metric name must not cost the whole run first
+        plan_from_args(args, args.output)
     models = [m.strip() for m in args.model.split(",") if m.strip()]
-    methods = [m.strip() for m in _split_methods(args.methods)]
-    result = run(models=models, images=args.images, methods=methods, steps=args.steps, batch_size=args.batch_size,
+    methods = [m.strip() for m in split_methods(args.methods)]
+    result = run(models=models, images=names(args.images) or None, methods=methods, steps=args.steps, batch_size=args.batch_size,
                  device=args.device, seed=args.seed, out=args.out, sets=args.sets, weights=args.weights,
                  output=args.output, resize=args.resize, overwrite=args.overwrite, progress=not args.no_progress,
                  shard=args.shard, precision=args.precision, channels_last=args.channels_last,
@@ -89,22 +63,9 @@ def main(args) -> int:
     print(f"store: {result.path} ({result.computed} items computed, {result.skipped} already done{where})")
     if result.summary is not None:
         print(format_table(result.summary))
-    if args.metrics or args.attacks or args.corruptions:
+    if evaluating:
         if getattr(result, "shard", (0, 1))[1] > 1:  # shards would evaluate one store several times over
             print(f"metrics skipped in a sharded run: run `uni-lab evaluate {result.path}` once all shards are done.")
         else:
             evaluate_from_args(result.path, args, progress=not args.no_progress)
     return 0
-
-
-def _split_methods(text: str) -> list[str]:
-    """Split on commas outside parentheses: ``smoothgrad(ig:black),uni``."""
-    out, depth, cur = [], 0, ""
-    for ch in text:
-        depth += (ch == "(") - (ch == ")")
-        if ch == "," and depth == 0:
-            out.append(cur)
-            cur = ""
-        else:
-            cur += ch
-    return [m for m in out + [cur] if m.strip()]

@@ -1,0 +1,104 @@
+"""What several commands share: the evaluation flags, plugin imports, list arguments.
+
+Its own module so that no command imports another (the CLI discovers commands by module; names
+starting with ``_`` are not commands).
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+
+from ..defaults import PERTURBED_METRICS, SEVERITIES
+from ..errors import PluginError
+
+
+def add_evaluation_arguments(p) -> None:
+    """The flags ``uni-lab run`` shares with ``uni-lab evaluate``."""
+    p.add_argument("--metrics", default="", help="comma list of metrics, or 'all' (see `uni-lab plugins --kind metric`)")
+    p.add_argument("--attacks", default="", help="comma list of attacks (fgsm_attribution, random_noise), or 'all'")
+    p.add_argument("--corruptions", default="",
+                   help="comma list of ImageNet-C corruptions (brightness, saturate, gaussian_blur, defocus_blur, "
+                        "gaussian_noise, shot_noise), or 'all'")
+    p.add_argument("--severities", default=",".join(map(str, SEVERITIES)),
+                   help="corruption severities to sweep (default: %(default)s)")
+    p.add_argument("--perturbed-metrics", default=",".join(PERTURBED_METRICS),
+                   help="metrics computed on attacked and corrupted inputs (default: %(default)s)")
+
+
+def _severities(args) -> list[str]:
+    return [s.strip() for s in args.severities.split(",") if s.strip()]
+
+
+def plan_from_args(args, output: str = "prob"):
+    """Validate the shared flags (names, parameter types and values) without a store: `uni-lab run`
+    calls it before computing anything."""
+    from ..evaluate import plan
+
+    return plan(args.metrics, args.attacks, args.corruptions, severities=_severities(args),
+                perturbed_metrics=args.perturbed_metrics, sets=args.sets, output=output)
+
+
+def evaluate_from_args(store, args, progress: bool = True):
+    """Run :func:`uni_lab.evaluate.evaluate` with the shared flags; print and return its table."""
+    from ..evaluate import evaluate
+
+    result = evaluate(store, metrics=args.metrics, attacks=args.attacks, corruptions=args.corruptions,
+                      severities=_severities(args),
+                      perturbed_metrics=args.perturbed_metrics, sets=args.sets,
+                      methods=getattr(args, "methods_subset", None), images=getattr(args, "images_subset", None),
+                      batch_size=args.batch_size, device=args.device, recompute=getattr(args, "recompute", False),
+                      progress=progress)
+    table = result.table
+    if table.empty:
+        print("(no evaluated items)")
+    else:  # metrics down, methods across: dozens of metric columns do not fit a terminal's width
+        print(table.set_index(["model", "method"]).T.to_string(float_format=lambda v: f"{v:.4g}"))
+    return result
+
+
+def import_plugins(items) -> None:
+    """Import user plugin modules (dotted names or .py files) so their decorators run."""
+    for item in items:
+        path = Path(item)
+        if path.suffix == ".py":
+            if not path.is_file():
+                raise PluginError(f"plugin file '{item}' does not exist.")
+            spec = importlib.util.spec_from_file_location(f"uni_lab_user_{path.stem}", path)
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = mod
+            try:
+                spec.loader.exec_module(mod)
+            except PluginError:
+                raise
+            except Exception as exc:  # name the file, not just a traceback from inside it
+                raise PluginError(f"plugin file '{item}' failed to import ({exc.__class__.__name__}: {exc}); "
+                                  "fix it or drop --plugins.") from exc
+        else:
+            try:
+                importlib.import_module(item)
+            except ImportError as exc:
+                raise PluginError(f"cannot import plugin module '{item}': {exc}") from exc
+
+
+def names(values) -> list[str]:
+    """``--images a b`` and ``--images a,b`` alike; a token that is an existing path is kept whole
+    (a file name may hold a comma). Method specs split outside parentheses (:func:`split_methods`)."""
+    out = []
+    for value in values or []:
+        out += [value] if Path(value).exists() else [v.strip() for v in split_methods(value)]
+    return out
+
+
+def split_methods(text: str) -> list[str]:
+    """Split on commas outside parentheses: ``smoothgrad(ig:black),uni``."""
+    out, depth, cur = [], 0, ""
+    for ch in text:
+        depth += (ch == "(") - (ch == ")")
+        if ch == "," and depth == 0:
+            out.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return [m for m in out + [cur] if m.strip()]

@@ -1,0 +1,15 @@
+"""Defaults a user meets on the command line and in Python, each written once.
+
+Torch-free on purpose: the CLI builds its parser from these before importing anything heavy,
+so ``uni-lab --help`` and a mistyped flag answer at once.
+"""
+DEFAULT_MODEL = "efficientnet_lite0"
+DEFAULT_METHODS = ("uni", "ig:black", "ig:white", "ig:mean", "ig:uniform", "ig:gaussian", "ig:blur")
+DEFAULT_OUT = "runs/default.zarr"
+DEFAULT_STEPS = 15  # Riemann steps B of every path method (METHODS.md §8; docs/methods.md)
+DEFAULT_BATCH = 8  # images per batch of a run or an evaluation
+SEVERITIES = (1, 2, 3, 4, 5)  # ImageNet-C corruption severities
+PERTURBED_METRICS = ("robustness", "bias")  # metrics computed on attacked and corrupted inputs
+# `uni-lab bench`'s workload: a 64-px pass of 16 images through the default model
+BENCH = {"model": DEFAULT_MODEL, "batch_size": 16, "size": 64, "steps": DEFAULT_STEPS, "pgd_steps": 10, "reps": 4,
+         "method_batch": 4}
