@@ -28,9 +28,23 @@ DEFAULT_IMAGES = ("chelsea", "coffee")
 DEFAULT_METHODS = ("uni", "ig:black", "ig:blur", "blur_ig", "guided_ig")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Imports ``--plugins`` as soon as the arguments are parsed: a store made with a user's plugin is
+    computed, widened or evaluated with it."""
+
+    def parse_args(self, *args, **kwargs):
+        from uni_lab.commands._shared import import_plugins
+
+        parsed = super().parse_args(*args, **kwargs)
+        import_plugins(parsed.plugins)
+        return parsed
+
+
 def parser(description: str, store_name: str, *, images=DEFAULT_IMAGES, methods=DEFAULT_METHODS,
            steps: int = DEFAULT_STEPS, several_stores: bool = False) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
+    p = _Parser(description=description)
+    p.add_argument("--plugins", action="append", default=[], metavar="MODULE_OR_FILE",
+                   help="import a module or .py file that registers plugins first (repeatable)")
     p.add_argument("--store", type=Path, nargs="+" if several_stores else None,
                    help="draw from existing store(s) (no model is built); "
                    f"default: compute or reuse CACHE/{store_name}")
@@ -64,10 +78,13 @@ def parse(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
 
 
 def _rel(path: Path) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(REPO))
-    except ValueError:
-        return str(path)
+    # unresolved first: a runs/ folder that is a symlink still reads as runs/... in captions
+    for candidate in (Path(path).absolute(), Path(path).resolve()):
+        try:
+            return str(candidate.relative_to(REPO))
+        except ValueError:
+            continue
+    return str(path)
 
 
 def registered_methods(specs) -> tuple[list[str], list[str]]:
@@ -158,6 +175,36 @@ def config(ds: xr.Dataset) -> dict:
     return json.loads(ds.attrs.get("uni_lab_config", "{}"))
 
 
+def class_names(ds: xr.Dataset, model: str) -> list[str] | None:
+    """ImageNet-1k class names for a 1000-class ImageNet model of the store, else None (numbers).
+
+    A store records the model's description, not its head: a description with ``num_classes``
+    (or ``class_names``) says so itself; otherwise only the embedded EfficientNet-Lite models
+    with their embedded weights are known to be ImageNet-1k classifiers (plugins/models.py).
+    """
+    entry = config(ds).get("models", {}).get(model, {})
+    if entry.get("class_names"):
+        return list(entry["class_names"])
+    if "num_classes" in entry:
+        imagenet = entry["num_classes"] == 1000 and entry.get("weights") != "random"
+    else:
+        imagenet = (str(entry.get("name", model)).startswith("efficientnet_lite")
+                    and str(entry.get("weights", "")).startswith("efficientnet-lite"))
+    if not imagenet:
+        return None
+    from uni_lab.models import imagenet_class_names  # timm's bundled ImageNetInfo: no network
+
+    return imagenet_class_names()
+
+
+def class_label(names: list[str] | None, index: int) -> str:
+    """``class 1: goldfish``: the number and the first of the class's synonyms (the number alone
+    without names)."""
+    if names and 0 <= index < len(names):
+        return f"class {index}: {names[index].split(',')[0]}"
+    return f"class {index}"
+
+
 def done_methods(ds: xr.Dataset, model=None) -> list[str]:
     """Methods with at least one finished item (for ``model`` or any model)."""
     done = ds["done"] if model is None else ds["done"].sel(model=model)
@@ -239,7 +286,8 @@ def caption(ds: xr.Dataset, methods=None, extra: str = "", steps=None) -> str:
 
 
 def wrap(text: str, width: int = 150) -> str:
-    return "\n".join(textwrap.wrap(text, width))
+    """Wrapped to ``width``, each line of ``text`` on its own (notes stay separate lines)."""
+    return "\n".join(part for line in text.splitlines() for part in textwrap.wrap(line, width))
 
 
 def save_figure(fig, stem: str, out_dir: Path) -> list[Path]:

@@ -43,7 +43,13 @@ def rgb(pixels) -> np.ndarray:
     return np.clip(np.moveaxis(np.asarray(pixels, dtype=float), 0, -1), 0, 1)
 
 
-def magnitude(attribution, clip_percentile: float = 99.0) -> np.ndarray:
+# How show_map scales every map; the colour bar's label says it, so a reader knows 1 is not a shared unit.
+CLIP_PERCENTILE = 99.0
+MAP_CMAP = "magma"
+MAP_SCALE = f"channel-summed |A| ÷ that map's {CLIP_PERCENTILE:g}th percentile, clipped at 1"
+
+
+def magnitude(attribution, clip_percentile: float = CLIP_PERCENTILE) -> np.ndarray:
     """Sum of |A| over channels, scaled so the ``clip_percentile``-th pixel is 1 (the usual
     saliency rendering: a few extreme pixels would otherwise wash the map out)."""
     a = np.abs(np.asarray(attribution, dtype=float)).sum(0)
@@ -51,12 +57,52 @@ def magnitude(attribution, clip_percentile: float = 99.0) -> np.ndarray:
     return np.clip(a / top, 0, 1) if top > 0 else np.zeros_like(a)
 
 
-def show_map(ax, attribution, title: str | None = None) -> None:
-    ax.imshow(magnitude(attribution), cmap="magma", vmin=0, vmax=1, interpolation="nearest")
+def show_map(ax, attribution, title: str | None = None):
+    """Draw one map on the shared 0-1 scale; returns the image, for :func:`map_colorbar`."""
+    image = ax.imshow(magnitude(attribution), cmap=MAP_CMAP, vmin=0, vmax=1, interpolation="nearest")
     ax.set_xticks([]), ax.set_yticks([])
     ax.grid(False)
     if title:
         ax.set_title(title)
+    return image
+
+
+def _right_of(fig, axes, pad_in: float = 0.12) -> tuple[float, float, float]:
+    """Figure coordinates just right of the union of ``axes``: (x, y0, y1). Call once the layout
+    is final (after tight_layout): the positions are read, not predicted."""
+    boxes = [ax.get_position() for ax in np.ravel(axes) if ax is not None]
+    return (max(b.x1 for b in boxes) + pad_in / fig.get_figwidth(), min(b.y0 for b in boxes),
+            max(b.y1 for b in boxes))
+
+
+def map_colorbar(fig, axes, image, fontsize: float = 8):
+    """One colour bar for the maps in ``axes`` (all drawn by show_map on the same 0-1 scale),
+    right of them, labelled with the normalisation, so no map's colours are left unexplained."""
+    import textwrap
+
+    x, y0, y1 = _right_of(fig, axes)
+    cax = fig.add_axes([x, y0, 0.12 / fig.get_figwidth(), y1 - y0])
+    bar = fig.colorbar(image, cax=cax)
+    bar.ax.tick_params(labelsize=fontsize)
+    # wrap the label to the bar's height (about 0.6 em per character)
+    chars = max(20, int((y1 - y0) * fig.get_figheight() * 72 / (0.6 * fontsize)))
+    bar.set_label("\n".join(textwrap.wrap(MAP_SCALE, chars)), fontsize=fontsize)
+    return bar
+
+
+def legend_outside(fig, axes, handles, labels, title: str | None = None, fontsize: float = 8):
+    """A figure legend right of ``axes`` (their union), where it covers no data."""
+    x, _, y1 = _right_of(fig, axes, pad_in=0.1)
+    return fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(x, y1), bbox_transform=fig.transFigure,
+                      title=title, fontsize=fontsize, title_fontsize=fontsize, borderaxespad=0.0)
+
+
+def take_legend(ax) -> tuple[list, list]:
+    """The handles and labels of the legend seaborn drew inside ``ax``, which is then removed."""
+    handles, labels = ax.get_legend_handles_labels()
+    if ax.get_legend() is not None:
+        ax.get_legend().remove()
+    return handles, labels
 
 
 def show_image(ax, pixels, title: str | None = None) -> None:

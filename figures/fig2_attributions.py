@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import sys
+import textwrap
 
 import _store_io as io
 import _style as style
@@ -23,18 +24,21 @@ def draw(ds, out_dir, stem="fig2_attributions"):
             io.missing(f"finished items for model {model}", "the store has none; run it to completion")
             continue
         dm = ds.sel(model=model)
+        names = io.class_names(ds, model)
+        mappable = None
         images = [str(i) for i in ds.image.values if bool(dm["done"].sel(image=i).any())]
         fig, axes = plt.subplots(len(images), len(methods) + 1, squeeze=False,
                                  figsize=(1.9 * (len(methods) + 1), 2.0 * len(images) + 0.6))
         for r, image in enumerate(images):
             di = dm.sel(image=image)
-            label = f"{image}\nclass {int(di['target'])}, F_c(x) = {float(di['prob_input']):.3f}"
+            label = "\n".join([image, *textwrap.wrap(io.class_label(names, int(di["target"])), 26),
+                                f"F_c(x) = {float(di['prob_input']):.3f}"])
             style.show_image(axes[r, 0], di["input"].values)
             axes[r, 0].set_ylabel(label, fontsize=8)
             for c, method in enumerate(methods, start=1):
                 item = io.sel_method(di, method)
                 if bool(item["done"]):
-                    style.show_map(axes[r, c], item["attribution"].values)
+                    mappable = style.show_map(axes[r, c], item["attribution"].values)
                 else:
                     style.blank(axes[r, c], "not computed")
                 if r == 0:
@@ -42,6 +46,8 @@ def draw(ds, out_dir, stem="fig2_attributions"):
         axes[0, 0].set_title("input")
         fig.suptitle(f"Attributions |A| (channel sum, 99th-percentile scale) · {model}", y=1.0)
         fig.tight_layout()
+        if mappable is not None:
+            style.map_colorbar(fig, axes[:, 1:], mappable)
         style.footer(fig, io.wrap(io.caption(ds.sel(model=[model]), methods), 170))
         suffix = "" if ds.sizes["model"] == 1 else f"_{model}"
         written += io.save_figure(fig, stem + suffix, out_dir)

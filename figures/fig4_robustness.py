@@ -88,6 +88,7 @@ def draw(ds, out_dir, image=None, stem="fig4_robustness"):
     text = io.caption(ds, methods, extra=" · ".join(p for p in (params, attack_params) if p))
 
     show_maps = "attack_attribution" in ds.data_vars and not long.empty
+    map_axes, mappable, bar_axes, handles = [], None, [], None
     fig = plt.figure(figsize=(max(2.0 * (len(methods) + 1), 11), (2.0 * (1 + len(attacks)) if show_maps else 0) + 3.6))
     grid = fig.add_gridspec(2 if show_maps else 1, 1, height_ratios=[1 + len(attacks), 1.9] if show_maps else [1])
     if show_maps:
@@ -105,26 +106,31 @@ def draw(ds, out_dir, image=None, stem="fig4_robustness"):
             ax.set_ylabel(label, fontsize=8)
             for c, method in enumerate(methods, start=1):
                 ax = fig.add_subplot(maps[r, c])
+                map_axes.append(ax)
                 var = ds["attribution"] if attack is None else ds["attack_attribution"].sel(attack=attack)
                 flag = ds["done"] if attack is None else ds["done_attack"].sel(attack=attack)
                 moved = long[(long["method"] == method) & (long["image"] == image) & (long["attack"] == attack)]
                 if attack is not None and not moved.empty and not moved["applied"].astype(bool).any():
                     style.blank(ax, "not applied: δ = 0\n(every candidate changed the label)")
                 elif bool(io.sel_method(flag.sel(at), method)):
-                    style.show_map(ax, io.sel_method(var.sel(at), method).values, method if r == 0 else None)
+                    mappable = style.show_map(ax, io.sel_method(var.sel(at), method).values,
+                                              method if r == 0 else None)
                 else:
                     style.blank(ax, "not computed")
     bars = (grid[1] if show_maps else grid[0]).subgridspec(1, 2, wspace=0.25)
     for i, (var, label) in enumerate(SCORES.items()):
         ax = fig.add_subplot(bars[0, i])
+        bar_axes.append(ax)
         sub = long[(long["score"] == var) & long["applied"].astype(bool)] if not long.empty else long
         if sub.empty:
             style.blank(ax, f"{label}: not evaluated")
             continue
         sns.barplot(data=sub, x="method", y="value", hue="attack", hue_order=attacks, order=methods, errorbar=None,
-                    ax=ax, alpha=0.85, palette="Set2", legend=i == 0)
+                    ax=ax, alpha=0.85, palette="Set2", legend=handles is None)
         sns.stripplot(data=sub, x="method", y="value", hue="attack", hue_order=attacks, order=methods, dodge=True,
                       palette="dark:0.15", size=3.5, ax=ax, legend=False)
+        if handles is None:
+            handles = style.take_legend(ax)
         ax.set_ylim(min(0, float(sub["value"].min()) - 0.05), 1.02)
         ax.set_xlabel("")
         ax.set_ylabel(label)
@@ -132,6 +138,10 @@ def draw(ds, out_dir, image=None, stem="fig4_robustness"):
     fig.suptitle("Robustness of attributions to an attack on them (1 = unchanged); bars: mean over images, "
                  "dots: images", y=1.0)
     fig.tight_layout()
+    if mappable is not None:
+        style.map_colorbar(fig, map_axes, mappable)
+    if handles is not None:
+        style.legend_outside(fig, bar_axes, *handles, title="attack")
     style.footer(fig, io.wrap("\n".join([text] + notes), 170))
     written = io.save_figure(fig, stem, out_dir)
     plt.close(fig)

@@ -2,7 +2,7 @@
 
 Per corruption (one per family by default: digital = brightness, blur = gaussian_blur,
 noise = gaussian_noise): the corrupted image and each method's map at one severity, and the
-four bias measures (colour, intensity, texture, frequency; METHODS.md §6) against severity,
+four bias measures (colour, intensity, texture, frequency; docs/methods.md §6) against severity,
 severity 0 being the clean image. Reads what ``uni-lab evaluate --metrics bias --corruptions ...
 --perturbed-metrics bias`` stored.
 
@@ -90,8 +90,9 @@ def draw(ds, out_dir, severity=None, stem="fig5_bias"):
     model = str(ds.model.values[0])
     image = str(long["image"].iloc[0]) if not long.empty else str(ds.image.values[0])
     at = {"model": model, "image": image}
-    handles = None
+    handles, first_curves = None, []
     for r, corruption in enumerate(rows):
+        map_axes, mappable = [], None
         block = outer[r].subgridspec(2, 1, height_ratios=[1.1, 1], hspace=0.3)
         maps = block[0].subgridspec(1, len(methods) + 1, wspace=0.06)
         curves = block[1].subgridspec(1, len(BIASES), wspace=0.38)
@@ -105,32 +106,36 @@ def draw(ds, out_dir, severity=None, stem="fig5_bias"):
         ax.set_ylabel(label, fontsize=10)
         for c, method in enumerate(methods, start=1):
             ax = fig.add_subplot(maps[0, c])
+            map_axes.append(ax)
             if corruption == "clean" or severity is None:
                 var, flag = ds["attribution"].sel(at), ds["done"].sel(at)
             else:
                 sel = {"corruption": corruption, "severity": severity}
                 var, flag = ds["corruption_attribution"].sel(at).sel(sel), ds["done_corruption"].sel(at).sel(sel)
             if bool(io.sel_method(flag, method)):
-                style.show_map(ax, io.sel_method(var, method).values, method)
+                mappable = style.show_map(ax, io.sel_method(var, method).values, method)
             else:
                 style.blank(ax, f"{method}: not computed")
+        if mappable is not None:  # one bar per row of maps, beside it
+            style.map_colorbar(fig, map_axes, mappable)
         for c, (key, (title, ylabel)) in enumerate(BIASES.items()):
             ax = fig.add_subplot(curves[0, c])
+            if r == 0:
+                first_curves.append(ax)
             sub = long[(long["bias"] == key) & long["corruption"].isin(["clean", corruption])]
             if sub.empty:
                 style.blank(ax, f"{title}: not evaluated")
                 continue
             sns.lineplot(data=sub, x="severity", y="value", hue="method", hue_order=methods, palette=colours,
                          marker="o", errorbar=None, ax=ax)
-            if handles is None:
-                handles = ax.get_legend_handles_labels()
-            ax.get_legend().remove()
+            found = style.take_legend(ax)
+            handles = handles or found
             ax.set_xticks(sorted(sub["severity"].unique()))
             ax.set_xlabel("severity (0 = clean)")
             ax.set_ylabel(ylabel, fontsize=8)
             ax.set_title(title, fontsize=9)
-    if handles is not None:
-        fig.legend(*handles, loc="upper right", title="method", fontsize=8, bbox_to_anchor=(1.0, 1.0))
+    if handles is not None:  # beside the first row of curves, covering none of them
+        style.legend_outside(fig, first_curves or fig.axes, *handles, title="method")
     fig.suptitle(f"Post-hoc bias under corruptions · image '{image}' · maps at severity {severity} · "
                  "curves: mean over images", y=0.995)
     style.footer(fig, io.wrap("\n".join([text] + notes), 170))

@@ -131,12 +131,14 @@ def draw(datasets, out_dir, image=None, stem="fig7_stability"):
 
     fig = plt.figure(figsize=(max(1.6 * (len(bs) + 1), 11), 1.7 * len(methods) + 3.4))
     grid = fig.add_gridspec(len(methods) + 1, len(bs) + 1, height_ratios=[1] * len(methods) + [1.9])
+    map_axes, mappable, curve_axes, handles = [], None, [], None
     for r, method in enumerate(methods):
         for c, b in enumerate(bs):
             ax = fig.add_subplot(grid[r, c + 1])
+            map_axes.append(ax)
             key = (model, method, image, b)
             if key in maps:
-                style.show_map(ax, maps[key][0], f"B = {b}" if r == 0 else None)
+                mappable = style.show_map(ax, maps[key][0], f"B = {b}" if r == 0 else None)
             else:
                 style.blank(ax, "not computed")
         ax = fig.add_subplot(grid[r, 0])
@@ -149,12 +151,15 @@ def draw(datasets, out_dir, image=None, stem="fig7_stability"):
     sub = grid[len(methods), :].subgridspec(1, 3, wspace=0.35)
     for i, (col, label) in enumerate(specs):
         ax = fig.add_subplot(sub[0, i])
+        curve_axes.append(ax)
         data = table if col == "completeness_error" else curves
         if data.empty:
             style.blank(ax, f"{label}: needs stores at two or more B")
             continue
         sns.lineplot(data=data, x="B", y=col, hue="method", hue_order=methods, palette=colours, marker="o",
-                     errorbar=("pi", 100), ax=ax, legend=i == 0)
+                     errorbar=("pi", 100), ax=ax, legend=handles is None)
+        if handles is None:
+            handles = style.take_legend(ax)
         ax.set_xscale("log", base=2)
         every_b = sorted(set(bs) | set(curves["B"]) | set(curves["B_ref"].dropna()))
         ax.set_xlim(min(every_b) / 1.4, max(every_b) * 1.4)
@@ -167,6 +172,10 @@ def draw(datasets, out_dir, image=None, stem="fig7_stability"):
                  f"{'/'.join(map(str, refs))}\ncurves: mean over {table['image'].nunique()} image(s), band = range",
                  y=1.0, fontsize=10)
     fig.tight_layout()
+    if mappable is not None:
+        style.map_colorbar(fig, map_axes, mappable)
+    if handles is not None:
+        style.legend_outside(fig, curve_axes, *handles, title="method")
     text = io.caption(datasets[-1], methods, steps=bs, extra=source)
     style.footer(fig, io.wrap(text, 170))
     written = io.save_figure(fig, stem, out_dir)

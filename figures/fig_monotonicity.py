@@ -16,6 +16,7 @@ import _style as style
 
 def draw(ds, out_dir, stem="fig_monotonicity"):
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     style.setup()
     table = shape.path_table(ds)
@@ -36,8 +37,10 @@ def draw(ds, out_dir, stem="fig_monotonicity"):
     fig = plt.figure(figsize=(max(3.4 * cols, 12), 2.8 * rows + 3.0))
     grid = fig.add_gridspec(rows + 1, 1, height_ratios=[rows, 1.1], hspace=0.45)
     top = grid[0].subgridspec(rows, cols, hspace=0.5)
+    curve_axes = []
     for n, (model, image) in enumerate(panels):
         ax = fig.add_subplot(top[n // cols, n % cols])
+        curve_axes.append(ax)
         for method in methods:
             at = {"model": model, "method": method, "image": image}
             hit = table[(table["model"] == model) & (table["method"] == method) & (table["image"] == image)]
@@ -51,8 +54,11 @@ def draw(ds, out_dir, stem="fig_monotonicity"):
         ax.set_title(f"{image}" + (f" · {model}" if ds.sizes["model"] > 1 else ""))
         ax.set_xlabel("α")
         ax.set_ylabel(ylabel)
-        if n == 0:
-            ax.legend(fontsize=7, title="dashed: non-conformant", title_fontsize=7)
+    # outside the panels: inside, it would cover the curves of some image
+    handles = [Line2D([], [], color=colours[m], marker="o", ms=3, lw=1.4) for m in methods]
+    handles += [Line2D([], [], color="0.3", ls=ls, lw=1.4) for ls in ("-", "--")]
+    style.legend_outside(fig, curve_axes, handles, methods + ["conformant path", "non-conformant path"],
+                         title="method")
 
     per_method = (table.groupby("method", as_index=False)
                   [["monotone_fraction", "conformant", "second_difference", "completeness_error"]].mean())
@@ -63,13 +69,17 @@ def draw(ds, out_dir, stem="fig_monotonicity"):
     bottom = grid[1].subgridspec(1, len(specs), wspace=0.55)
     for i, (col, label) in enumerate(specs):
         ax = fig.add_subplot(bottom[0, i])
-        ax.bar(range(len(methods)), per_method[col], color=[colours[m] for m in methods])
+        # a bar's length is its value: linear from 0 (on a log axis the length would depend on
+        # where the axis happens to start); the exact means are in the printed table
+        ax.bar(range(len(methods)), per_method[col], color=[colours[m] for m in methods], alpha=0.85)
+        for x, method in enumerate(methods):
+            values = table.loc[table["method"] == method, col].to_numpy(float)
+            ax.plot(np.full(values.size, x), values, "o", color="0.15", ms=2.5, zorder=3)
         ax.set_xticks(range(len(methods)), methods, rotation=35, ha="right")
         ax.set_ylabel(label)
-        if col in ("second_difference", "completeness_error"):
-            ax.set_yscale("log")
-    fig.suptitle(f"Class score along each path ({ylabel}) and its shape, per method (bars: mean over images)",
-                 y=0.98)
+        ax.set_ylim(0, max(float(np.nanmax(table[col].to_numpy(float), initial=0.0)), 1e-12) * 1.18)
+    fig.suptitle(f"Class score along each path ({ylabel}) and its shape, per method "
+                 "(bars: mean over images, dots: images)", y=0.98)
     style.footer(fig, io.wrap(io.caption(ds, methods), 170))
     written = io.save_figure(fig, stem, out_dir)
     plt.close(fig)

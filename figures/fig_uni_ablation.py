@@ -193,6 +193,7 @@ def choose(summary: pd.DataFrame) -> tuple[str | None, str]:
 
 def draw(folder: Path, out_dir: Path, stem: str = "fig_uni_ablation"):
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     style.setup()
     items, maps = collect(folder)
@@ -210,8 +211,10 @@ def draw(folder: Path, out_dir: Path, stem: str = "fig_uni_ablation"):
     fig = plt.figure(figsize=(16, 4.2 + 1.25 * 2))
     grid = fig.add_gridspec(3, len(panels), height_ratios=[2.6, 1, 1], hspace=0.45)
     y = np.arange(len(order))
+    point_axes = []
     for c, (title, key) in enumerate(panels):
         ax = fig.add_subplot(grid[0, c])
+        point_axes.append(ax)
         for r, s in enumerate(order):
             vals = items.loc[items.setting == s, key].to_numpy()
             ax.scatter(vals, np.full(len(vals), r), s=9, alpha=0.6, color="tab:orange" if s == REFERENCE else "tab:blue")
@@ -225,11 +228,22 @@ def draw(folder: Path, out_dir: Path, stem: str = "fig_uni_ablation"):
         ax.set_title(title, fontsize=8)
     shown = [s for s in order][: len(panels) * 2]
     image = "chelsea" if "chelsea" in maps[order[0]][2] else maps[order[0]][2][0]
+    map_axes, mappable = [], None
     for k, s in enumerate(shown):
         ax = fig.add_subplot(grid[1 + k // len(panels), k % len(panels)])
+        map_axes.append(ax)
         attr, _, ids = maps[s]
-        style.show_map(ax, attr[ids.index(image)], s)
-        ax.title.set_fontsize(7)
+        mappable = style.show_map(ax, attr[ids.index(image)], s)
+        ax.title.set_fontsize(8)
+    if mappable is not None:
+        style.map_colorbar(fig, map_axes, mappable)
+    handles = [Line2D([], [], ls="", marker="o", ms=4, color="tab:orange", alpha=0.6),
+               Line2D([], [], ls="", marker="o", ms=4, color="tab:blue", alpha=0.6),
+               Line2D([], [], ls="", marker="|", ms=11, color="black"),
+               Line2D([], [], ls="--", lw=0.8, color="red")]
+    style.legend_outside(fig, point_axes, handles, [f"{REFERENCE} (reference), one photograph",
+                                                     "UNI setting, one photograph", "mean over photographs",
+                                                     "criterion (docs/methods.md §2)"], fontsize=7)
     fig.suptitle(io.wrap(f"UNI ablation on {items.image.nunique()} photographs (maps: {image}, seed 0). Chosen: {pick}. "
                          f"{why}", 180), fontsize=8)
     written = io.save_figure(fig, stem, out_dir)

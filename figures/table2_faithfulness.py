@@ -67,6 +67,7 @@ def draw(ds, out_dir, stem="table2_faithfulness"):
     curves = [c for c in ("deletion_curve", "insertion_curve") if io.evaluated(ds, c) is not None]
     fig, axes = plt.subplots(2 if curves else 1, 3, squeeze=False, figsize=(13, 7.4 if curves else 3.9))
     colours = style.palette(methods)
+    model_legend = None
     for ax, metric in zip(axes[0], METRICS):
         sub = long[long["metric"] == metric]
         if sub.empty:
@@ -78,6 +79,8 @@ def draw(ds, out_dir, stem="table2_faithfulness"):
                     palette=None if multi else colours, errorbar=None, ax=ax, legend=multi, alpha=0.85)
         sns.stripplot(data=sub, x="method", y="value", order=methods, color="0.15", size=3.5, ax=ax,
                       dodge=False, jitter=0.15)
+        if multi:
+            model_legend = style.take_legend(ax)
         ax.set_title(f"{metric} ({BETTER[metric]})")
         ax.set_xlabel("")
         ax.set_ylabel(metric)
@@ -96,11 +99,14 @@ def draw(ds, out_dir, stem="table2_faithfulness"):
             ax.set_xlabel("fraction of pixels " + ("removed" if name == "deletion" else "inserted"))
             ax.set_ylabel("F_c (mean over images)")
             ax.set_title(f"{name} curve")
-        axes[1, 0].legend(fontsize=7)
         for ax in axes[1, len(curves):]:
             ax.set_visible(False)
     fig.suptitle("Faithfulness per method: bars = mean over images, dots = images", y=1.0)
     fig.tight_layout()
+    if model_legend is not None:
+        style.legend_outside(fig, axes[0], *model_legend, title="model")
+    if curves:  # beside the curves, not over them
+        style.legend_outside(fig, axes[1, :len(curves)], *axes[1, 0].get_legend_handles_labels(), title="method")
     style.footer(fig, io.wrap("\n".join([text] + notes), 170))
     written += io.save_figure(fig, stem, out_dir)
     plt.close(fig)

@@ -1,4 +1,4 @@
-"""Adversarial Gradient Integration (Pan et al. 2021, METHODS.md §3) on the shared engine.
+"""Adversarial Gradient Integration (Pan et al. 2021, docs/methods.md §3) on the shared engine.
 
 For each of the ``top_k`` false classes with the highest logits, a targeted signed-gradient
 walk leaves ``x``: ``x_{t+1} = clip(x_t + step_size · sign(∇ softmax_j(x_t)), 0, 1)``, for at
@@ -26,7 +26,7 @@ discretisation, which the paper does not claim to be complete.
 
 The authors' reference code measures every step from the original image (``image + ε·sign``,
 so its walk never leaves the first step's ε-box); this implementation follows the algorithm
-as written in the paper and METHODS.md, with steps that accumulate.
+as written in the paper and docs/methods.md, with steps that accumulate.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Attacks on attributions (METHODS.md §5): Ghorbani et al.'s top-k attack and its noise control.
+"""Attacks on attributions (docs/methods.md §5): Ghorbani et al.'s top-k attack and its noise control.
 
 ``fgsm_attribution`` moves the input within an L∞ ball of radius ε so that the features the
 method ranked highest at ``x`` lose their share of attribution mass, while the predicted label

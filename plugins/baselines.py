@@ -1,4 +1,4 @@
-"""The static baselines of METHODS.md §2 (the unlearned one lives in ``uni.py``)."""
+"""The static baselines of docs/methods.md §2 (the unlearned one lives in ``uni.py``)."""
 import torch
 
 import uni_lab

@@ -1,4 +1,4 @@
-"""Blur Integrated Gradients (Xu et al. 2020, METHODS.md §3) on the shared engine.
+"""Blur Integrated Gradients (Xu et al. 2020, docs/methods.md §3) on the shared engine.
 
 The path is ``γ(α) = G_{σ(α)} * x`` with ``σ(α) = σ_max (1 − α)``, linear in σ as in PAIR's
 ``saliency.core.BlurIG`` (its default ``sqrt=False``): ``γ(0)`` is the maximally blurred image

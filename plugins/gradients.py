@@ -1,4 +1,4 @@
-"""One-pass gradient explainers (METHODS.md §4): saliency and input×gradient.
+"""One-pass gradient explainers (docs/methods.md §4): saliency and input×gradient.
 
 Both evaluate ``∇_x F_c(x)`` with the engine's batched :func:`~uni_lab.engine.evaluate`, so
 they batch, move devices and pick ``output`` exactly as the path methods do.

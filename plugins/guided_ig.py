@@ -1,4 +1,4 @@
-"""Guided Integrated Gradients (Kapishnikov et al. 2021, METHODS.md §3) on the shared engine.
+"""Guided Integrated Gradients (Kapishnikov et al. 2021, docs/methods.md §3) on the shared engine.
 
 The path is built during integration: the engine sends back ``∇F_c`` at each point, and the
 next point moves only the ``fraction`` of features with the smallest ``|∇F_c|`` towards
@@ -17,7 +17,7 @@ the gap between them is the size of the jumps' gradient changes, not a bug of ei
 selection follows PAIR's ``saliency.core.guided_ig`` step for step (lower quantile, features
 already at their bound excluded), in float64 like PAIR, so that the two walk the same path.
 ``rule="right"`` (default) takes each segment's gradient at its end, as every engine method
-does (METHODS.md §1); ``rule="left"`` at its start, as PAIR does, and with PAIR's settings
+does (docs/methods.md §1); ``rule="left"`` at its start, as PAIR does, and with PAIR's settings
 (``steps=200, fraction=0.25, max_dist=0.02``) reproduces PAIR's map to 6e-7 relative L2
 (tests/test_pair.py, EfficientNet-Lite0, 64², the same float32 gradients on both sides).
 

@@ -1,4 +1,4 @@
-"""Post-hoc bias (METHODS.md §6): how much of a map is explained by the baseline or the image itself.
+"""Post-hoc bias (docs/methods.md §6): how much of a map is explained by the baseline or the image itself.
 
 Each is computed over the pixels of one image:
 

@@ -1,4 +1,4 @@
-"""Faithfulness metrics (METHODS.md §6): does removing what the map calls important change ``F_c``?
+"""Faithfulness metrics (docs/methods.md §6): does removing what the map calls important change ``F_c``?
 
 - ``mufidelity`` (Bhatt et al. 2020): over random subsets ``S`` of a coarse grid of cells, the
   Pearson correlation between ``Σ_{i∈S} A_i`` and ``F_c(x) − F_c(x_[S ← x̄_S])``, ``x̄`` black.

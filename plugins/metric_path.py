@@ -1,4 +1,4 @@
-"""Path metrics (METHODS.md §1, §6): the shape of ``F_c(γ(α))`` and how well the Riemann sum converges.
+"""Path metrics (docs/methods.md §1, §6): the shape of ``F_c(γ(α))`` and how well the Riemann sum converges.
 
 All of them read the path trace a path method recorded; methods without a path (saliency,
 Guided Backprop) get NaN, which is the honest answer rather than a number of another kind.

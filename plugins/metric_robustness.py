@@ -1,4 +1,4 @@
-"""Robustness (METHODS.md §6): how much an attribution map moves when the input is perturbed.
+"""Robustness (docs/methods.md §6): how much an attribution map moves when the input is perturbed.
 
 Maps are compared pixel by pixel as ``Σ_c |A_c|`` (Ghorbani et al. 2019 and Adebayo et al.
 2018 compare absolute saliency summed over channels), so a sign flip in one channel does not

@@ -1,4 +1,4 @@
-"""SmoothGrad as a noise tunnel around any method (Smilkov et al. 2017, METHODS.md §4).
+"""SmoothGrad as a noise tunnel around any method (Smilkov et al. 2017, docs/methods.md §4).
 
 ``A(x) = (1/n) Σ_s A_inner(x + ε_s)``, ``ε_s ~ N(0, σ²)``, ``σ = noise_level · (max x − min x)``
 per image; noisy inputs are not clipped to ``[0, 1]`` (as in the paper and Captum's

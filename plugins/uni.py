@@ -1,4 +1,4 @@
-"""UNI: unlearning-based neural interpretations (Algorithm 1 of the seed paper, METHODS.md §2).
+"""UNI: unlearning-based neural interpretations (Algorithm 1 of the seed paper, docs/methods.md §2).
 
 1. Unlearn: ``θ̂_i = θ + η ∇_θ L_CE(F(x_i; θ), c_i)``, one step of gradient ascent per image.
    All images of a batch are unlearned at once with per-sample gradients
@@ -241,15 +241,15 @@ def _check_uni(*, restarts=1, **_):
 
 
 @uni_lab.explainer("uni", check=_check_uni)
-def uni(model, x, target, seeds=None, *, baseline="uni", steps: int = DEFAULT_STEPS, restarts: int = 1, output: str = "prob",
-        internal_batch_size: int | None = None):
+def uni(model, x, target, seeds=None, *, baseline="uni", path="straight", steps: int = DEFAULT_STEPS, restarts: int = 1,
+        output: str = "prob", internal_batch_size: int | None = None):
     """UNI: Integrated Gradients from the unlearned baseline, averaged over `restarts` seeded PGD starts."""
     _check_uni(restarts=restarts)
     n = x.shape[0]
     parts = []
     for r in range(int(restarts)):
-        exp = integrated_gradients(model, x, target, restart_seeds(seeds, r), baseline=baseline, steps=steps,
-                                   output=output, internal_batch_size=internal_batch_size)
+        exp = integrated_gradients(model, x, target, restart_seeds(seeds, r), baseline=baseline, path=path,
+                                   steps=steps, output=output, internal_batch_size=internal_batch_size)
         if int(restarts) == 1:
             return exp
         parts.append(per_sample_explanation(exp, 1, n))

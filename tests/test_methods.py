@@ -404,7 +404,7 @@ def test_blur_ig_matches_pair_as_steps_grow(model64, monkeypatch):
 
 
 def _agi_by_hand(model, x, c, false_classes, steps, step_size):
-    """METHODS.md §3 written out for one image: Σ_j Σ_t −∇F_c(x_t) ⊙ (x_{t+1} − x_t)."""
+    """docs/methods.md §3 written out for one image: Σ_j Σ_t −∇F_c(x_t) ⊙ (x_{t+1} − x_t)."""
     total = torch.zeros_like(x)
     stopped = 0
     for j in false_classes:

@@ -86,19 +86,21 @@ def test_shards_share_the_lock(store, folder, capsys):
 def test_run_holds_the_lock_from_the_moment_its_store_appears(folder, tmp_path):
     """A real second process: the store is locked before it is visible, so nothing can slip in."""
     out = tmp_path / "s.zarr"
-    first = run_cli(folder, out, 1, fault="slow:0.3", wait=False)
+    first = run_cli(folder, out, 1, fault="slow:1", wait=False)  # minutes of work: still running below
     try:
-        for _ in range(600):
+        for _ in range(1200):
             if Store(out).exists() or first.poll() is not None:
                 break
             time.sleep(0.05)
         assert Store(out).exists(), first.communicate()
         second = run_cli(folder, out, 1)
-        assert second.returncode == 2, second.stderr
-        assert "is being written by another uni-lab process" in second.stderr
+        still_running = first.poll() is None
     finally:
         first.kill()
-        first.communicate()
+        _, first_err = first.communicate()
+    assert still_running, first_err
+    assert second.returncode == 2, (second.stderr, first_err)
+    assert "is being written by another uni-lab process" in second.stderr
 
 
 # --- signals and a full disk ------------------------------------------------------------------------
@@ -252,3 +254,16 @@ def test_every_run_flag_is_in_the_readme():
         flags = [o for a in sub[command]._actions for o in a.option_strings if o.startswith("--") and o != "--help"]
         missing = [f for f in flags if f"`{f}" not in readme]
         assert not missing, f"uni-lab {command} flags the README does not mention: {missing}"
+
+
+def test_evaluate_names_the_missing_plugin_and_the_flag(store):
+    """A fresh process without the run's --plugins: the store says where its model came from."""
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "uni_lab", "evaluate", str(store), "--metrics", "deletion"],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 2, out.stderr
+    assert f"made with model 'tiny16' from {PLUGIN}" in out.stderr and f"--plugins {PLUGIN}" in out.stderr, out.stderr
+    out = subprocess.run([sys.executable, "-m", "uni_lab", "evaluate", str(store), "--metrics", "deletion",
+                          "--plugins", str(PLUGIN), "--no-progress", "--device", "cpu"],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr

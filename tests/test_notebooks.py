@@ -51,6 +51,31 @@ def test_path_traces_runs_on_a_store(evaluated, monkeypatch):
     assert any(o.get("data", {}).get("image/png") for c in nb.cells for o in c.get("outputs", []))
 
 
+def png_sizes(nb) -> list[tuple[int, int]]:
+    """(width, height) of every figure a run notebook shows, in order."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    return [Image.open(io.BytesIO(base64.b64decode(o["data"]["image/png"]))).size
+            for c in nb.cells for o in c.get("outputs", []) if o.get("data", {}).get("image/png")]
+
+
+def test_path_traces_wraps_eight_photographs(tmp_path, monkeypatch):
+    """Eight photographs are two rows of four facets, not one row of eight whose titles run together."""
+    import uni_lab
+    from conftest import train_tiny
+    from uni_lab.data import SKIMAGE_PHOTOS
+
+    store = tmp_path / "eight.zarr"
+    uni_lab.run(models=train_tiny(), images=list(SKIMAGE_PHOTOS)[:8], methods=["ig:black"], steps=2, out=store,
+                progress=False)
+    width, height = png_sizes(execute("path_traces.ipynb", store, monkeypatch))[0]
+    # one row of eight 1.2-aspect facets is about 10 times as wide as high; two rows of four about 2.5
+    assert width / height < 4, (width, height)
+
+
 def test_bias_analysis_runs_on_a_store(evaluated, monkeypatch):
     nb = execute("bias_analysis.ipynb", evaluated, monkeypatch)
     text = text_outputs(nb)

@@ -1,4 +1,4 @@
-"""UNI (METHODS.md §2): the unlearned baseline on a tiny model and on the embedded real model."""
+"""UNI (docs/methods.md §2): the unlearned baseline on a tiny model and on the embedded real model."""
 import pytest
 import torch
 

@@ -89,7 +89,7 @@ def preprocess(arr: np.ndarray, size, resize: str = "full", crop_pct: float = 0.
     """Pixel-space ``(3, H, W)`` at the model's input size (bicubic, antialiased).
 
     ``resize="full"`` (default) resizes the whole photograph to ``size``, so that every pixel
-    of it is explained (this is how METHODS.md §8 checked the embedded model: chelsea → 285,
+    of it is explained (this is how docs/methods.md §8 checked the embedded model: chelsea → 285,
     coffee → 967); ``"crop"`` resizes the shorter side to ``size / crop_pct`` and centre-crops,
     the usual ImageNet evaluation transform.
     """

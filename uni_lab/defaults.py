@@ -6,7 +6,7 @@ so ``uni-lab --help`` and a mistyped flag answer at once.
 DEFAULT_MODEL = "efficientnet_lite0"
 DEFAULT_METHODS = ("uni", "ig:black", "ig:white", "ig:mean", "ig:uniform", "ig:gaussian", "ig:blur")
 DEFAULT_OUT = "runs/default.zarr"
-DEFAULT_STEPS = 15  # Riemann steps B of every path method (METHODS.md §8; docs/methods.md)
+DEFAULT_STEPS = 15  # Riemann steps B of every path method (docs/methods.md §8)
 DEFAULT_BATCH = 8  # images per batch of a run or an evaluation
 SEVERITIES = (1, 2, 3, 4, 5)  # ImageNet-C corruption severities
 PERTURBED_METRICS = ("robustness", "bias")  # metrics computed on attacked and corrupted inputs

@@ -1,4 +1,4 @@
-"""The path-integral engine (METHODS.md §1), shared by every path method.
+"""The path-integral engine (docs/methods.md §1), shared by every path method.
 
 ``A_i ≈ Σ_{k=1..K} ∂F_c(γ_k)/∂x_i · (γ_{k,i} − γ_{k−1,i})``, the right Riemann sum (or, with
 ``rule="left"``, the left one: ``∂F_c(γ_{k−1})/∂x_i``), over path points that arrive in chunks. A path is a generator: it yields ``(alphas, points)`` chunks
@@ -78,8 +78,8 @@ def path_chunk(model, x: torch.Tensor, internal_batch_size: int | None) -> tuple
     """``(samples per pass, path points per chunk)`` for a path over the batch ``x``.
 
     A chunk of points × images fills one pass. Chunks sized for the nominal 64 samples would
-    leave remainder passes of a few samples wherever the memory budget allows fewer (Lite0
-    at 224² on a 24 GiB machine: 20 samples, so 64 went as 20 + 20 + 20 + 4).
+    leave remainder passes of a few samples wherever the plan allows fewer (64 samples in passes
+    of 20 go as 20 + 20 + 20 + 4).
     """
     ibs = pass_size(model, x, internal_batch_size or DEFAULT_INTERNAL_BATCH)
     return ibs, max(1, ibs // x.shape[0])
@@ -139,6 +139,17 @@ def straight_path(x: torch.Tensor, baseline: torch.Tensor, alphas: torch.Tensor)
     """``x' + α (x − x')``."""
     a = alphas.view(-1, *([1] * x.dim()))
     return baseline.unsqueeze(0) + a * (x - baseline).unsqueeze(0)
+
+
+def resolve_path(path) -> Callable:
+    """A path function ``(x, baseline, alphas) -> points``: a callable, or a registered path's name."""
+    if callable(path):
+        return path
+    if path == "straight":  # the built-in, without a registry lookup per call
+        return straight_path
+    from .registry import get
+
+    return get("path", path)
 
 
 def resolve_baseline(baseline, x, model, target, seeds=None) -> torch.Tensor:

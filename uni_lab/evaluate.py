@@ -115,6 +115,20 @@ def _override(method: Method, overrides: dict) -> Method:
                                inner=_override(method.inner, rest) if rest else method.inner)
 
 
+def check_plugins_present(ds: xr.Dataset, given=()) -> None:
+    """Every plugin the store's run used must be registered here; one that is not is named with the
+    file it came from and the flag that loads it (a store is not self-contained code)."""
+    recorded = json.loads(ds.attrs.get("uni_lab_plugins", "{}"))
+    index = registry.index()
+    for key, where in recorded.items():
+        kind, name = key.split(":", 1)
+        if name in index[kind] or (kind == "model" and name in given):
+            continue
+        source = where.get("file") or where.get("origin", "?").split(":")[0]
+        raise PluginError(f"this store was made with {kind} '{name}' from {source}, which is not registered here; "
+                          f"load it with --plugins {source} (uni_lab.evaluate: import it first).")
+
+
 def method_from_config(spec: str, cfg: dict) -> Method:
     """The :class:`~uni_lab.methods.Method` a store recorded (``uni_lab_config["methods"][spec]``)."""
     explainer = get("explainer", cfg["explainer"])
@@ -127,7 +141,12 @@ def method_from_config(spec: str, cfg: dict) -> Method:
     if "inner" in cfg:
         inner = method_from_config(spec[spec.find("(") + 1:spec.rfind(")")], cfg["inner"])
         params.pop("inner", None)
-    return Method(spec, explainer, params, baseline, bparams, inner)
+    path, pparams = None, {}
+    if "path" in explainer.params:  # recorded only where it is not the implicit straight line
+        path = get("path", cfg.get("path", "straight"))
+        pparams = path.resolved_params(cfg.get("path_params", {}))
+        params.pop("path", None)
+    return Method(spec, explainer, params, baseline, bparams, inner, path, pparams)
 
 
 def load_model(name: str, described: dict, given: dict) -> Classifier:
@@ -268,12 +287,19 @@ def plan(metrics=(), attacks=(), corruptions=(), *, severities=SEVERITIES, pertu
         raise InputError(f"severities must be among {SEVERITIES}, got {severities}.")
     params = {("metric", p.name): _params(p, routed, output) for p in metric_ps + perturbed_ps}
     params.update({("attack", p.name): _params(p, routed, output) for p in attack_ps + corruption_ps})
+    unused = [f"{name}.{k}" for (kind, name), ps in routed.items() if kind in ("metric", "attack")
+              and (kind, name) not in params for k in ps]
+    if unused:
+        raise PluginError(f"--set {', '.join(unused)}: that plugin is not among the metrics, attacks and corruptions "
+                          "asked for (--metrics/--attacks/--corruptions/--perturbed-metrics), so it would change nothing.")
     return Plan(metric_ps, attack_ps, corruption_ps, perturbed_ps, severities, params)
 
 
 def _evaluate(st, ds, metrics, attacks, corruptions, severities, perturbed_metrics, sets, models, methods, images,
               batch_size, device, recompute, progress) -> EvalResult:
     config = config_of(ds)
+    check_plugins_present(ds, given=[c.name for c in (models if isinstance(models, (list, tuple)) else
+                                                      [models] if models else [])])
     todo = plan(metrics, attacks, corruptions, severities=severities, perturbed_metrics=perturbed_metrics, sets=sets,
                 output=config.get("output", "prob"))
     metric_ps, attack_ps, corruption_ps, perturbed_ps = todo.metrics, todo.attacks, todo.corruptions, todo.perturbed

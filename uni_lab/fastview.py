@@ -2,10 +2,9 @@
 
 Eval-mode batch norm is a fixed affine map per channel, so it folds into the convolution in
 front of it (``W ← W·γ/σ``, ``b ← (b − μ)·γ/σ + β``): one kernel instead of two, forward and
-backward. On a CPU, channels-last input also picks faster convolution kernels. Measured on
-the embedded EfficientNet-Lite0 (64², 64 images, forward + input gradient, 2 cores): 0.26 s
-as given, 0.16 s folded, 0.13 s folded and channels-last (``uni-lab bench`` reports the
-effect as ``ig_vs_captum`` against ``ig_vs_captum_same_graph``).
+backward. On a CPU, channels-last input also picks faster convolution kernels (timings:
+BENCHMARKS.md, "Component timings"; ``uni-lab bench`` reports the effect as ``ig_vs_captum``
+against ``ig_vs_captum_same_graph``).
 
 The copy computes the same function up to float rounding, but a ReLU6 network's gradient
 is piecewise constant, so rounding moves some path points across a kink: IG maps of

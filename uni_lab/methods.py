@@ -84,6 +84,8 @@ class Method:
     baseline: Plugin | None = None
     baseline_params: dict = field(default_factory=dict)
     inner: "Method | None" = None
+    path: Plugin | None = None  # a registered path for explainers that take ``path`` (ig, uni)
+    path_params: dict = field(default_factory=dict)
 
     def __call__(self, model, x, target, seeds=None) -> Explanation:
         kwargs = dict(self.params)
@@ -97,6 +99,13 @@ class Method:
             kwargs["baseline"] = baseline
         if self.inner is not None:
             kwargs["inner"] = self.inner
+        if self.path is not None:
+            pparams = self.path_params
+
+            def path(x_, b_, alphas):
+                return self.path(x_, b_, alphas, **pparams)
+
+            kwargs["path"] = path
         return self.explainer(model, x, target, seeds=seeds, **kwargs)
 
     def has_random_part(self) -> bool:
@@ -122,6 +131,10 @@ class Method:
             out["baseline_params"] = {k: v for k, v in self.baseline_params.items() if k not in NON_SEMANTIC}
         if self.inner is not None:
             out["inner"] = self.inner.config()
+        if self.path is not None and (self.path.name, self.path_params) != ("straight", {}):
+            # the straight line is every IG's implicit path: stores made before `path` existed stay resumable
+            out["path"] = self.path.name
+            out["path_params"] = {k: v for k, v in self.path_params.items() if k not in NON_SEMANTIC}
         return out
 
 
@@ -153,9 +166,57 @@ def resolve(spec: str, routed: dict | None = None, defaults: dict | None = None)
         baseline = get("baseline", chosen)
         bparams = baseline.validate(baseline.resolved_params(routed.get(("baseline", chosen), {})))
         params.pop("baseline", None)
+    path, pparams = None, {}
+    if isinstance(params.get("path"), str):
+        path = get("path", params.pop("path"))
+        pparams = path.validate(path.resolved_params(routed.get(("path", path.name), {})))
     explainer.validate({k: v for k, v in params.items() if k != "inner"})
     _check_common(name, params)
-    return Method(spec.strip(), explainer, params, baseline, bparams, inner)
+    return Method(spec.strip(), explainer, params, baseline, bparams, inner, path, pparams)
+
+
+def used_plugins(method: Method) -> set[tuple[str, str]]:
+    """``(kind, name)`` of every plugin a method calls: its explainer, baseline, path, inner methods."""
+    used = {("explainer", method.explainer.name)}
+    if method.baseline is not None:
+        used.add(("baseline", method.baseline.name))
+    if method.path is not None:
+        used.add(("path", method.path.name))
+    return used | (used_plugins(method.inner) if method.inner is not None else set())
+
+
+def plugin_origins(methods: list[Method], model_names=()) -> dict[str, dict]:
+    """``{"kind:name": {"origin", "file"}}`` of every plugin a run uses, so a store can say where a
+    plugin it needs came from (a user's ``--plugins`` file) when it is not registered."""
+    import inspect
+
+    from .registry import registry
+
+    used = set().union(*(used_plugins(m) for m in methods)) if methods else set()
+    models = registry.index()["model"]
+    used |= {("model", n) for n in model_names if n in models}
+    out = {}
+    for kind, name in sorted(used):
+        plugin = get(kind, name)
+        try:
+            source = inspect.getsourcefile(plugin.obj)
+        except TypeError:
+            source = None
+        out[f"{kind}:{name}"] = {"origin": plugin.origin, "file": source}
+    return out
+
+
+def check_all_used(routed: dict, methods: list[Method], kinds=("explainer", "baseline", "path")) -> None:
+    """A ``--set`` for a plugin none of the methods calls would be recorded nowhere and change nothing."""
+    used = set().union(*(used_plugins(m) for m in methods)) if methods else set()
+    for kind, name in routed:
+        if kind in kinds and (kind, name) not in used:
+            keys = ", ".join(f"{name}.{p}" for p in routed[(kind, name)])
+            hint = {"path": f"; choose it with --set ig.path={name}"}.get(kind, "")
+            own = sorted({f"{m.explainer.name}.{p}" for m in methods for p in routed[(kind, name)] if p in m.explainer.params})
+            hint += f" (did you mean {', '.join(own)}?)" if own else ""
+            raise PluginError(f"--set {keys}: {kind} '{name}' is not used by any of the methods "
+                              f"({', '.join(m.spec for m in methods)}){hint}.")
 
 
 def _check_common(name: str, params: dict) -> None:

@@ -3,8 +3,7 @@
 UNI unlearns every image with its own gradient step, so it needs, for a batch of N images,
 the N per-image parameter gradients and then one forward of each image under its own
 weights. ``torch.func.vmap`` does both for any model, but on a CPU its batching rules split
-convolutions into per-image or slow kernels (measured: about 3.9 plain passes for the
-gradients and 3× a plain forward for the per-weight forward, EfficientNet-Lite0, batch 16).
+convolutions into per-image or slow kernels (BENCHMARKS.md, "Component timings").
 
 Here the same quantities come from ordinary batched kernels. The model's forward runs once
 under a :class:`~torch.overrides.TorchFunctionMode` that records, for every ``conv2d``,

@@ -23,19 +23,12 @@ import numpy as np
 import pluggy
 
 from . import hookspecs
+from .contracts import call_args, check_signature
 from .errors import PluginError
 from .hookspecs import HOOK_OF_KIND, KINDS, hookimpl
 
-# Arguments the caller supplies; everything else in a signature is a user parameter.
-CALL_ARGS = {
-    "baseline": ("x", "model", "target", "seeds"),
-    "path": ("x", "baseline", "alphas"),
-    "explainer": ("model", "x", "target", "seeds"),
-    "attack": ("model", "x", "target", "seeds", "explanation"),
-    "metric": ("model", "x", "target", "attribution", "explanation", "seeds", "method", "explain", "reference",
-               "x_reference"),
-    "model": ("weights",),
-}
+# Arguments the caller supplies (uni_lab.contracts); everything else in a signature is a user parameter.
+CALL_ARGS = {kind: call_args(kind) for kind in KINDS}
 REQUIRED = inspect.Parameter.empty
 
 
@@ -150,6 +143,7 @@ def _describe(accepted: tuple) -> str:
 def _make_plugin(kind: str, name: str, obj: Callable, origin: str) -> Plugin:
     if not callable(obj):
         raise PluginError(f"{kind} '{name}' from {origin} is not callable (got {type(obj).__name__}).")
+    check_signature(kind, name, obj)
     params, types_ = {}, {}
     for p in _signature(obj).parameters.values():
         if p.name in ("self",) + CALL_ARGS[kind] or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
@@ -284,6 +278,7 @@ registry = Registry()
 def _decorator(kind: str):
     def register(name: str | None = None, *, check: Callable | None = None):
         def wrap(obj):
+            check_signature(kind, name or obj.__name__, obj)  # refused here, at the decorator, not when first called
             if check is not None:  # read back by _make_plugin, so raw hookimpl modules can set it too
                 obj.uni_lab_check = check
             _DECORATED.add(kind, name or obj.__name__, obj)

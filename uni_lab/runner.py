@@ -21,7 +21,7 @@ from .data import load_images
 from .defaults import DEFAULT_BATCH, DEFAULT_METHODS, DEFAULT_MODEL, DEFAULT_OUT, DEFAULT_STEPS
 from .engine import check_output, partition
 from .errors import InputError, StoreError, UniLabError
-from .methods import Method, parse_sets, resolve, route_params
+from .methods import Method, check_all_used, parse_sets, plugin_origins, resolve, route_params
 from .models import Classifier, create_model, resolve_device
 from .seeding import image_seed
 from .store import Store, skeleton
@@ -94,6 +94,7 @@ def run(models=DEFAULT_MODEL, images=None, methods=DEFAULT_METHODS, *, steps: in
     method_list = [resolve(spec, routed, {"steps": steps, "output": output}) for spec in _as_list(methods)]
     if not method_list:
         raise InputError("no methods given; e.g. --methods uni,ig:black.")
+    check_all_used(routed, method_list)
     specs = [m.spec for m in method_list]
     if len(set(specs)) != len(specs):
         raise InputError(f"a method is listed twice in {specs}.")
@@ -121,7 +122,8 @@ def run(models=DEFAULT_MODEL, images=None, methods=DEFAULT_METHODS, *, steps: in
     # on the same --out would compute every item again, and an evaluation would rewrite the metadata.
     base.lock_mode = "shared" if (ctx.active or part not in (None, (0, 1))) else "exclusive"
     store = StoreWriter(base)  # item writes overlap the next batch's compute
-    layout = skeleton(names, specs, imgs, size, max(map(_method_steps, method_list)), config, str(dev), plan)
+    layout = skeleton(names, specs, imgs, size, max(map(_method_steps, method_list)), config, str(dev), plan,
+                      plugin_origins(method_list, names))
     # A store this run creates from nothing is written on the store's thread while the first
     # batch computes; its contents are known (nothing done, no inputs), so nothing waits for it.
     # Shards and ranks that may race for one store create it up front and validate it.

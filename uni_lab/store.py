@@ -53,7 +53,7 @@ def _versions() -> dict:
 
 
 def skeleton(models, methods, images, size, max_steps: int, config: dict, device: str,
-             partition: dict | None = None) -> xr.Dataset:
+             partition: dict | None = None, plugins: dict | None = None) -> xr.Dataset:
     """The full, still-empty dataset of a run: every variable at its final shape, lazily."""
     import dask.array as da
 
@@ -95,6 +95,8 @@ def skeleton(models, methods, images, size, max_steps: int, config: dict, device
                "uni_lab_config": json.dumps(config, sort_keys=True, default=str),
                "versions": json.dumps(_versions()), "device": device,
                "uni_lab_partition": json.dumps(partition or {}, sort_keys=True),
+               # where each plugin came from: not part of the configuration (moving a plugin file keeps a store resumable)
+               "uni_lab_plugins": json.dumps(plugins or {}, sort_keys=True),
                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
     )
     described = {

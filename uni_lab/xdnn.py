@@ -1,4 +1,4 @@
-"""X-DNNs: the bias-free variant of a model (Hesse et al. 2021, METHODS.md §4).
+"""X-DNNs: the bias-free variant of a model (Hesse et al. 2021, docs/methods.md §4).
 
 A ReLU network with every additive constant removed is positively homogeneous,
 ``F(αx) = α F(x)`` for ``α > 0``, so along the straight line from the black image its logit

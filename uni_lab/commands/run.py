@@ -49,8 +49,9 @@ def main(args) -> int:
 
     import_plugins(args.plugins)
     evaluating = bool(args.metrics or args.attacks or args.corruptions)
-    if evaluating:  # a typo in a metric name must not cost the whole run first
-        plan_from_args(args, args.output)
+    # a typo in a metric name must not cost the whole run first; without evaluation flags a metric's
+    # --set would change nothing, and the plan of nothing says so
+    plan_from_args(args, args.output)
     models = [m.strip() for m in args.model.split(",") if m.strip()]
     methods = [m.strip() for m in split_methods(args.methods)]
     result = run(models=models, images=names(args.images) or None, methods=methods, steps=args.steps, batch_size=args.batch_size,
