@@ -1,7 +1,8 @@
 """Occlusion (Zeiler & Fergus 2014) through Captum's ``Occlusion``.
 
-A window of ``window × window`` pixels (all channels) slides over the image in steps of
-``stride``; each placement replaces the window by the baseline (black by default,
+A window of ``window × window`` pixels (all channels; by default a seventh of the image's
+shorter side, 32 px at 224²) slides over the image in steps of ``stride`` (by default half the
+window); each placement replaces the window by the baseline (black by default,
 ``occlusion:blur`` for another) and every pixel gets the mean drop ``F_c(x) − F_c(x_occluded)``
 over the windows that covered it. Captum's implementation is used as is (its window
 arithmetic and averaging); forward passes run through the model's fast view.
@@ -18,7 +19,7 @@ from uni_lab.fastview import fast_view
 
 
 @uni_lab.explainer("occlusion")
-def occlusion(model, x, target, seeds=None, *, window: int = 32, stride: int = 16, baseline="black",
+def occlusion(model, x, target, seeds=None, *, window: int | None = None, stride: int | None = None, baseline="black",
               output: str = "prob", internal_batch_size: int | None = None):
     """Occlusion (Zeiler & Fergus 2014) via Captum: mean output drop under a sliding baseline window."""
     from captum.attr import Occlusion
@@ -27,6 +28,8 @@ def occlusion(model, x, target, seeds=None, *, window: int = 32, stride: int = 1
 
     check_input(x)
     h, w = x.shape[2:]
+    window = max(1, round(min(h, w) / 7)) if window is None else window
+    stride = max(1, int(window) // 2) if stride is None else stride
     if not (1 <= int(stride) <= int(window) <= min(h, w)):
         raise InputError(f"occlusion needs 1 <= stride <= window <= {min(h, w)} (the image side), got window={window}, "
                          f"stride={stride}; e.g. --set occlusion.window=16 --set occlusion.stride=8.")
