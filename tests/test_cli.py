@@ -149,7 +149,7 @@ def test_main_job_on_the_embedded_model(tmp_path, capsys):
     """The README's main job, small: the default model and a shipped photograph, real weights."""
     out = tmp_path / "real.zarr"
     rc = main(["run", "--images", "chelsea", "--methods", "uni,ig:black", "--steps", "4", "--out", str(out),
-               "--no-progress"])
+               "--no-progress", "--resize", "full"])  # the whole photograph, as docs/methods.md §8 checked the weights
     assert rc == 0
     printed = capsys.readouterr().out
     assert "efficientnet_lite0" in printed and "uni" in printed

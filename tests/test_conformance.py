@@ -112,7 +112,8 @@ def evaluated(tiny_model, tmp_path_factory):
                 sets={"smoothgrad.samples": 4}, out=out, progress=False, device="cpu", seed_stability=False)
     evaluate(out, metrics="all", attacks="all", corruptions="all", severities=[1], models=[tiny_model],
              perturbed_metrics=[p.name for p in uni_lab.list_plugins("metric") if p.accepts("reference")],
-             sets={"robustness.k": 20, "fgsm_attribution.k": 20, "mufidelity.n_subsets": 8, "seed_stability.n_seeds": 2},
+             sets={"robustness.k": 20, "fgsm_attribution.k": 20, "ifgsm_attribution.k": 20, "mufidelity.n_subsets": 8,
+                   "seed_stability.n_seeds": 2},
              progress=False, device="cpu")
     return open_store(out, lazy=False)
 

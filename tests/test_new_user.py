@@ -268,3 +268,26 @@ def test_evaluate_names_the_missing_plugin_and_the_flag(store):
                           "--plugins", str(PLUGIN), "--no-progress", "--device", "cpu"],
                          capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr
+
+
+def test_default_input_is_the_models_own_centre_crop_and_is_recorded(tmp_path, capsys):
+    from PIL import Image
+
+    from uni_lab.data import preprocess
+
+    rng = np.random.default_rng(0)
+    arr = (rng.random((20, 40, 3)) * 255).astype(np.uint8)  # wide: squashing and cropping differ
+    Image.fromarray(arr).save(tmp_path / "wide.png")
+    stores = {}
+    for mode in ("model", "full"):
+        out = tmp_path / f"{mode}.zarr"
+        extra = [] if mode == "model" else ["--resize", "full"]
+        code, err = _run(capsys, [tmp_path / "wide.png"], out, *extra)
+        assert code == 0, err
+        stores[mode] = open_store(out, lazy=False)
+    cfg = stores["model"].uni.config
+    assert cfg["resize"] == "crop" and cfg["crop_pct"] == 0.875  # tiny16's own crop_pct
+    expected = preprocess(arr.astype(np.float32) / 255, (16, 16), "crop", 0.875).numpy()
+    np.testing.assert_allclose(stores["model"].input.values[0, 0], expected, atol=1e-6)
+    assert stores["full"].uni.config["resize"] == "full" and "crop_pct" not in stores["full"].uni.config
+    assert not np.allclose(stores["full"].input.values, stores["model"].input.values)

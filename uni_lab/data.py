@@ -167,7 +167,7 @@ def _to_float_rgb(arr: np.ndarray, name: str) -> tuple[np.ndarray, list[str]]:
 def preprocess(arr: np.ndarray, size, resize: str = "full", crop_pct: float = 0.875) -> torch.Tensor:
     """Pixel-space ``(3, H, W)`` at the model's input size (bicubic, antialiased).
 
-    ``resize="full"`` (default) resizes the whole photograph to ``size``, so that every pixel
+    ``resize="full"`` resizes the whole photograph to ``size``, so that every pixel
     of it is explained (this is how docs/methods.md §8 checked the embedded model: chelsea → 285,
     coffee → 967); ``"crop"`` resizes the shorter side to ``size / crop_pct`` and centre-crops,
     the usual ImageNet evaluation transform.

@@ -8,6 +8,9 @@ DEFAULT_METHODS = ("uni", "ig:black", "ig:white", "ig:mean", "ig:uniform", "ig:g
 DEFAULT_OUT = "runs/default.zarr"
 DEFAULT_STEPS = 15  # Riemann steps B of every path method (docs/methods.md §8)
 DEFAULT_BATCH = 8  # images per batch of a run or an evaluation
+# How an image becomes the model's input: the model's own eval transform (resize + centre crop
+# at its crop_pct), a plain 0.875 centre crop, or the whole image squashed to the input size.
+RESIZES = ("model", "crop", "full")
 SEVERITIES = (1, 2, 3, 4, 5)  # ImageNet-C corruption severities
 PERTURBED_METRICS = ("robustness", "bias")  # metrics computed on attacked and corrupted inputs
 # `uni-lab bench`'s workload: a 64-px pass of 16 images through the default model

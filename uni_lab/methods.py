@@ -21,7 +21,7 @@ from .registry import Plugin, get, registry
 # Parameters that change speed or memory, not results: never part of a run's identity.
 NON_SEMANTIC = {"internal_batch_size", "unlearn_chunk"}
 # Built-ins whose maps depend on the seed (UNI only with its uniform PGD start).
-RANDOM_PARTS = {"explainer": {"smoothgrad"}, "baseline": {"uniform", "gaussian"}}
+RANDOM_PARTS = {"explainer": {"smoothgrad", "lime", "kernel_shap", "gradient_shap"}, "baseline": {"uniform", "gaussian"}}
 _SPEC = re.compile(r"^\s*([A-Za-z_][\w.\-]*)\s*(?::\s*([A-Za-z_][\w.\-]*)\s*)?(?:\((.*)\))?\s*$")
 
 
@@ -116,6 +116,9 @@ class Method:
             return True
         if self.baseline is not None and (self.baseline.name in RANDOM_PARTS["baseline"] or (
                 self.baseline.name == "uni" and self.baseline_params.get("start") == "uniform")):
+            return True
+        references = str(self.params.get("baselines", "")).split(",")  # deeplift_shap's reference distribution
+        if any(r.strip() in RANDOM_PARTS["baseline"] for r in references):
             return True
         return self.inner is not None and self.inner.has_random_part()
 

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from . import distributed, fastview
 from .accel import accelerate, check_precision, to_device
 from .data import ImageDataset, batches, collate, list_images
-from .defaults import DEFAULT_BATCH, DEFAULT_METHODS, DEFAULT_MODEL, DEFAULT_OUT, DEFAULT_STEPS
+from .defaults import DEFAULT_BATCH, DEFAULT_METHODS, DEFAULT_MODEL, DEFAULT_OUT, DEFAULT_STEPS, RESIZES
 from .engine import check_output, partition
 from .errors import InputError, StoreError, UniLabError
 from .labels import read_labels
@@ -63,7 +63,7 @@ def _method_steps(method: Method) -> int:
 def run(models=DEFAULT_MODEL, images=None, methods=DEFAULT_METHODS, *, steps: int = DEFAULT_STEPS,
         batch_size: int = DEFAULT_BATCH, device: str | None = None, seed: int = 0, out: str | Path = DEFAULT_OUT,
         sets: dict | list | None = None, weights: str | None = None, output: str = "prob",
-        resize: str = "full", overwrite: bool = False, progress: bool = True, shard=None,
+        resize: str = "model", overwrite: bool = False, progress: bool = True, shard=None,
         precision: str = "fp32", channels_last: bool = False, seed_stability: bool = True,
         workers: int | None = None, skip_bad_images: bool = False, labels: str | Path | None = None,
         synsets: str | None = None) -> RunResult:
@@ -91,6 +91,8 @@ def run(models=DEFAULT_MODEL, images=None, methods=DEFAULT_METHODS, *, steps: in
     """
     t_start = time.perf_counter()
     check_output(output)
+    if resize not in RESIZES:
+        raise InputError(f"resize must be one of {RESIZES}, got '{resize}'.")
     check_precision(precision)
     if batch_size < 1 or steps < 1:
         raise InputError("--batch-size and --steps must be at least 1.")
@@ -115,11 +117,12 @@ def run(models=DEFAULT_MODEL, images=None, methods=DEFAULT_METHODS, *, steps: in
     if len(set(names)) != len(names):
         raise InputError(f"two models share the name in {names}; give each Classifier a distinct name.")
     size = clfs[0].input_size
+    resize, crop_pct = _transform(resize, clfs[0])
     workers = default_workers(dev) if workers is None else int(workers)
     if workers < 0:
         raise InputError(f"--workers must be 0 or more, got {workers}.")
     entries, skipped_files = list_images(images, workers=workers, skip_bad=skip_bad_images)
-    dataset = ImageDataset(entries, size, resize)
+    dataset = ImageDataset(entries, size, resize, crop_pct)
 
     _, first = collate([dataset[0]])
     first = to_device(first, dev)
@@ -133,6 +136,7 @@ def run(models=DEFAULT_MODEL, images=None, methods=DEFAULT_METHODS, *, steps: in
         "methods": {m.spec: m.config() for m in method_list},
         "images": {e.id: e.source for e in entries},
         "seed": int(seed), "size": list(size), "resize": resize, "output": output,
+        **({"crop_pct": crop_pct} if resize == "crop" else {}),
         "fast_view": fastview.setting(),
     }
     if label_of is not None:  # the explained classes: a resume with other labels is another configuration
@@ -240,6 +244,13 @@ class _RankLog:
             print(f"uni-lab {self.who}: {items} items, {self.images} images in {wall:.0f} s "
                   f"({items / wall:.3g} items/s, {self.images / wall:.3g} images/s){' done' if final else ''}",
                   file=sys.stderr, flush=True)
+
+
+def _transform(resize: str, clf: Classifier) -> tuple[str, float]:
+    """``("crop"|"full", crop_pct)``: ``model`` is the model's own evaluation transform (its crop_pct)."""
+    if resize == "model":
+        return "crop", float(getattr(clf, "crop_pct", None) or 0.875)
+    return resize, 0.875
 
 
 def _prepare(store: Store, layout, overwrite: bool) -> None:

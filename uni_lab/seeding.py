@@ -12,6 +12,13 @@ def image_seed(seed: int, image_id: str) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+def content_seeds(x: torch.Tensor, seed: int) -> torch.Tensor:
+    """Per-image seeds from ``seed`` and the SHA-256 of each image's float32 pixels, for callers that
+    pass images without ids (Captum, Quantus): an image's draws then never depend on its batch."""
+    ids = [hashlib.sha256(img.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest() for img in x]
+    return torch.tensor([image_seed(seed, i) for i in ids])
+
+
 def derived_seeds(seeds, tag: str):
     """Per-image seeds of another random stream, ``image_seed(s, tag)`` for each seed ``s``: an
     image's derived seed never depends on the batch it is in. ``None`` stays ``None``."""

@@ -1,7 +1,7 @@
 """``uni-lab run``: explain images with methods and write a store."""
 from __future__ import annotations
 
-from ..defaults import DEFAULT_BATCH, DEFAULT_METHODS, DEFAULT_MODEL, DEFAULT_OUT, DEFAULT_STEPS
+from ..defaults import DEFAULT_BATCH, DEFAULT_METHODS, DEFAULT_MODEL, DEFAULT_OUT, DEFAULT_STEPS, RESIZES
 from ._shared import add_evaluation_arguments, evaluate_from_args, import_plugins, names, plan_from_args, split_methods
 
 NAME = "run"
@@ -27,8 +27,10 @@ def add_arguments(p):
     p.add_argument("--out", default=DEFAULT_OUT, help="store path (default: %(default)s)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="NAME.PARAM=VALUE",
                    help="any plugin parameter, e.g. --set uni.eps=0.03 (repeatable)")
-    p.add_argument("--resize", choices=("full", "crop"), default="full",
-                   help="resize the whole photograph to the model's input (default) or resize+centre-crop")
+    p.add_argument("--resize", choices=RESIZES, default="model",
+                   help="'model' (default): the model's own evaluation transform, resize the shorter side to "
+                        "size/crop_pct and centre-crop (timm's pretrained_cfg); 'crop': the same with crop_pct "
+                        "0.875; 'full': squash the whole photograph to the input size")
     p.add_argument("--plugins", action="append", default=[], metavar="MODULE_OR_FILE",
                    help="import a module or .py file that registers plugins before running (repeatable)")
     p.add_argument("--overwrite", action="store_true", help="replace a store written by another configuration")
