@@ -33,6 +33,7 @@ import xarray as xr
 
 from .accessor import UniAccessor, config_of  # noqa: F401  (the store's readers import them from here too)
 from .errors import StoreError
+from .zarr_io import assign, metadata_files
 from .explanation import TRACE_KEYS
 
 SCHEMA_VERSION = 2  # 2: integer target, predicted, label, image_hash; chunks span blocks of images
@@ -173,58 +174,11 @@ def skeleton(models, methods, images, size, max_steps: int, config: dict, device
     return ds
 
 
-def _metadata_files(ds: xr.Dataset) -> dict[str, bytes]:
-    """The files of ``ds``'s empty store (metadata and coordinates), written by xarray and zarr into
-    memory: on disk each of zarr's ~60 small writes waits on its I/O thread (0.24 s for a store
-    of eight images at 64², 0.1 s in memory)."""
-    from zarr.core.buffer import default_buffer_prototype
-    from zarr.core.sync import sync
-    from zarr.storage import MemoryStore
-
-    mem = MemoryStore()
-    ds.to_zarr(mem, mode="w", compute=False, consolidated=True, zarr_format=ZARR_FORMAT)
-
-    async def dump():
-        proto = default_buffer_prototype()
-        return {key: (await mem.get(key, proto)).to_bytes() async for key in mem.list()}
-
-    return sync(dump())
-
-
 def _write_files(root: Path, files: dict[str, bytes]) -> None:
     for key, data in files.items():
         path = root.joinpath(*key.split("/"))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
-
-
-def _assign(writes) -> None:
-    """``arr[index] = value`` for every ``(arr, index, value)``, all in one call to zarr's event loop.
-
-    One synchronous zarr call costs a few milliseconds of hand-over to its I/O thread; a batch
-    of items touches a dozen variables, so the calls are gathered and the variables' chunk
-    writes overlap. A chunk spans many images, and zarr writes part of a chunk by reading it,
-    changing it and replacing the file whole (a temporary file renamed over it: a killed write
-    leaves the old chunk); two writes into one chunk at once would each replace the other's, so
-    the writes of one array go one after the other.
-    """
-    import asyncio
-
-    from zarr.core.sync import sync
-
-    by_array: dict[str, list] = {}
-    for arr, index, value in writes:  # by path: each group[name] lookup is a new Array object
-        by_array.setdefault(arr.path, []).append((arr, index, value))
-
-    async def one_array(items):
-        for arr, index, value in items:
-            await arr.async_array.setitem(index, value)
-
-    async def run():
-        await asyncio.gather(*(one_array(items) for items in by_array.values()))
-
-    if writes:
-        sync(run())
 
 
 def _strings(values) -> np.ndarray:
@@ -370,7 +324,7 @@ class Store:
         tmp = self.path.with_name(f".{self.path.name}.creating-{os.getpid()}")
         try:
             shutil.rmtree(tmp, ignore_errors=True)  # left by a killed attempt of this pid
-            _write_files(tmp, _metadata_files(ds))
+            _write_files(tmp, metadata_files(ds, ZARR_FORMAT))
             if self.lock_mode is not None:  # locked before it is visible: no reader ever sees it unheld
                 fd = os.open(tmp, os.O_RDONLY)
                 _flock(fd, self.lock_mode == "exclusive", self.path)
@@ -487,9 +441,9 @@ class Store:
             if arr.ndim == 4 and value.shape[-1] < arr.shape[-1]:  # traces shorter than the step axis
                 value = np.concatenate([value, np.full(value.shape[:-1] + (arr.shape[-1] - value.shape[-1],), np.nan)], -1)
             writes += [(arr, at + (slice(lo, hi),), value[rows]) for lo, hi, rows in runs]
-        _assign(writes)
+        assign(writes)
         name, value = flag
-        _assign([(g[name], at + (slice(lo, hi),), np.ones(hi - lo, bool) if value is None else value[rows])
+        assign([(g[name], at + (slice(lo, hi),), np.ones(hi - lo, bool) if value is None else value[rows])
                  for lo, hi, rows in runs])
 
     def drop_chunks(self, damaged) -> int:
