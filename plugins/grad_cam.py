@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 import uni_lab
+from uni_lab.accel import probe_forward
 from uni_lab.engine import DEFAULT_INTERNAL_BATCH, check_input
 from uni_lab.errors import InputError
 from uni_lab.explanation import Explanation
@@ -31,14 +32,8 @@ def auto_layer(model: nn.Module, x: torch.Tensor) -> str:
     """The name of the last module (in finishing order) with a spatial 4-D output."""
     finished = []
     names = {id(m): n for n, m in model.named_modules() if n}
-    hooks = [m.register_forward_hook(lambda mod, i, o: finished.append((id(mod), o)))
-             for m in model.modules() if id(m) in names]
-    try:
-        with torch.no_grad():
-            model(x[:1])
-    finally:
-        for h in hooks:
-            h.remove()
+    probe_forward(model, x, [m for m in model.modules() if id(m) in names],
+                  lambda mod, i, o: finished.append((id(mod), o)))
     # pooling to a fixed grid (VGG's 7 × 7 adaptive pool) resamples the features rather than computing them
     pooling = {id(m) for m in model.modules() if "Pool" in type(m).__name__}
     spatial = [names[key] for key, out in finished if key not in pooling

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import uni_lab
+from uni_lab.accel import probe_forward
 from uni_lab.engine import (DEFAULT_INTERNAL_BATCH, check_input, check_output, completeness_error,
                             resolve_baseline, scores)
 from uni_lab.errors import InputError
@@ -164,13 +165,7 @@ def rule_model(model: nn.Module, x: torch.Tensor, method: str, prob: bool, unsup
             f"Captum's gradient pass-through with --set {method}.unsupported=gradient.")
     calls: Counter = Counter()
     ruled = {id(m): m for m in net.modules() if _has_rule(m, method)}
-    hooks = [m.register_forward_hook(lambda mod, i, o: calls.update([id(mod)])) for m in ruled.values()]
-    try:
-        with torch.no_grad():
-            net(x[:1])
-    finally:
-        for h in hooks:
-            h.remove()
+    probe_forward(net, x, ruled.values(), lambda mod, i, o: calls.update([id(mod)]))
     _replace(net, {key: PerCall(ruled[key], n) for key, n in calls.items() if n > 1})
     _replace(net, {id(m): FreshInput(m) for m in net.modules() if _has_rule(m, method)})
     return RuleNet(net, prob)

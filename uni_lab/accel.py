@@ -77,6 +77,19 @@ def memory_budget(device) -> int:
 _ACTIVATIONS: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
+def probe_forward(model: torch.nn.Module, x: torch.Tensor, modules, hook) -> None:
+    """One no-grad forward of ``x[:1]`` with ``hook`` as a forward hook on each of ``modules``,
+    removed afterwards whatever happens: how the toolkit looks at a model's structure (activation
+    sizes, which modules run, which give spatial maps) without changing it."""
+    handles = [m.register_forward_hook(hook) for m in modules]
+    try:
+        with torch.no_grad():
+            model(x[:1])
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def activation_bytes(model: torch.nn.Module, sample: torch.Tensor) -> int:
     """Bytes of every leaf module's output for one input ``sample`` ``(1, C, H, W)``.
 
@@ -93,14 +106,7 @@ def activation_bytes(model: torch.nn.Module, sample: torch.Tensor) -> int:
                 if torch.is_tensor(t):
                     total[0] += t.numel() * t.element_size()
 
-        leaves = [m for m in model.modules() if not any(True for _ in m.children())]
-        handles = [m.register_forward_hook(hook) for m in leaves]
-        try:
-            with torch.no_grad():
-                model(sample[:1])
-        finally:
-            for h in handles:
-                h.remove()
+        probe_forward(model, sample, [m for m in model.modules() if not any(True for _ in m.children())], hook)
         cache[key] = max(total[0], sample[:1].numel() * sample.element_size())
     return cache[key]
 

@@ -300,15 +300,14 @@ def plan(metrics=(), attacks=(), corruptions=(), *, severities=SEVERITIES, pertu
 def _evaluate(st, ds, metrics, attacks, corruptions, severities, perturbed_metrics, sets, models, methods, images,
               batch_size, device, recompute, progress) -> EvalResult:
     config = config_of(ds)
-    check_plugins_present(ds, given=[c.name for c in (models if isinstance(models, (list, tuple)) else
-                                                      [models] if models else [])])
+    given = {c.name: c for c in (models if isinstance(models, (list, tuple)) else [models] if models else [])}
+    check_plugins_present(ds, given=given)
     todo = plan(metrics, attacks, corruptions, severities=severities, perturbed_metrics=perturbed_metrics, sets=sets,
                 output=config.get("output", "prob"))
     metric_ps, attack_ps, corruption_ps, perturbed_ps = todo.metrics, todo.attacks, todo.corruptions, todo.perturbed
     severities, params = todo.severities, todo.params
     _check_params(st, ds, params, recompute)
 
-    given = {c.name: c for c in (models if isinstance(models, (list, tuple)) else [models] if models else [])}
     dev = resolve_device(device)
     all_methods = [str(m) for m in ds.method.values]
     specs = _subset("method", all_methods, methods)
