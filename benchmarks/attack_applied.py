@@ -18,7 +18,8 @@ import torch
 import uni_lab
 from uni_lab.evaluate import load_model, read_explanation
 from uni_lab.registry import get
-from uni_lab.store import Store, config_of
+from uni_lab.accessor import config_of
+from uni_lab.store import Store
 
 
 def main(argv=None) -> int:
@@ -48,7 +49,7 @@ def main(argv=None) -> int:
         plugin = get("attack", attack)
         params = plugin.resolved_params({"output": config.get("output", "prob"), **routed.get(("attack", attack), {})})
         for spec in methods:
-            exp = read_explanation(ds, "", {"model": model_name, "method": spec}, ids, "cpu")
+            exp = read_explanation(ds, "clean", {"model": model_name, "method": spec}, ids, "cpu")
             t0 = time.perf_counter()
             adv = torch.cat([plugin(model=clf, x=x[i:i + 1], target=target[i:i + 1], seeds=None,
                                     explanation=_one(exp, i), **params) for i in range(len(ids))])

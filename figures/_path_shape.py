@@ -15,7 +15,7 @@ import _store_io as io
 
 def score_trace(ds: xr.Dataset) -> xr.DataArray:
     """F_c(γ_k) in the output the store explained (probability, or the logit)."""
-    return ds["trace_logit"] if io.config(ds).get("output") == "logit" else ds["trace_prob"]
+    return ds["trace_logit"] if ds.uni.config.get("output") == "logit" else ds["trace_prob"]
 
 
 def conformant(row: np.ndarray) -> float:

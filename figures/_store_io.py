@@ -8,7 +8,6 @@ arguments, opens its cached default under ``runs/figures/`` and computes it firs
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import textwrap
 from pathlib import Path
@@ -173,10 +172,6 @@ def open_loaded(path: Path) -> xr.Dataset:
     return ds
 
 
-def config(ds: xr.Dataset) -> dict:
-    return json.loads(ds.attrs.get("uni_lab_config", "{}"))
-
-
 def class_names(ds: xr.Dataset, model: str) -> list[str] | None:
     """ImageNet-1k class names for a 1000-class ImageNet model of the store, else None (numbers).
 
@@ -184,7 +179,7 @@ def class_names(ds: xr.Dataset, model: str) -> list[str] | None:
     (or ``class_names``) says so itself; otherwise only the embedded EfficientNet-Lite models
     with their embedded weights are known to be ImageNet-1k classifiers (plugins/models.py).
     """
-    entry = config(ds).get("models", {}).get(model, {})
+    entry = ds.uni.config.get("models", {}).get(model, {})
     if entry.get("class_names"):
         return list(entry["class_names"])
     if "num_classes" in entry:
@@ -207,84 +202,8 @@ def class_label(names: list[str] | None, index: int) -> str:
     return f"class {index}"
 
 
-def done_methods(ds: xr.Dataset, model=None) -> list[str]:
-    """Methods with at least one finished item (for ``model`` or any model)."""
-    done = ds["done"] if model is None else ds["done"].sel(model=model)
-    axes = [d for d in done.dims if d != "method"]
-    any_done = done.any(axes) if axes else done
-    return [str(m) for m in ds.method.values if bool(any_done.sel({"method": m}))]
-
-
-def evaluated(ds: xr.Dataset, var: str) -> xr.DataArray | None:
-    """An evaluation variable where its ``done_*`` flag is set (NaN elsewhere); None if absent."""
-    if var not in ds.data_vars:
-        return None
-    metric = ds[var].attrs.get("uni_lab_metric", var)
-    prefix = next((p for p in ("attack_", "corruption_") if var.startswith(p)), "")
-    flag = f"done_{prefix}{metric}"
-    return ds[var].where(ds[flag]) if flag in ds.data_vars else ds[var]
-
-
-def evaluation_params(ds: xr.Dataset, var: str) -> str:
-    """``name(p=v, ...)``: the parameters an evaluation variable was computed with (its attrs)."""
-    attrs = ds[var].attrs
-    params = json.loads(attrs.get("uni_lab_params", "{}"))
-    shown = ", ".join(f"{k}={v}" for k, v in sorted(params.items()) if k != "output")
-    return f"{attrs.get('uni_lab_metric', var)}({shown})"
-
-
-def is_evaluated(ds: xr.Dataset, flag: str, **labels) -> bool:
-    """The evaluation flag ``flag`` (``done_mufidelity``, ...) is set for every finished item,
-    at ``labels`` of its further dims (``severity=[1, 3, 5]``)."""
-    if flag not in ds.data_vars:
-        return False
-    values = ds[flag]
-    for dim, wanted in labels.items():
-        if dim not in values.dims or not set(np.atleast_1d(wanted)) <= set(values[dim].values.tolist()):
-            return False
-        values = values.sel({dim: wanted})
-    return bool(values.where(ds["done"], True).all())
-
-
 def sel_method(obj, method: str):
     return obj.sel({"method": method})
-
-
-def method_steps(cfg: dict, method: str):
-    entry = cfg.get("methods", {}).get(method, {})
-    while entry:
-        if "steps" in entry.get("params", {}):
-            return entry["params"]["steps"]
-        entry = entry.get("inner")
-    return None
-
-
-def method_label(cfg: dict, method: str) -> str:
-    """A method name as registered, with the parameters that distinguish it (not steps/output)."""
-    entry = cfg.get("methods", {}).get(method, {})
-    params = {k: v for k, v in entry.get("baseline_params", {}).items()}
-    params.update({k: v for k, v in entry.get("params", {}).items() if k not in ("steps", "output")})
-    if not params:
-        return method
-    return f"{method} ({', '.join(f'{k}={v}' for k, v in sorted(params.items()))})"
-
-
-def caption(ds: xr.Dataset, methods=None, extra: str = "", steps=None) -> str:
-    """One line of provenance from the store's attrs: model, output, seed, B, method parameters."""
-    cfg = config(ds)
-    methods = list(methods if methods is not None else ds.method.values)
-    models = ", ".join(cfg.get("models", {}) or map(str, ds.model.values))
-    if steps is None:
-        steps = sorted({s for s in (method_steps(cfg, m) for m in methods) if s is not None})
-    parts = [f"model: {models}", f"output: {cfg.get('output', '?')}", f"seed {cfg.get('seed', '?')}"]
-    if steps:
-        parts.append("B = " + "/".join(map(str, steps)))
-    labelled = [method_label(cfg, m) for m in methods]
-    parts.append("methods: " + "; ".join(labelled))
-    parts.append(f"store: {ds.attrs.get('store_path', '?')}")
-    if extra:
-        parts.append(extra)
-    return " · ".join(parts)
 
 
 def wrap(text: str, width: int = 150) -> str:

@@ -19,7 +19,7 @@ def draw(ds, out_dir, stem="fig2_attributions"):
     style.setup()
     written = []
     for model in map(str, ds.model.values):
-        methods = style.ordered(io.done_methods(ds, model))
+        methods = style.ordered(ds.uni.done_methods(model))
         if not methods:
             io.missing(f"finished items for model {model}", "the store has none; run it to completion")
             continue
@@ -48,7 +48,7 @@ def draw(ds, out_dir, stem="fig2_attributions"):
         fig.tight_layout()
         if mappable is not None:
             style.map_colorbar(fig, axes[:, 1:], mappable)
-        style.footer(fig, io.wrap(io.caption(ds.sel(model=[model]), methods), 170))
+        style.footer(fig, io.wrap(ds.sel(model=[model]).uni.caption(methods), 170))
         suffix = "" if ds.sizes["model"] == 1 else f"_{model}"
         written += io.save_figure(fig, stem + suffix, out_dir)
         plt.close(fig)

@@ -14,6 +14,8 @@ import sys
 
 import pandas as pd
 
+from uni_lab.schema import input_flag, maps_flag, metric_flag
+
 import _store_io as io
 import _style as style
 
@@ -31,7 +33,7 @@ def compute(path, args):
 
 
 def ready(ds, attacks=ATTACKS) -> bool:
-    return io.is_evaluated(ds, "done_attack_robustness", attack=list(attacks))
+    return ds.uni.is_evaluated(metric_flag("robustness", "attack"), attack=list(attacks))
 
 
 def _attacks(args) -> list[str]:
@@ -41,14 +43,14 @@ def _attacks(args) -> list[str]:
 def per_image(ds) -> pd.DataFrame:
     frames = []
     for var in SCORES:
-        values = io.evaluated(ds, var)
+        values = ds.uni.evaluated(var)
         if values is not None:
             frames.append(values.to_dataframe(name="value").reset_index()
                           [["model", "method", "image", "attack", "value"]].assign(score=var))
     extra = {}
     for var in ("attack_label_kept", "attack_linf"):
         if var in ds.data_vars:
-            flagged = ds[var].where(ds["done_attack"]) if "done_attack" in ds.data_vars else ds[var]
+            flagged = ds[var].where(ds[input_flag("attack")]) if input_flag("attack") in ds.data_vars else ds[var]
             extra[var] = flagged.to_dataframe(name=var).reset_index()[["model", "method", "image", "attack", var]]
     long = pd.concat(frames).dropna(subset=["value"]) if frames else pd.DataFrame(
         columns=["model", "method", "image", "attack", "value", "score"])
@@ -80,12 +82,12 @@ def draw(ds, out_dir, image=None, stem="fig4_robustness"):
         notes.append(f"NOT APPLIED: {attack} on {method} for {n} image(s): every candidate would change the "
                      "label, so δ = 0; these items are left out of the scores")
         print(notes[-1])
-    methods = style.ordered(long["method"].unique()) if not long.empty else style.ordered(io.done_methods(ds))
+    methods = style.ordered(long["method"].unique()) if not long.empty else style.ordered(ds.uni.done_methods())
     attacks = [a for a in ATTACKS if a in set(long.get("attack", []))] + \
         sorted(set(long.get("attack", [])) - set(ATTACKS))
-    params = "; ".join(io.evaluation_params(ds, v) for v in ("attack_robustness_spearman",) if v in ds.data_vars)
+    params = "; ".join(ds.uni.evaluation_params(v) for v in ("attack_robustness_spearman",) if v in ds.data_vars)
     attack_params = "; ".join(_attack_params(ds, a) for a in attacks)
-    text = io.caption(ds, methods, extra=" · ".join(p for p in (params, attack_params) if p))
+    text = ds.uni.caption(methods, extra=" · ".join(p for p in (params, attack_params) if p))
 
     show_maps = "attack_attribution" in ds.data_vars and not long.empty
     map_axes, mappable, bar_axes, handles = [], None, [], None
@@ -108,7 +110,7 @@ def draw(ds, out_dir, image=None, stem="fig4_robustness"):
                 ax = fig.add_subplot(maps[r, c])
                 map_axes.append(ax)
                 var = ds["attribution"] if attack is None else ds["attack_attribution"].sel(attack=attack)
-                flag = ds["done"] if attack is None else ds["done_attack"].sel(attack=attack)
+                flag = ds["done"] if attack is None else ds[maps_flag("attack")].sel(attack=attack)
                 moved = long[(long["method"] == method) & (long["image"] == image) & (long["attack"] == attack)]
                 if attack is not None and not moved.empty and not moved["applied"].astype(bool).any():
                     style.blank(ax, "not applied: δ = 0\n(every candidate changed the label)")

@@ -16,6 +16,8 @@ import sys
 import numpy as np
 import pandas as pd
 
+from uni_lab.schema import maps_flag, metric_flag, metric_variable
+
 import _store_io as io
 import _style as style
 
@@ -46,11 +48,11 @@ def per_image(ds) -> pd.DataFrame:
     """Long table (model, method, image, corruption, severity, bias, value); severity 0 = clean."""
     frames = []
     for key in BIASES:
-        clean = io.evaluated(ds, f"bias_{key}")
+        clean = ds.uni.evaluated(metric_variable("bias", key))
         if clean is not None:
             frames.append(clean.to_dataframe(name="value").reset_index()[["model", "method", "image", "value"]]
                           .assign(severity=0, bias=key, corruption="clean"))
-        corrupted = io.evaluated(ds, f"corruption_bias_{key}")
+        corrupted = ds.uni.evaluated(metric_variable("bias", key, "corruption"))
         if corrupted is not None:
             frames.append(corrupted.to_dataframe(name="value").reset_index()
                           [["model", "method", "image", "corruption", "severity", "value"]].assign(bias=key))
@@ -77,12 +79,12 @@ def draw(ds, out_dir, severity=None, stem="fig5_bias"):
     absent = [m for m in METHODS if m not in set(map(str, ds.method.values))]
     if absent:
         notes.append(io.missing(f"methods {absent} of the paper's comparison", "not in this store"))
-    methods = style.ordered(long["method"].unique()) if not long.empty else style.ordered(io.done_methods(ds))
+    methods = style.ordered(long["method"].unique()) if not long.empty else style.ordered(ds.uni.done_methods())
     colours = style.palette(methods)
     sev_done = sorted(int(s) for s in long["severity"].unique() if s > 0) if not long.empty else []
     severity = severity if severity is not None else (max(sev_done) if sev_done else None)
-    params = "; ".join(io.evaluation_params(ds, v) for v in ("bias_colour",) if v in ds.data_vars)
-    text = io.caption(ds, methods, extra=params)
+    params = "; ".join(ds.uni.evaluation_params(v) for v in ("bias_colour",) if v in ds.data_vars)
+    text = ds.uni.caption(methods, extra=params)
 
     rows = corruptions or ["clean"]
     fig = plt.figure(figsize=(max(2.0 * (len(methods) + 1), 12), 4.6 * len(rows) + 0.8))
@@ -111,7 +113,7 @@ def draw(ds, out_dir, severity=None, stem="fig5_bias"):
                 var, flag = ds["attribution"].sel(at), ds["done"].sel(at)
             else:
                 sel = {"corruption": corruption, "severity": severity}
-                var, flag = ds["corruption_attribution"].sel(at).sel(sel), ds["done_corruption"].sel(at).sel(sel)
+                var, flag = ds["corruption_attribution"].sel(at).sel(sel), ds[maps_flag("corruption")].sel(at).sel(sel)
             if bool(io.sel_method(flag, method)):
                 mappable = style.show_map(ax, io.sel_method(var, method).values, method)
             else:
@@ -176,8 +178,8 @@ def main(argv=None) -> int:
                    help="severities for a computed store (default: %(default)s)")
     p.add_argument("--severity", type=int, help="severity of the maps drawn (default: the highest evaluated)")
     args = io.parse(p, argv)
-    ready = lambda ds: (io.is_evaluated(ds, "done_bias") and  # noqa: E731
-                        io.is_evaluated(ds, "done_corruption_bias", corruption=args.corruptions,
+    ready = lambda ds: (ds.uni.is_evaluated(metric_flag("bias")) and  # noqa: E731
+                        ds.uni.is_evaluated(metric_flag("bias", "corruption"), corruption=args.corruptions,
                                         severity=args.severities))
     ds = io.obtain(args, compute=compute, ready=ready)
     draw(ds, args.out_dir, severity=args.severity)

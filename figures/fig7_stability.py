@@ -56,10 +56,9 @@ def collect(datasets) -> tuple[dict, pd.DataFrame]:
     """Maps and per-item scalars keyed by (model, method, image, B), from every store's finished items."""
     maps, rows = {}, []
     for ds in datasets:
-        cfg = io.config(ds)
         for model in map(str, ds.model.values):
-            for method in io.done_methods(ds, model):
-                b = io.method_steps(cfg, method)
+            for method in ds.uni.done_methods(model):
+                b = ds.uni.method_steps(method)
                 if b is None:
                     continue  # not a path method: no Riemann sum to be stable in
                 for image in map(str, ds.image.values):
@@ -94,7 +93,7 @@ def stability(maps: dict, items: pd.DataFrame) -> pd.DataFrame:
 
 def from_metric(ds) -> pd.DataFrame:
     """Curves ``uni-lab evaluate --metrics riemann_stability`` stored (dims ..., steps), if any."""
-    sp, rel = io.evaluated(ds, "riemann_stability_spearman"), io.evaluated(ds, "riemann_stability_rel_error")
+    sp, rel = ds.uni.evaluated("riemann_stability_spearman"), ds.uni.evaluated("riemann_stability_rel_error")
     if sp is None or rel is None:
         return pd.DataFrame()
     keys = ["model", "method", "image", "steps"]
@@ -176,7 +175,7 @@ def draw(datasets, out_dir, image=None, stem="fig7_stability"):
         style.map_colorbar(fig, map_axes, mappable)
     if handles is not None:
         style.legend_outside(fig, curve_axes, *handles, title="method")
-    text = io.caption(datasets[-1], methods, steps=bs, extra=source)
+    text = datasets[-1].uni.caption(methods, steps=bs, extra=source)
     style.footer(fig, io.wrap(text, 170))
     written = io.save_figure(fig, stem, out_dir)
     plt.close(fig)

@@ -23,7 +23,7 @@ def draw(ds, out_dir, stem="fig_monotonicity"):
     if table.empty:
         io.missing("path traces", "no finished path-method item in the store")
         return [], table
-    no_trace = sorted(set(io.done_methods(ds)) - set(table["method"]))
+    no_trace = sorted(set(ds.uni.done_methods()) - set(table["method"]))
     if no_trace:
         print(f"no path trace (not drawn): {', '.join(no_trace)}")
     f = shape.score_trace(ds)
@@ -80,11 +80,11 @@ def draw(ds, out_dir, stem="fig_monotonicity"):
         ax.set_ylim(0, max(float(np.nanmax(table[col].to_numpy(float), initial=0.0)), 1e-12) * 1.18)
     fig.suptitle(f"Class score along each path ({ylabel}) and its shape, per method "
                  "(bars: mean over images, dots: images)", y=0.98)
-    style.footer(fig, io.wrap(io.caption(ds, methods), 170))
+    style.footer(fig, io.wrap(ds.uni.caption(methods), 170))
     written = io.save_figure(fig, stem, out_dir)
     plt.close(fig)
     written += io.save_table(table, stem + "_items", out_dir)
-    written += io.save_table(per_method, stem, out_dir, io.caption(ds, methods))
+    written += io.save_table(per_method, stem, out_dir, ds.uni.caption(methods))
     io.headline("fig_monotonicity: path shape per method (mean over images)", per_method)
     return written, per_method
 

@@ -13,6 +13,8 @@ import sys
 import numpy as np
 import pandas as pd
 
+from uni_lab.schema import metric_flag
+
 import _store_io as io
 import _style as style
 
@@ -27,14 +29,14 @@ def compute(path, args):
 
 
 def ready(ds) -> bool:
-    return all(io.is_evaluated(ds, f"done_{m}") for m in METRICS)
+    return all(ds.uni.is_evaluated(metric_flag(m)) for m in METRICS)
 
 
 def per_image(ds) -> tuple[pd.DataFrame, list[str]]:
     """Long table (model, method, image, metric, value) of the evaluated items, and what is missing."""
     frames, missing = [], []
     for metric in METRICS:
-        values = io.evaluated(ds, metric)
+        values = ds.uni.evaluated(metric)
         if values is None:
             missing.append(metric)
             continue
@@ -53,9 +55,9 @@ def draw(ds, out_dir, stem="table2_faithfulness"):
     notes = [io.missing(f"metric '{m}'", f"run `uni-lab evaluate {ds.attrs.get('store_path', 'STORE')} --metrics "
                         f"{','.join(METRICS)}`, or omit --store") for m in missing]
     present = [m for m in METRICS if m not in missing]
-    methods = style.ordered(long["method"].unique()) if not long.empty else style.ordered(io.done_methods(ds))
-    params = "; ".join(io.evaluation_params(ds, m) for m in present)
-    text = io.caption(ds, methods, extra=f"metrics: {params}" if params else "")
+    methods = style.ordered(long["method"].unique()) if not long.empty else style.ordered(ds.uni.done_methods())
+    params = "; ".join(ds.uni.evaluation_params(m) for m in present)
+    text = ds.uni.caption(methods, extra=f"metrics: {params}" if params else "")
 
     table = (long.groupby(["model", "method", "metric"], as_index=False)["value"]
              .agg(mean="mean", std="std", images="count")) if not long.empty else \
@@ -64,7 +66,7 @@ def draw(ds, out_dir, stem="table2_faithfulness"):
     written = io.save_table(wide, stem, out_dir, "\n".join([text] + notes))
     written += io.save_table(table, stem + "_long", out_dir)
 
-    curves = [c for c in ("deletion_curve", "insertion_curve") if io.evaluated(ds, c) is not None]
+    curves = [c for c in ("deletion_curve", "insertion_curve") if ds.uni.evaluated(c) is not None]
     fig, axes = plt.subplots(2 if curves else 1, 3, squeeze=False, figsize=(13, 7.4 if curves else 3.9))
     colours = style.palette(methods)
     model_legend = None
@@ -89,7 +91,7 @@ def draw(ds, out_dir, stem="table2_faithfulness"):
             lab.set_ha("right")
     if curves:
         for ax, var in zip(axes[1], curves):
-            data = io.evaluated(ds, var)
+            data = ds.uni.evaluated(var)
             frac_dim = next(d for d in data.dims if d not in ("model", "method", "image"))
             for method in methods:
                 curve = io.sel_method(data, method).mean([d for d in data.dims if d not in ("method", frac_dim)])

@@ -181,7 +181,7 @@ def test_unlearning_sees_the_model_as_given(bn_clf):
 def test_the_run_records_the_view_and_resumes_only_with_it(tiny_model, tmp_path, monkeypatch, setting):
     """The setting is part of a run's configuration: UNI's sign-PGD turns the view's rounding into
     other baselines, so one store must not mix the two. The refusal says how to match it."""
-    from uni_lab.store import config_of
+    from uni_lab.accessor import config_of
 
     monkeypatch.setenv(fastview.ENV, setting)
     kw = dict(images=["chelsea"], methods=["ig:black"], steps=2, out=tmp_path / "s.zarr", progress=False)

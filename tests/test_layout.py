@@ -14,7 +14,8 @@ import uni_lab
 from uni_lab import cli
 from uni_lab.check import check_store
 from uni_lab.distributed import shard_range
-from uni_lab.store import Store, chunking, data_files
+from uni_lab.schema import chunking, data_files
+from uni_lab.store import Store
 
 
 def _folder(tmp_path, n):

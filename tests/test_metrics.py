@@ -427,7 +427,8 @@ def test_cli_run_with_metrics_then_evaluate_more(tmp_path, tiny_model, capsys):
 
 
 def test_two_evaluations_of_one_store_cannot_overlap(tiny_store, tiny_model):
-    from uni_lab.store import Store, evaluation_lock
+    from uni_lab.locks import evaluation_lock
+    from uni_lab.store import Store
 
     with evaluation_lock(Store(tiny_store)):
         with pytest.raises(StoreError, match="being written by another uni-lab process"):
@@ -438,7 +439,8 @@ def test_two_evaluations_of_one_store_cannot_overlap(tiny_store, tiny_model):
 def test_evaluation_lock_holds_while_zarr_rewrites_the_group_metadata(tiny_store):
     import zarr
 
-    from uni_lab.store import Store, evaluation_lock
+    from uni_lab.locks import evaluation_lock
+    from uni_lab.store import Store
 
     with evaluation_lock(Store(tiny_store)):
         zarr.consolidate_metadata(str(tiny_store))  # what adding a variable does to .zgroup and .zmetadata

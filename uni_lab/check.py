@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,18 +16,17 @@ import numpy as np
 import xarray as xr
 
 from .errors import StoreError
-from .store import SCHEMA_VERSION, Store, config_of, evaluation_lock, skeleton
+from .accessor import config_of
+from .locks import evaluation_lock
+from .schema import IMAGE, ITEM, RUN_VARIABLES, SCHEMA_VERSION
+from .store import Store
 
-ITEM = ("model", "method", "image")
-IMAGE = ("model", "image")
 BLOCK_IMAGES = 256  # images per dask block: bounded memory, few tasks
 
 
 def expected_dims() -> dict[str, tuple[str, ...]]:
-    """Every variable a store holds, with its dims, taken from the writer's own skeleton."""
-    img = types.SimpleNamespace(id="i", source="s")
-    ds = skeleton(["m"], ["me"], [img], (2, 2), 1, {}, "cpu")
-    return {name: var.dims for name, var in ds.data_vars.items()}
+    """Every variable a run's store holds, with its dims (:data:`uni_lab.schema.RUN_VARIABLES`)."""
+    return {name: var.dims for name, var in RUN_VARIABLES.items()}
 
 
 def schema_problems(ds: xr.Dataset, expected: xr.Dataset | None = None) -> list[str]:

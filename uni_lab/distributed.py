@@ -7,7 +7,7 @@ in the environment) every rank joins a gloo process group and takes shard ``rank
 ``world`` (of shard ``i`` when ``--shard i/n`` is given too); rank 0 creates or validates the
 store while the others wait. The group carries only that wait and one closing barrier, so
 gloo serves GPUs too (NCCL would also refuse two ranks sharing one GPU). The store's chunks span
-blocks of images (:func:`uni_lab.store.chunking`) and shards are whole blocks, so ranks write
+blocks of images (:func:`uni_lab.schema.chunking`) and shards are whole blocks, so ranks write
 disjoint chunk files and need no locks. Per-image seeds
 (:func:`uni_lab.seeding.image_seed`) keep random draws independent of the split.
 """

@@ -41,16 +41,16 @@ from tqdm.auto import tqdm
 from . import fastview
 from .defaults import DEFAULT_BATCH, PERTURBED_METRICS, SEVERITIES
 from .errors import InputError, PluginError, StoreError, UniLabError
-from .explanation import TRACE_KEYS, Explanation
+from .accessor import config_of
+from .explanation import Explanation
 from .methods import NON_SEMANTIC, Method, parse_sets, route_params
 from .models import Classifier, create_model, resolve_device
 from .registry import Plugin, get, registry
 from .seeding import image_seed
-from .store import (LABEL_DIMS, Store, _diff, add_variables, config_of, drop_variables, evaluation_lock, open_lazy,
-                    update_attrs, write_region)
-
-ITEM = ("model", "method", "image")
-MAP = ("channel", "y", "x")
+from .locks import evaluation_lock
+from .schema import (ITEM, LABEL_DIMS, MAP, TRACE_KEYS, Variable, explanation_variables, flag_of, input_flag, is_metric,
+                     maps_flag, metric_flag, metric_variable, perturbed_variables, prefix)
+from .store import Store, _diff
 PROB_TOLERANCE = 1e-3  # reloaded vs stored F_c(x): device and batch-order noise, far below a different model
 
 
@@ -63,7 +63,7 @@ class Condition:
 
     @property
     def prefix(self) -> str:
-        return "" if self.kind == "clean" else f"{self.kind}_"
+        return prefix(self.kind)
 
     @property
     def dims(self) -> tuple:
@@ -344,7 +344,7 @@ def _evaluate(st, ds, metrics, attacks, corruptions, severities, perturbed_metri
                     job.metrics(cond, batch, perturbed_ps, perturbed)
                     bar.update(len(batch.ids))
             bar.close()
-    return EvalResult(st.path, metric_table(open_lazy(st)))
+    return EvalResult(st.path, metric_table(st.open_lazy()))
 
 
 def _subset(dim: str, labels: list[str], wanted) -> list[str]:
@@ -375,15 +375,15 @@ def _check_params(st: Store, ds: xr.Dataset, params: dict, recompute: bool) -> N
                          "Pass --recompute to replace them, or evaluate a copy of the store.")
     for kind, name in changed:
         if kind == "metric":
-            drop_variables(st, [v for v in ds.data_vars if ds[v].attrs.get("uni_lab_metric") == name])
+            st.drop_variables([v for v in ds.data_vars if ds[v].attrs.get("uni_lab_metric") == name])
         else:  # an attack or corruption: its label's flags go back to not-done everywhere
             dim = "corruption" if "severity" in get("attack", name).params else "attack"
             for flag in [v for v in ds.data_vars if v.startswith("done_") and dim in ds[v].dims]:
                 if name in [str(x) for x in ds[dim].values]:
                     shape = [ds.sizes[d] for d in ds[flag].dims if d != dim]
-                    write_region(st, {flag: np.zeros(shape, dtype=bool)}, {dim: name})
+                    st.write_region({flag: np.zeros(shape, dtype=bool)}, {dim: name})
     recorded.update({_owner(k, n): _semantic(p) for (k, n), p in params.items()})
-    update_attrs(st, {"uni_lab_evaluation": json.dumps(recorded, sort_keys=True)})
+    st.update_attrs({"uni_lab_evaluation": json.dumps(recorded, sort_keys=True)})
 
 
 @dataclass
@@ -401,7 +401,7 @@ class _Batch:
         sub = ds[["input", "target"]].sel(model=model, image=ids).load()
         x = torch.from_numpy(sub["input"].transpose("image", *MAP).values).float().to(dev)
         target = torch.from_numpy(sub["target"].values).long().to(dev)
-        exp = read_explanation(ds, "", {"model": model, "method": method}, ids, dev)
+        exp = read_explanation(ds, "clean", {"model": model, "method": method}, ids, dev)
         return cls(list(ids), x, target, torch.tensor([seeds[i] for i in ids]), exp)
 
     def take(self, ids: list) -> "_Batch":
@@ -413,30 +413,30 @@ class _Batch:
         return _Batch(list(ids), self.x[idx], self.target[idx], self.seeds[idx], exp)
 
 
-def read_explanation(ds: xr.Dataset, prefix: str, sel: dict, ids: list, dev) -> Explanation:
-    """An :class:`Explanation` from stored variables (NaN baseline or trace → ``None``)."""
-    names = [f"{prefix}attribution", f"{prefix}baseline", f"{prefix}completeness_error",
-             *(f"{prefix}trace_{k}" for k in TRACE_KEYS)]
-    sub = ds[names].sel({**sel, "image": ids}).load()
+def read_explanation(ds: xr.Dataset, kind: str, sel: dict, ids: list, dev) -> Explanation:
+    """An :class:`Explanation` from the variables stored under condition ``kind`` (NaN baseline or
+    trace → ``None``)."""
+    sub = ds[explanation_variables(kind)].sel({**sel, "image": ids}).load()
+    p = prefix(kind)
 
     def tensor(name, dims):
-        return torch.from_numpy(np.ascontiguousarray(sub[name].transpose("image", *dims).values)).to(dev)
+        return torch.from_numpy(np.ascontiguousarray(sub[p + name].transpose("image", *dims).values)).to(dev)
 
-    attribution = tensor(f"{prefix}attribution", MAP).float()
-    baseline = tensor(f"{prefix}baseline", MAP).float()
+    attribution = tensor("attribution", MAP).float()
+    baseline = tensor("baseline", MAP).float()
     baseline = None if torch.isnan(baseline).all() else baseline
-    trace = {k: tensor(f"{prefix}trace_{k}", ("step",)) for k in TRACE_KEYS}
+    trace = {k: tensor(f"trace_{k}", ("step",)) for k in TRACE_KEYS}
     keep = torch.isfinite(trace["alpha"]).any(0)
     trace = None if not keep.any() else {k: v[:, :int(keep.nonzero().max()) + 1] for k, v in trace.items()}
-    err = tensor(f"{prefix}completeness_error", ())
+    err = tensor("completeness_error", ())
     return Explanation(attribution, baseline, trace, None if torch.isnan(err).all() else err)
 
 
-def _explanation_values(exp: Explanation, j: int, steps: int, prefix: str) -> dict:
+def _explanation_values(exp: Explanation, j: int, steps: int, p: str) -> dict:
     """One image's explanation as ``{variable: array}``, traces NaN-padded to the store's steps."""
-    values = {f"{prefix}attribution": exp.attribution[j].detach().float().cpu().numpy()}
+    values = {f"{p}attribution": exp.attribution[j].detach().float().cpu().numpy()}
     if exp.baseline is not None:
-        values[f"{prefix}baseline"] = exp.baseline[j].detach().float().cpu().numpy()
+        values[f"{p}baseline"] = exp.baseline[j].detach().float().cpu().numpy()
     if exp.trace is not None:
         for k, tr in exp.trace.items():
             row = np.full(steps, np.nan)
@@ -444,9 +444,9 @@ def _explanation_values(exp: Explanation, j: int, steps: int, prefix: str) -> di
             if tr.shape[0] > steps:
                 raise StoreError(f"a path of {tr.shape[0]} points does not fit the store's {steps} steps.")
             row[:tr.shape[0]] = tr
-            values[f"{prefix}trace_{k}"] = row
+            values[f"{p}trace_{k}"] = row
     if exp.completeness_error is not None:
-        values[f"{prefix}completeness_error"] = float(exp.completeness_error[j])
+        values[f"{p}completeness_error"] = float(exp.completeness_error[j])
     return values
 
 
@@ -456,7 +456,7 @@ class _Job:
     def __init__(self, st: Store, params: dict, dev, coords: dict):
         self.st, self.params, self.dev, self.coords = st, params, dev, coords
         self.model = self.model_name = self.method = self.call = None
-        self.ds = open_lazy(st)  # reopened only when variables are added
+        self.ds = st.open_lazy()  # reopened only when variables are added
 
     # -- bookkeeping -------------------------------------------------------------------------
     def pending(self, flag: str, cond: Condition, ids: list, with_method: bool = True) -> list:
@@ -474,36 +474,23 @@ class _Job:
         if all(n in ds.variables for n in specs) and all(
                 d in ds.dims and set(np.asarray(v).tolist()) <= set(ds[d].values.tolist()) for d, v in coords.items()):
             return  # the common case after the first batch: nothing to add, no metadata to reread
-        if add_variables(self.st, specs, coords):
-            self.ds = open_lazy(self.st)
+        if self.st.add_variables(specs, coords):
+            self.ds = self.st.open_lazy()
 
     def write(self, values: dict, flag: str, cond: Condition, image: str, with_method: bool = True) -> None:
         labels = {**cond.sel(self.model_name, self.method if with_method else None), "image": image}
-        write_region(self.st, values, labels, self.ds)
-        write_region(self.st, {flag: True}, labels, self.ds)  # last: the item is complete
+        self.st.write_region(values, labels, self.ds)
+        self.st.write_region({flag: True}, labels, self.ds)  # last: the item is complete
 
     # -- perturbed inputs and their maps ------------------------------------------------------
     def perturb(self, cond: Condition, plugin: Plugin, batch: _Batch) -> dict:
         """Perturbed inputs and their maps for ``batch`` (computed where not stored yet)."""
         p = cond.prefix
-        item_dims = ITEM + cond.dims
-        ds = self.ds
-        steps = ds.sizes["step"]
-        input_dims = (item_dims if cond.kind == "attack" else ("model", "image") + cond.dims)
-        specs = {f"{p}input": (input_dims + MAP, "f4", {"description": f"{cond.kind}ed input, pixel space"}),
-                 f"{p}prob": (input_dims, "f8", {"description": "F_c at the perturbed input (probability)"}),
-                 f"{p}label_kept": (input_dims, "f8", {"description": "1 if the predicted class is still c"}),
-                 f"{p}linf": (input_dims, "f8", {"description": "||perturbed - x||_inf"}),
-                 f"{p}attribution": (item_dims + MAP, "f4", {"description": "attribution of the perturbed input"}),
-                 f"{p}baseline": (item_dims + MAP, "f4", {"description": "baseline used at the perturbed input"}),
-                 f"{p}completeness_error": (item_dims, "f8", {"description": "completeness error at the perturbed input"}),
-                 f"done_{cond.kind}": (item_dims, bool, {"description": "perturbed input and its map written"})}
-        specs.update({f"{p}trace_{k}": (item_dims + ("step",), "f8", {}) for k in TRACE_KEYS})
+        steps = self.ds.sizes["step"]
         with_method = cond.kind == "attack"  # an attack aims at one method; a corruption is shared by all
-        input_flag = "done_attack" if with_method else "done_corruption_input"
-        specs[input_flag] = (input_dims, bool, {"description": "perturbed input written"})
-        self.ensure(specs, cond)
-        todo = self.pending(input_flag, cond, batch.ids, with_method)
+        flag = input_flag(cond.kind)
+        self.ensure(perturbed_variables(cond.kind), cond)
+        todo = self.pending(flag, cond, batch.ids, with_method)
         fresh = {}
         if todo:
             sub = batch.take(todo)
@@ -516,7 +503,7 @@ class _Job:
             if not with_method:
                 for j, i in enumerate(todo):
                     self.write({f"{p}input": xp[j].cpu().numpy(), f"{p}prob": prob[j], f"{p}label_kept": kept[j],
-                                f"{p}linf": linf[j]}, input_flag, cond, i, with_method=False)
+                                f"{p}linf": linf[j]}, flag, cond, i, with_method=False)
             fresh = {"x": xp, "ids": todo, "extra": (prob, kept, linf)}
         return self._maps(cond, batch, fresh, steps)
 
@@ -541,7 +528,7 @@ class _Job:
         """The method's maps of the perturbed inputs: from the store, or computed now."""
         p = cond.prefix
         with_method = cond.kind == "attack"
-        todo = self.pending(f"done_{cond.kind}", cond, batch.ids)
+        todo = self.pending(maps_flag(cond.kind), cond, batch.ids)
         if todo:
             if with_method:
                 xp, target, seeds = fresh["x"], batch.take(todo).target, batch.take(todo).seeds
@@ -563,10 +550,10 @@ class _Job:
                     prob, kept, linf = (v[fresh["ids"].index(i)] for v in fresh["extra"])
                     values.update({f"{p}input": xp[j].cpu().numpy(), f"{p}prob": prob, f"{p}label_kept": kept,
                                    f"{p}linf": linf})
-                self.write(values, f"done_{cond.kind}", cond, i)
+                self.write(values, maps_flag(cond.kind), cond, i)
         ds = self.ds
         sel = cond.sel(self.model_name, self.method)
-        exp = read_explanation(ds, p, sel, batch.ids, self.dev)
+        exp = read_explanation(ds, cond.kind, sel, batch.ids, self.dev)
         in_sel = sel if with_method else cond.sel(self.model_name)
         xp = torch.from_numpy(ds[f"{p}input"].sel(in_sel).sel(image=batch.ids).transpose("image", *MAP).values)
         return {"x": xp.to(batch.x), "explanation": exp}
@@ -574,7 +561,7 @@ class _Job:
     # -- metrics ---------------------------------------------------------------------------------
     def metrics(self, cond: Condition, batch: _Batch, plugins: list, perturbed: dict | None = None) -> None:
         for plugin in plugins:
-            flag = f"done_{cond.prefix}{plugin.name}"
+            flag = metric_flag(plugin.name, cond.kind)
             todo = self.pending(flag, cond, batch.ids)
             if not todo:
                 continue
@@ -598,30 +585,30 @@ class _Job:
             except Exception as exc:
                 raise UniLabError(f"metric '{plugin.name}' failed on method '{self.method}', images {todo} "
                                   f"({cond.kind}) ({exc.__class__.__name__}: {exc}); nothing was stored for them.") from exc
-            columns = _metric_columns(plugin.name, out, len(todo))
-            specs = {f"{cond.prefix}{name}": (ITEM + cond.dims + dims, "f8",
-                                              {"description": plugin.description, "uni_lab_metric": plugin.name,
-                                               "uni_lab_params": json.dumps(_semantic(params), sort_keys=True)})
+            columns = _metric_columns(plugin.name, out, len(todo), cond.kind)
+            meta = {"uni_lab_metric": plugin.name, "uni_lab_params": json.dumps(_semantic(params), sort_keys=True)}
+            specs = {name: Variable(ITEM + cond.dims + dims, "f8", plugin.description, meta=meta)
                      for name, (dims, _, _) in columns.items()}
-            specs[flag] = (ITEM + cond.dims, bool, {"uni_lab_metric": plugin.name})
+            specs[flag] = Variable(ITEM + cond.dims, "bool", fill=False, meta={"uni_lab_metric": plugin.name})
             extra = {d: c for _, (_, coords, _) in columns.items() for d, c in coords.items()}
             self.ensure(specs, cond, extra)
             ds = self.ds
             values = {}
             for name, (dims, coords, arr) in columns.items():
                 da = xr.DataArray(arr, dims=("image",) + dims, coords=coords)
-                values[f"{cond.prefix}{name}"] = da.reindex({d: ds[d].values for d in dims}).values  # shared dims may hold more labels
+                values[name] = da.reindex({d: ds[d].values for d in dims}).values  # shared dims may hold more labels
             for j, i in enumerate(todo):
                 self.write({name: v[j] for name, v in values.items()}, flag, cond, i)
 
 
-def _metric_columns(metric: str, out: dict, n: int) -> dict:
-    """``{variable: (extra dims, their coords, values (n, ...))}`` from what a metric returned."""
+def _metric_columns(metric: str, out: dict, n: int, kind: str = "clean") -> dict:
+    """``{variable: (extra dims, their coords, values (n, ...))}`` from what a metric returned, named
+    for condition ``kind``."""
     if not isinstance(out, dict) or not out:
         raise PluginError(f"metric '{metric}' must return a non-empty dict of named values.")
     columns = {}
     for key, value in out.items():
-        name = metric if key == metric else f"{metric}_{key}"
+        name = metric_variable(metric, key, kind)
         if isinstance(value, xr.DataArray):
             if value.dims[0] != "image":
                 raise PluginError(f"metric '{metric}' returned '{key}' with dims {value.dims}; the first must be 'image'.")
@@ -651,9 +638,9 @@ def metric_table(ds: xr.Dataset):
     """
     import pandas as pd
 
-    names = [v for v in ds.data_vars if ds[v].attrs.get("uni_lab_metric") and not v.startswith("done_")]
+    names = [v for v in ds.data_vars if is_metric(v, ds[v].attrs)]
     names = [v for v in names if set(ds[v].dims) <= set(LABEL_DIMS)]
-    needed = names + sorted({_flag_of(v, ds) for v in names})
+    needed = names + sorted({flag_of(v, ds[v].attrs) for v in names})
     if "done_attack" in ds.data_vars:
         needed += ["attack_linf", "done_attack"]
     # One read of each variable: selecting from the lazy store cell by cell rereads its chunks.
@@ -669,7 +656,7 @@ def metric_table(ds: xr.Dataset):
                     row[f"attack_accepted[{a}]"] = _mean(moved.sel(attack=a).where(done))
             for v in names:
                 da = ds[v].sel({"model": model, "method": method})
-                flag = ds[_flag_of(v, ds)].sel({"model": model, "method": method})
+                flag = ds[flag_of(v, ds[v].attrs)].sel({"model": model, "method": method})
                 da = da.where(flag)
                 if "attack" in da.dims:
                     da = da.where(moved)
@@ -683,12 +670,6 @@ def metric_table(ds: xr.Dataset):
             if len(row) > 2:
                 rows.append(row)
     return pd.DataFrame(rows)
-
-
-def _flag_of(var: str, ds: xr.Dataset) -> str:
-    metric = ds[var].attrs["uni_lab_metric"]
-    prefix = next((p for p in ("attack_", "corruption_") if var.startswith(p)), "")
-    return f"done_{prefix}{metric}"
 
 
 def _mean(da: xr.DataArray) -> float:

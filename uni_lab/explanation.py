@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-TRACE_KEYS = ("alpha", "prob", "logit", "grad_norm", "distance")
+from .schema import TRACE_KEYS  # the store's names for a trace's keys
 
 
 @dataclass

@@ -28,7 +28,8 @@ from .labels import read_labels
 from .methods import Method, check_all_used, parse_sets, plugin_origins, resolve, route_params
 from .models import Classifier, create_model, resolve_device
 from .seeding import image_seed
-from .store import Store, skeleton
+from .skeleton import skeleton
+from .store import Store
 from .summary import summarize
 from .writer import StoreWriter
 

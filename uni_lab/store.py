@@ -1,22 +1,12 @@
-"""The store: one xarray Dataset in a zarr directory, written item by item.
+"""The store on disk: created once, filled item by item, then widened by evaluations.
 
-Schema (named dims; see README "Store schema"):
-
-- ``input (model, image, channel, y, x)``: the exact pixel-space tensor explained;
-- ``attribution`` and ``baseline (model, method, image, channel, y, x)``;
-- ``trace_<alpha|prob|logit|grad_norm|distance> (model, method, image, step)``, step 0 at the
-  baseline, NaN past a method's last step;
-- ``target``, ``prob_input``, ``logit_input (model, image)``;
-- ``completeness_error``, ``prob_baseline``, ``seconds``, ``done (model, method, image)``;
-- attrs: ``uni_lab_config`` (JSON of every parameter of every plugin used, seed, steps,
-  output, ``fast_view`` on/off, see :mod:`uni_lab.fastview`), package versions, device,
-  creation time.
-
+What it holds is :mod:`uni_lab.schema` (the run's empty dataset: :mod:`uni_lab.skeleton`); who
+may write it at a time is :mod:`uni_lab.locks`; zarr's private calls are :mod:`uni_lab.zarr_io`.
 This is the only module that addresses a store by position. An item (model, method, image)
 is written in one pass over its variables, and ``done`` is set only after all of them, so a
 run killed mid-write leaves the item not-done and a rerun recomputes it. Chunks span blocks
-of images (:func:`chunking`); zarr replaces a chunk file whole (temporary file, then rename),
-so a killed write leaves a chunk's previous version, never half of it.
+of images (:func:`uni_lab.schema.chunking`); zarr replaces a chunk file whole (temporary file,
+then rename), so a killed write leaves a chunk's previous version, never half of it.
 """
 from __future__ import annotations
 
@@ -25,153 +15,19 @@ import os
 import shutil
 import time
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
-from .accessor import UniAccessor, config_of  # noqa: F401  (the store's readers import them from here too)
+from .accessor import config_of
 from .errors import StoreError
+from .locks import flock
+from .schema import RUN_VARIABLES, ZARR_FORMAT, Variable, block_of, evaluation_chunks, fill_of
+from .skeleton import strings
 from .zarr_io import assign, metadata_files
-from .explanation import TRACE_KEYS
 
-SCHEMA_VERSION = 2  # 2: integer target, predicted, label, image_hash; chunks span blocks of images
-# Format 2: consolidated metadata and variable-length strings that every zarr reader knows.
-ZARR_FORMAT = 2
-CHANNELS = ("R", "G", "B")
-ITEM_VARS = ("completeness_error", "prob_baseline", "seconds")
-# Chunks span many images (one file per item and variable made an ImageNet-val store millions
-# of files). A map chunk (input, attribution, baseline) holds up to MAP_CHUNK_BYTES of float32
-# maps; every other variable has one chunk per block of images, models and methods, and a
-# block is a whole number of map chunks, at most BLOCK_IMAGES images. Shards and ranks take
-# whole blocks (uni_lab.distributed.shard_range), so no two processes ever write one chunk.
-MAP_CHUNK_BYTES = 8 << 20
-BLOCK_IMAGES = 512
 FLUSH_S = 60.0  # staged items are written at the latest this long after the first of their chunk
-
-
-def chunking(n_images: int, size) -> dict[str, int]:
-    """``{"images": block, "maps": images per map chunk}`` for a store of ``n_images`` at ``size``.
-
-    At least two blocks whenever there are two images, so two shards or ranks share a small
-    run; a block is a multiple of the map chunk."""
-    per_map = 3 * int(size[0]) * int(size[1]) * 4
-    half = max(1, -(-int(n_images) // 2))
-    maps = max(1, min(MAP_CHUNK_BYTES // per_map, half))
-    block = maps * max(1, -(-min(BLOCK_IMAGES, half) // maps))
-    return {"images": block, "maps": maps}
-
-
-def _versions() -> dict:
-    import importlib.metadata as md
-
-    out = {}
-    for pkg in ("uni-lab", "torch", "torchvision", "timm", "xarray", "zarr", "numpy"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
-
-def data_files(n_images: int, n_methods: int, size, n_models: int = 1) -> int:
-    """Chunk files of a finished run store at most (metadata and coordinates not counted):
-    ``(1 + 2M)·⌈N/K⌉`` map chunks (input; attribution and baseline per method) and
-    ``(8 + 5M)·⌈N/B⌉`` block chunks (target, predicted, prob_input, logit_input, done and the
-    three item scalars across models and methods; five traces per method), per model for maps
-    and traces. Chunks holding only the fill value are not written (zarr's default), so a
-    method without baselines has fewer."""
-    c = chunking(n_images, size)
-    maps, blocks = -(-n_images // c["maps"]), -(-n_images // c["images"])
-    return n_models * (1 + 2 * n_methods) * maps + (8 + 5 * n_models * n_methods) * blocks
-
-
-def skeleton(models, methods, images, size, max_steps: int, config: dict, device: str,
-             partition: dict | None = None, plugins: dict | None = None, skipped=(), labels=None) -> xr.Dataset:
-    """The full, still-empty dataset of a run: every variable at its final shape, lazily.
-
-    ``images``: objects with ``id``, ``source`` and (for resume checks) ``digest``; ``skipped``:
-    the bad files a ``--skip-bad-images`` run left out (``source``, ``reason``), kept in the
-    attribute ``uni_lab_skipped_images``; ``labels``: the ground-truth class of each image
-    (coordinate ``label``, -1 where none is given).
-
-    ``target`` and ``predicted`` are integers written whole at creation (-1: not computed yet)
-    and have no fill value, so xarray reads them as integers, not as floats with NaN."""
-    import dask.array as da
-
-    h, w = size
-    dims_img = ("model", "image", "channel", "y", "x")
-    dims_map = ("model", "method", "image", "channel", "y", "x")
-    dims_tr = ("model", "method", "image", "step")
-    dims_item = ("model", "method", "image")
-    nm, nme, ni = len(models), len(methods), len(images)
-    layout = chunking(ni, size)
-    blk, mc = layout["images"], layout["maps"]
-
-    zarr_chunks = {}
-
-    def full(name, shape, chunks, fill, dtype):
-        # One dask chunk: the array is never computed (the store is created with compute=False),
-        # and a graph of one task per variable instead of one per item keeps creation cheap.
-        # The zarr chunks go in the encoding.
-        zarr_chunks[name] = chunks
-        return da.full(shape, fill, dtype=dtype, chunks=shape)
-
-    data = {
-        "input": (dims_img, full("input", (nm, ni, 3, h, w), (1, mc, 3, h, w), np.nan, "f4")),
-        "attribution": (dims_map, full("attribution", (nm, nme, ni, 3, h, w), (1, 1, mc, 3, h, w), np.nan, "f4")),
-        "baseline": (dims_map, full("baseline", (nm, nme, ni, 3, h, w), (1, 1, mc, 3, h, w), np.nan, "f4")),
-        "prob_input": (("model", "image"), full("prob_input", (nm, ni), (nm, blk), np.nan, "f8")),
-        "logit_input": (("model", "image"), full("logit_input", (nm, ni), (nm, blk), np.nan, "f8")),
-        "done": (dims_item, full("done", (nm, nme, ni), (nm, nme, blk), False, bool)),
-    }
-    for name in ("target", "predicted"):  # small: written whole now, so no fill value is needed
-        data[name] = (("model", "image"), np.full((nm, ni), -1, np.int64))
-        zarr_chunks[name] = (nm, blk)
-    for key in TRACE_KEYS:  # per method: a batch rewrites only its method's block of traces
-        data[f"trace_{key}"] = (dims_tr, full(f"trace_{key}", (nm, nme, ni, max_steps + 1), (1, 1, blk, max_steps + 1),
-                                              np.nan, "f8"))
-    for key in ITEM_VARS:
-        data[key] = (dims_item, full(key, (nm, nme, ni), (nm, nme, blk), np.nan, "f8"))
-    ds = xr.Dataset(
-        data,
-        coords={"model": _strings(models), "method": _strings(methods), "image": _strings(i.id for i in images),
-                "image_source": ("image", _strings(i.source for i in images)),
-                "image_hash": ("image", _strings(getattr(i, "digest", "") for i in images)),
-                "label": ("image", np.full(ni, -1, np.int64) if labels is None else np.asarray(labels, np.int64)),
-                "channel": _strings(CHANNELS),
-                "y": np.arange(h), "x": np.arange(w), "step": np.arange(max_steps + 1)},
-        attrs={"title": "uni_lab attribution store", "uni_lab_schema": SCHEMA_VERSION,
-               "uni_lab_config": json.dumps(config, sort_keys=True, default=str),
-               "versions": json.dumps(_versions()), "device": device,
-               "uni_lab_partition": json.dumps(partition or {}, sort_keys=True),
-               "uni_lab_chunks": json.dumps(layout, sort_keys=True),
-               "uni_lab_skipped_images": json.dumps([{"source": b.source, "reason": b.reason} for b in skipped]),
-               # where each plugin came from: not part of the configuration (moving a plugin file keeps a store resumable)
-               "uni_lab_plugins": json.dumps(plugins or {}, sort_keys=True),
-               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
-    )
-    described = {
-        "input": "pixel-space image explained, [0,1]", "attribution": "attribution A_i per channel and pixel",
-        "baseline": "baseline x' of path methods (NaN for others)", "target": "explained class c (the label when the run was given labels, else the predicted class)",
-        "predicted": "the model's class at x (argmax of its logits)",
-        "prob_input": "F_c(x), softmax probability", "logit_input": "logit of c at x",
-        "done": "item fully written", "completeness_error": "|sum A - (F_c(x) - F_c(x'))| / |F_c(x) - F_c(x')|",
-        "prob_baseline": "F_c(x') (softmax probability)", "seconds": "wall seconds per image for this method",
-        "trace_alpha": "path parameter alpha_k", "trace_prob": "F_c(gamma_k), probability",
-        "trace_logit": "logit of c at gamma_k", "trace_grad_norm": "||grad F_c(gamma_k)||_2 (in the explained output); NaN at alpha = 0 "
-                           "for closed-form paths (IG, BlurIG), whose right Riemann sum does not use it",
-        "trace_distance": "||gamma_k - x||_2",
-    }
-    for k, text in described.items():
-        ds[k].attrs["description"] = text
-    for k, chunks in zarr_chunks.items():
-        ds[k].encoding["chunks"] = chunks
-    for k in ("target", "predicted"):
-        ds[k].encoding["_FillValue"] = None
-    ds["label"].attrs["description"] = "ground-truth class (-1: none given)"
-    return ds
 
 
 def _write_files(root: Path, files: dict[str, bytes]) -> None:
@@ -179,10 +35,6 @@ def _write_files(root: Path, files: dict[str, bytes]) -> None:
         path = root.joinpath(*key.split("/"))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
-
-
-def _strings(values) -> np.ndarray:
-    return np.array([str(v) for v in values], dtype=object)  # variable-length: portable in zarr v2
 
 
 def _diff(a, b, prefix="") -> list[str]:
@@ -227,7 +79,7 @@ class Store:
             return
         fd = os.open(self.path, os.O_RDONLY)
         more = (", or split the images over jobs with --shard I/N" if mode == "exclusive" else "")
-        _flock(fd, mode == "exclusive", self.path, more)
+        flock(fd, mode == "exclusive", self.path, more)
         self._lock_fd = fd
 
     def release(self) -> None:
@@ -313,7 +165,7 @@ class Store:
             self._refuse_foreign(overwrite)
             fd = os.open(self.path, os.O_RDONLY) if self.exists() else None
             if fd is not None:  # never delete a store another process is writing
-                _flock(fd, True, self.path)
+                flock(fd, True, self.path)
             try:
                 shutil.rmtree(self.path)
             finally:
@@ -327,7 +179,7 @@ class Store:
             _write_files(tmp, metadata_files(ds, ZARR_FORMAT))
             if self.lock_mode is not None:  # locked before it is visible: no reader ever sees it unheld
                 fd = os.open(tmp, os.O_RDONLY)
-                _flock(fd, self.lock_mode == "exclusive", self.path)
+                flock(fd, self.lock_mode == "exclusive", self.path)
                 self._lock_fd = fd
             os.rename(tmp, self.path)
             return True
@@ -496,6 +348,111 @@ class Store:
         """One item: :meth:`write_items` for a single image."""
         self.write_items(mi, mei, [ii], {k: np.asarray(v)[None] for k, v in values.items()})
 
+    # -- evaluation variables: added to a finished store and written by label ----------------------
+    def open_lazy(self) -> xr.Dataset:
+        """The store without dask: variables read from disk on access, opened fast (for many small reads)."""
+        try:
+            return xr.open_zarr(self.path, chunks=None)
+        except Exception as exc:
+            raise StoreError(f"'{self.path}' cannot be opened as a zarr store ({exc.__class__.__name__}: {exc}).") from exc
+
+    def _layout_changed(self) -> None:
+        self._group = None  # the zarr group was opened on metadata that has just been rewritten
+
+    def add_variables(self, specs: dict[str, Variable], coords: dict) -> bool:
+        """Add the variables of ``specs`` that the store lacks, as metadata only, chunked by
+        :func:`~uni_lab.schema.evaluation_chunks`.
+
+        Dims the store has keep their labels; new dims take theirs from ``coords``. Where
+        ``coords`` holds labels a store dim lacks (a new attack, other stability steps), the dim
+        grows: every variable on it is rewritten with its old values in place and fill elsewhere.
+        Returns whether the store's layout changed (open datasets are then stale).
+        """
+        import dask.array as da
+
+        ds = self.open_lazy()
+        grown = False
+        for dim, labels in coords.items():
+            if dim in ds.dims and not set(_plain(labels)) <= set(_plain(ds[dim].values)):
+                self._grow_dim(ds, dim, labels)
+                ds, grown = self.open_lazy(), True
+        new = {name: var for name, var in specs.items() if name not in ds.variables}
+        if not new:
+            return grown
+        labels = {d: (ds[d].values if d in ds.dims else np.asarray(coords[d])) for var in new.values() for d in var.dims}
+        sizes = {d: len(v) for d, v in labels.items()}
+        data = {}
+        for name, var in new.items():
+            arr = da.full(tuple(sizes[d] for d in var.dims), fill_of(var.dtype), dtype=var.dtype,
+                          chunks=evaluation_chunks(var.dims, sizes, block_of(ds.attrs)))
+            data[name] = xr.Variable(var.dims, arr, attrs=var.attrs())
+        fresh = {d: _labels(v) for d, v in labels.items() if d not in ds.dims}
+        # mode="a" replaces the group's attributes with the dataset's: carry the store's own along
+        xr.Dataset(data, coords=fresh, attrs=ds.attrs).to_zarr(self.path, mode="a", compute=False, consolidated=True,
+                                                               zarr_format=ZARR_FORMAT)
+        self._layout_changed()
+        return True
+
+    def _grow_dim(self, ds: xr.Dataset, dim: str, labels) -> None:
+        import zarr
+
+        union = list(_plain(ds[dim].values)) + [v for v in _plain(labels) if v not in set(_plain(ds[dim].values))]
+        names = [v for v in ds.data_vars if dim in ds[v].dims]
+        old = ds[names].load()
+        grown = old.reindex({dim: union}, fill_value={v: fill_of(old[v].dtype) for v in names})
+        grown = grown.assign_coords({dim: _labels(union)})
+        grown.attrs = dict(ds.attrs)  # mode="a" replaces the group's attributes with these
+        group = zarr.open_group(str(self.path), mode="r+")
+        for name in names + [dim]:
+            del group[name]
+        zarr.consolidate_metadata(str(self.path))
+        sizes = dict(grown.sizes)
+        encoding = {v: {"chunks": evaluation_chunks(grown[v].dims, sizes, block_of(ds.attrs))} for v in names}
+        for v in names:
+            grown[v].encoding = {}
+        grown.drop_vars([c for c in grown.coords if c != dim]).to_zarr(
+            self.path, mode="a", consolidated=True, zarr_format=ZARR_FORMAT, encoding=encoding)
+        self._layout_changed()
+
+    def drop_variables(self, names) -> None:
+        """Delete evaluation variables (``uni-lab evaluate --recompute``); the run's own are refused."""
+        import zarr
+
+        bad = sorted(set(names) & set(RUN_VARIABLES))
+        if bad:
+            raise StoreError(f"refusing to drop the run's variables {bad}; only evaluation variables can be recomputed.")
+        group = zarr.open_group(str(self.path), mode="r+")
+        for name in names:
+            if name in group:
+                del group[name]
+        zarr.consolidate_metadata(str(self.path))
+        self._layout_changed()
+
+    def write_region(self, values: dict, labels: dict, ds: xr.Dataset | None = None) -> None:
+        """Write ``{name: array}`` at the item ``labels`` (``{dim: label}``): each array holds the
+        variable's values at that item, its other dims whole.
+
+        Positions come from the labels here and nowhere else. The writes go straight to the zarr
+        arrays (an xarray ``region=`` write re-reads the store's metadata on every call, which
+        made a small evaluation spend most of its time there). Callers write an item's values
+        first and its done flag in a second call, so a crash between the two leaves it not-done.
+        """
+        ds = self.open_lazy() if ds is None else ds
+        g = self.group()
+        for name, value in values.items():
+            index = tuple(ds.indexes[d].get_loc(labels[d]) if d in labels else slice(None) for d in ds[name].dims)
+            arr = g[name]
+            arr[index] = np.asarray(value, dtype=arr.dtype)
+
+    def update_attrs(self, attrs: dict) -> None:
+        """Set dataset attributes (e.g. ``uni_lab_evaluation``, the parameters of every metric and attack)."""
+        import zarr
+
+        group = zarr.open_group(str(self.path), mode="r+")
+        group.attrs.update(attrs)
+        zarr.consolidate_metadata(str(self.path))
+        self._layout_changed()
+
 
 def _runs(indices) -> list[tuple[int, int, slice]]:
     """Consecutive runs of ``indices``: ``(first, last + 1, positions in indices)``, so a region
@@ -515,184 +472,10 @@ def open_store(path: str | Path, lazy: bool = True) -> xr.Dataset:
     return ds if lazy else ds.load()
 
 
-# Evaluation variables (uni_lab.evaluate): metrics, attacked and corrupted inputs and their maps,
-# added to an existing store and written by label. Every dim named here is one item per label
-# (chunk 1), except that scalars span the run's block of images; the others (channel, y, x, a
-# metric's steps) are written whole. Scalars keep all attacks, corruptions and severities of a
-# block in one chunk: one file per block, not thirty per item (reading a store's metrics opens
-# every chunk file), and safe because one evaluation at a time writes a store
-# (evaluation_lock), so no two writers share a chunk.
-LABEL_DIMS = ("model", "method", "image", "attack", "corruption", "severity")
-ITEM_DIMS = ("model", "method", "image")
-MAP_DIMS = ("channel", "y", "x")
-
-
-def _eval_chunks(dims, sizes, block: int = 1) -> tuple:
-    """Per label, except: scalars span the store's block of images (one evaluation writes a store
-    at a time, so item writes into one chunk follow each other)."""
-    per_label = ITEM_DIMS if not set(dims) & set(MAP_DIMS) else LABEL_DIMS
-    maps = bool(set(dims) & set(MAP_DIMS))
-    return tuple((min(block, sizes[d]) if d == "image" and not maps else 1) if d in per_label else sizes[d]
-                 for d in dims)
-
-
-def _block(ds: xr.Dataset) -> int:
-    return int(json.loads(ds.attrs.get("uni_lab_chunks", "{}")).get("images", 1))
-
-
-def _fill(dtype) -> object:
-    return False if np.dtype(dtype) == bool else np.nan
-
-
-def add_variables(store: Store, specs: dict, coords: dict) -> bool:
-    """Add variables ``{name: (dims, dtype, attrs)}`` that the store lacks, as metadata only.
-
-    Dims the store has keep their labels; new dims take theirs from ``coords``. Where
-    ``coords`` holds labels a store dim lacks (a new attack, other stability steps), the dim
-    grows: every variable on it is rewritten with its old values in place and fill elsewhere.
-    Returns whether the store's layout changed (open datasets are then stale).
-    """
-    import dask.array as da
-
-    ds = open_lazy(store)
-    grown = False
-    for dim, labels in coords.items():
-        if dim in ds.dims and not set(_plain(labels)) <= set(_plain(ds[dim].values)):
-            _grow_dim(store, ds, dim, labels)
-            ds, grown = open_lazy(store), True
-    new = {name: spec for name, spec in specs.items() if name not in ds.variables}
-    if not new:
-        return grown
-    labels = {d: (ds[d].values if d in ds.dims else np.asarray(coords[d])) for spec in new.values() for d in spec[0]}
-    sizes = {d: len(v) for d, v in labels.items()}
-    data = {}
-    for name, (dims, dtype, attrs) in new.items():
-        arr = da.full(tuple(sizes[d] for d in dims), _fill(dtype), dtype=dtype, chunks=_eval_chunks(dims, sizes, _block(ds)))
-        data[name] = xr.Variable(dims, arr, attrs=attrs)
-    fresh = {d: _labels(v) for d, v in labels.items() if d not in ds.dims}
-    # mode="a" replaces the group's attributes with the dataset's: carry the store's own along
-    xr.Dataset(data, coords=fresh, attrs=ds.attrs).to_zarr(store.path, mode="a", compute=False, consolidated=True,
-                                                           zarr_format=ZARR_FORMAT)
-    store._group = None
-    return True
-
-
 def _plain(values) -> list:
     return [v.item() if hasattr(v, "item") else v for v in np.asarray(values).tolist()]
 
 
 def _labels(values) -> np.ndarray:
     values = np.asarray(values)
-    return _strings(values) if values.dtype.kind in "OUST" else values
-
-
-def _grow_dim(store: Store, ds: xr.Dataset, dim: str, labels) -> None:
-    import zarr
-
-    union = list(_plain(ds[dim].values)) + [v for v in _plain(labels) if v not in set(_plain(ds[dim].values))]
-    names = [v for v in ds.data_vars if dim in ds[v].dims]
-    old = ds[names].load()
-    grown = old.reindex({dim: union}, fill_value={v: _fill(old[v].dtype) for v in names})
-    grown = grown.assign_coords({dim: _labels(union)})
-    grown.attrs = dict(ds.attrs)  # mode="a" replaces the group's attributes with these
-    group = zarr.open_group(str(store.path), mode="r+")
-    for name in names + [dim]:
-        del group[name]
-    zarr.consolidate_metadata(str(store.path))
-    sizes = dict(grown.sizes)
-    encoding = {v: {"chunks": _eval_chunks(grown[v].dims, sizes, _block(ds))} for v in names}
-    for v in names:
-        grown[v].encoding = {}
-    grown.drop_vars([c for c in grown.coords if c != dim]).to_zarr(
-        store.path, mode="a", consolidated=True, zarr_format=ZARR_FORMAT, encoding=encoding)
-    store._group = None
-
-
-def drop_variables(store: Store, names) -> None:
-    """Delete evaluation variables (``uni-lab evaluate --recompute``); the run's own are refused."""
-    import zarr
-
-    protected = set(skeleton_variables())
-    bad = sorted(set(names) & protected)
-    if bad:
-        raise StoreError(f"refusing to drop the run's variables {bad}; only evaluation variables can be recomputed.")
-    group = zarr.open_group(str(store.path), mode="r+")
-    for name in names:
-        if name in group:
-            del group[name]
-    zarr.consolidate_metadata(str(store.path))
-    store._group = None
-
-
-def skeleton_variables() -> tuple[str, ...]:
-    return ("input", "attribution", "baseline", "target", "predicted", "prob_input", "logit_input", "done",
-            *(f"trace_{k}" for k in TRACE_KEYS), *ITEM_VARS)
-
-
-def write_region(store: Store, values: dict, labels: dict, ds: xr.Dataset | None = None) -> None:
-    """Write ``{name: array}`` at the item ``labels`` (``{dim: label}``): each array holds the
-    variable's values at that item, its other dims whole.
-
-    Positions come from the labels here and nowhere else. The writes go straight to the zarr
-    arrays (an xarray ``region=`` write re-reads the store's metadata on every call, which
-    made a small evaluation spend most of its time there). Callers write an item's values
-    first and its done flag in a second call, so a crash between the two leaves it not-done.
-    """
-    ds = open_lazy(store) if ds is None else ds
-    g = store.group()
-    for name, value in values.items():
-        index = tuple(ds.indexes[d].get_loc(labels[d]) if d in labels else slice(None) for d in ds[name].dims)
-        arr = g[name]
-        arr[index] = np.asarray(value, dtype=arr.dtype)
-
-
-def open_lazy(store: Store) -> xr.Dataset:
-    """The store without dask: variables read from disk on access, opened fast (for many small reads)."""
-    try:
-        return xr.open_zarr(store.path, chunks=None)
-    except Exception as exc:
-        raise StoreError(f"'{store.path}' cannot be opened as a zarr store ({exc.__class__.__name__}: {exc}).") from exc
-
-
-def update_attrs(store: Store, attrs: dict) -> None:
-    """Set dataset attributes (e.g. ``uni_lab_evaluation``, the parameters of every metric and attack)."""
-    import zarr
-
-    group = zarr.open_group(str(store.path), mode="r+")
-    group.attrs.update(attrs)
-    zarr.consolidate_metadata(str(store.path))
-    store._group = None
-
-
-BUSY = ("'{path}' is being written by another uni-lab process (a run, an evaluation or a repair); wait for it "
-        "to finish{more}.")
-
-
-def _flock(fd: int, exclusive: bool, path, more: str = "") -> None:
-    import fcntl
-
-    try:
-        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        raise StoreError(BUSY.format(path=path, more=more)) from exc
-
-
-@contextmanager
-def evaluation_lock(store: Store):
-    """One writer of a store's layout at a time: an evaluation (or repair) adds variables and rewrites
-    the consolidated metadata, so it excludes runs and other evaluations. An advisory ``flock``,
-    released on exit (or by the OS when the process dies), so nothing stale is ever left behind.
-
-    The lock is on the store's directory: zarr replaces ``.zgroup`` when it adds variables (a
-    lock on the replaced file would not exclude a process that opened the new one), and a lock
-    file inside the store would be an unknown member of the zarr hierarchy. Runs hold the same
-    lock (:meth:`Store.hold`), exclusive, or shared among ``--shard`` jobs and torchrun ranks."""
-    if not store.exists():
-        raise StoreError(f"'{store.path}' is not a uni_lab store; pass the --out of a `uni-lab run`.")
-    fd = os.open(store.path, os.O_RDONLY)
-    _flock(fd, True, store.path)
-    try:
-        yield
-    finally:
-        os.close(fd)  # closing the last descriptor releases the lock
+    return strings(values) if values.dtype.kind in "OUST" else values

@@ -1,0 +1,220 @@
+"""What a store holds, written once: dims, variables, chunk layout and evaluation names.
+
+Everything that creates, checks, evaluates or reads a store derives from this module: the run's
+skeleton (:mod:`uni_lab.skeleton`), ``uni-lab check`` (:mod:`uni_lab.check`), evaluation
+(:mod:`uni_lab.evaluate`) and the readers on ``ds.uni`` (:mod:`uni_lab.accessor`). It needs
+numpy only, so notebooks can import it without torch.
+
+A run writes the variables of :data:`RUN_VARIABLES`. ``uni-lab evaluate`` adds metrics and
+perturbed inputs under names built by the functions at the end: a condition's prefix
+(``attack_``, ``corruption_``) before the clean name, and a ``done_*`` flag per metric and
+condition, set after the values it vouches for.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+SCHEMA_VERSION = 2  # 2: integer target, predicted, label, image_hash; chunks span blocks of images
+ZARR_FORMAT = 2  # consolidated metadata and variable-length strings that every zarr reader knows
+CHANNELS = ("R", "G", "B")
+TRACE_KEYS = ("alpha", "prob", "logit", "grad_norm", "distance")
+
+MAP = ("channel", "y", "x")
+IMAGE = ("model", "image")
+ITEM = ("model", "method", "image")
+# The dims a perturbed input adds to an item, per condition: an attack aims at one method, a
+# corruption (at a severity) is shared by every method of a model.
+CONDITION_DIMS = {"clean": (), "attack": ("attack",), "corruption": ("corruption", "severity")}
+LABEL_DIMS = ITEM + CONDITION_DIMS["attack"] + CONDITION_DIMS["corruption"]
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One stored variable: dims, dtype, what it means, and what unwritten places hold."""
+
+    dims: tuple
+    dtype: str
+    description: str = ""
+    fill: object = np.nan  # None: no fill value; written whole at creation with ``initial``
+    initial: object = None
+    meta: dict = field(default_factory=dict, compare=False)  # further attributes (a metric's name, parameters)
+
+    def attrs(self) -> dict:
+        return {**({"description": self.description} if self.description else {}), **self.meta}
+
+
+def _trace(text: str) -> Variable:
+    return Variable(ITEM + ("step",), "f8", text)
+
+
+RUN_VARIABLES: dict[str, Variable] = {
+    "input": Variable(IMAGE + MAP, "f4", "pixel-space image explained, [0,1]"),
+    "attribution": Variable(ITEM + MAP, "f4", "attribution A_i per channel and pixel"),
+    "baseline": Variable(ITEM + MAP, "f4", "baseline x' of path methods (NaN for others)"),
+    "prob_input": Variable(IMAGE, "f8", "F_c(x), softmax probability"),
+    "logit_input": Variable(IMAGE, "f8", "logit of c at x"),
+    "done": Variable(ITEM, "bool", "item fully written", fill=False),
+    # small: written whole at creation (-1: not computed yet), so no fill value is needed and xarray
+    # reads them as integers, not as floats with NaN
+    "target": Variable(IMAGE, "i8", "explained class c (the label when the run was given labels, else the "
+                       "predicted class)", fill=None, initial=-1),
+    "predicted": Variable(IMAGE, "i8", "the model's class at x (argmax of its logits)", fill=None, initial=-1),
+    "trace_alpha": _trace("path parameter alpha_k"),
+    "trace_prob": _trace("F_c(gamma_k), probability"),
+    "trace_logit": _trace("logit of c at gamma_k"),
+    "trace_grad_norm": _trace("||grad F_c(gamma_k)||_2 (in the explained output); NaN at alpha = 0 for closed-form "
+                              "paths (IG, BlurIG), whose right Riemann sum does not use it"),
+    "trace_distance": _trace("||gamma_k - x||_2"),
+    "completeness_error": Variable(ITEM, "f8", "|sum A - (F_c(x) - F_c(x'))| / |F_c(x) - F_c(x')|"),
+    "prob_baseline": Variable(ITEM, "f8", "F_c(x') (softmax probability)"),
+    "seconds": Variable(ITEM, "f8", "wall seconds per image for this method"),
+}
+assert [k for k in RUN_VARIABLES if k.startswith("trace_")] == [f"trace_{k}" for k in TRACE_KEYS]
+COORD_DESCRIPTIONS = {"label": "ground-truth class (-1: none given)"}
+
+
+def fill_of(dtype) -> object:
+    return False if np.dtype(dtype) == bool else np.nan
+
+
+# ---- chunk layout -----------------------------------------------------------------------------
+# Chunks span many images (one file per item and variable made an ImageNet-val store millions
+# of files). A map chunk (input, attribution, baseline) holds up to MAP_CHUNK_BYTES of float32
+# maps; every other variable has one chunk per block of images, models and methods, and a
+# block is a whole number of map chunks, at most BLOCK_IMAGES images. Shards and ranks take
+# whole blocks (uni_lab.distributed.shard_range), so no two processes ever write one chunk.
+MAP_CHUNK_BYTES = 8 << 20
+BLOCK_IMAGES = 512
+
+
+def chunking(n_images: int, size) -> dict[str, int]:
+    """``{"images": block, "maps": images per map chunk}`` for a store of ``n_images`` at ``size``.
+
+    At least two blocks whenever there are two images, so two shards or ranks share a small
+    run; a block is a multiple of the map chunk."""
+    per_map = 3 * int(size[0]) * int(size[1]) * 4
+    half = max(1, -(-int(n_images) // 2))
+    maps = max(1, min(MAP_CHUNK_BYTES // per_map, half))
+    block = maps * max(1, -(-min(BLOCK_IMAGES, half) // maps))
+    return {"images": block, "maps": maps}
+
+
+def run_chunks(dims: tuple, sizes: dict, layout: dict) -> tuple:
+    """A run variable's zarr chunks. Maps: one model and method, a map chunk of images. Traces: one
+    model and method (a batch rewrites only its method's traces), a block of images. The rest: every
+    model and method of a block of images in one chunk."""
+    maps, per_method = bool(set(dims) & set(MAP)), bool(set(dims) & set(MAP) or "step" in dims)
+    out = []
+    for d in dims:
+        if d == "image":
+            out.append(layout["maps"] if maps else layout["images"])
+        elif d in ("model", "method"):
+            out.append(1 if per_method else sizes[d])
+        else:
+            out.append(sizes[d])
+    return tuple(out)
+
+
+def data_files(n_images: int, n_methods: int, size, n_models: int = 1) -> int:
+    """Chunk files of a finished run store at most (metadata and coordinates not counted):
+    ``(1 + 2M)·⌈N/K⌉`` map chunks (input; attribution and baseline per method) and
+    ``(8 + 5M)·⌈N/B⌉`` block chunks (target, predicted, prob_input, logit_input, done and the
+    three item scalars across models and methods; five traces per method), per model for maps
+    and traces. Chunks holding only the fill value are not written (zarr's default), so a
+    method without baselines has fewer."""
+    c = chunking(n_images, size)
+    maps, blocks = -(-n_images // c["maps"]), -(-n_images // c["images"])
+    return n_models * (1 + 2 * n_methods) * maps + (8 + 5 * n_models * n_methods) * blocks
+
+
+def evaluation_chunks(dims, sizes: dict, block: int = 1) -> tuple:
+    """An evaluation variable's chunks: one per label, except that scalars span the store's block of
+    images and keep all attacks, corruptions and severities of a block in one chunk (one file per
+    block, not thirty per item; reading a store's metrics opens every chunk file). Safe because one
+    evaluation at a time writes a store (:func:`uni_lab.locks.evaluation_lock`). Dims that are not
+    labels (channel, y, x, a metric's steps) are whole."""
+    maps = bool(set(dims) & set(MAP))
+    per_label = LABEL_DIMS if maps else ITEM
+    return tuple((min(block, sizes[d]) if d == "image" and not maps else 1) if d in per_label else sizes[d]
+                 for d in dims)
+
+
+def block_of(attrs: dict) -> int:
+    """Images per block of a store (its ``uni_lab_chunks`` attribute)."""
+    return int(json.loads(attrs.get("uni_lab_chunks", "{}")).get("images", 1))
+
+
+# ---- evaluation names -------------------------------------------------------------------------
+def prefix(kind: str) -> str:
+    """``""``, ``"attack_"``, ``"corruption_"``: what a condition puts before a clean variable's name."""
+    if kind not in CONDITION_DIMS:
+        raise ValueError(f"unknown condition {kind!r}; conditions are {', '.join(CONDITION_DIMS)}")
+    return "" if kind == "clean" else f"{kind}_"
+
+
+def condition_of(name: str) -> str:
+    """The condition a variable was evaluated under, from its name."""
+    return next((k for k in ("attack", "corruption") if name.startswith(prefix(k))), "clean")
+
+
+def metric_variable(metric: str, key: str, kind: str = "clean") -> str:
+    """Where a metric's value ``key`` goes: ``m`` when the key is the metric's own name, else ``m_key``."""
+    return prefix(kind) + (metric if key == metric else f"{metric}_{key}")
+
+
+def metric_flag(metric: str, kind: str = "clean") -> str:
+    """The flag set once a metric's values of an item are written: ``done_[attack_|corruption_]m``."""
+    return f"done_{prefix(kind)}{metric}"
+
+
+def flag_of(name: str, attrs: dict) -> str:
+    """The ``done_*`` flag of an evaluation variable (its ``uni_lab_metric`` attribute names the metric)."""
+    return metric_flag(attrs.get("uni_lab_metric", name), condition_of(name))
+
+
+def is_metric(name: str, attrs: dict) -> bool:
+    """A metric's value (not its flag): what tables average."""
+    return bool(attrs.get("uni_lab_metric")) and not name.startswith("done_")
+
+
+def input_flag(kind: str) -> str:
+    """The flag of a perturbed input: an attack's input and map are written together (one flag); a
+    corruption's input is shared by every method and flagged on its own."""
+    return "done_attack" if kind == "attack" else f"done_{kind}_input"
+
+
+def maps_flag(kind: str) -> str:
+    return f"done_{kind}"
+
+
+def input_dims(kind: str) -> tuple:
+    """Dims of a perturbed input: per method for an attack, per model for a corruption."""
+    cond = CONDITION_DIMS[kind]
+    return (ITEM + cond) if kind == "attack" else (IMAGE + cond)
+
+
+def perturbed_variables(kind: str) -> dict[str, Variable]:
+    """The variables of inputs perturbed under ``kind`` and of the method's maps of them."""
+    p, item, inputs = prefix(kind), ITEM + CONDITION_DIMS[kind], input_dims(kind)
+    out = {
+        f"{p}input": Variable(inputs + MAP, "f4", f"{kind}ed input, pixel space"),
+        f"{p}prob": Variable(inputs, "f8", "F_c at the perturbed input (probability)"),
+        f"{p}label_kept": Variable(inputs, "f8", "1 if the predicted class is still c"),
+        f"{p}linf": Variable(inputs, "f8", "||perturbed - x||_inf"),
+        f"{p}attribution": Variable(item + MAP, "f4", "attribution of the perturbed input"),
+        f"{p}baseline": Variable(item + MAP, "f4", "baseline used at the perturbed input"),
+        f"{p}completeness_error": Variable(item, "f8", "completeness error at the perturbed input"),
+        maps_flag(kind): Variable(item, "bool", "perturbed input and its map written", fill=False),
+    }
+    out.update({f"{p}trace_{k}": Variable(item + ("step",), "f8") for k in TRACE_KEYS})
+    out[input_flag(kind)] = Variable(inputs, "bool", "perturbed input written", fill=False)
+    return out
+
+
+def explanation_variables(kind: str = "clean") -> list[str]:
+    """The variables an :class:`~uni_lab.explanation.Explanation` is stored in, under ``kind``."""
+    p = prefix(kind)
+    return [f"{p}attribution", f"{p}baseline", f"{p}completeness_error", *(f"{p}trace_{k}" for k in TRACE_KEYS)]
