@@ -70,9 +70,10 @@ def test_raw_hookimpl_module_and_duplicate_across_hooks():
         def uni_lab_baselines(self):
             return {"black": lambda x, model, target: x}
 
-    reg.register_module(Clash(), name="clash-plugin")
     with pytest.raises(PluginError, match=r"duplicate baseline name 'black'.*uni_lab.plugins.baselines:black.*clash-plugin"):
-        reg.index()
+        reg.register_module(Clash(), name="clash-plugin")  # refused at registration, not at the next lookup
+    assert not reg.pm.has_plugin("clash-plugin")  # all or nothing: fixed, it can be registered again
+    assert reg.get("baseline", "black").origin == "uni_lab.plugins.baselines:black"
 
 
 def test_third_party_distribution_registers_through_entry_points(tmp_path, monkeypatch):
