@@ -326,7 +326,7 @@ def test_evaluate_fills_labelled_variables_without_recomputing_stored_maps(tiny_
 @pytest.fixture()
 def counting_metric():
     """A user metric that counts the images it sees and fails on demand (an interrupted evaluation)."""
-    from uni_lab.registry import _DECORATED, registry
+    from uni_lab.registry import registry
 
     calls = []
 
@@ -339,8 +339,7 @@ def counting_metric():
         return {"_test_counting": attribution.abs().flatten(1).sum(1)}
 
     yield calls
-    _DECORATED.items["metric"].pop("_test_counting")
-    registry.invalidate()
+    registry.unregister("metric", "_test_counting")
 
 
 def test_evaluate_resumes_only_missing_items_and_refuses_other_parameters(tiny_store, tiny_model, counting_metric):
@@ -395,7 +394,7 @@ def test_cli_run_with_metrics_then_evaluate_more(tmp_path, tiny_model, capsys):
     import copy
 
     from uni_lab.cli import main
-    from uni_lab.registry import _DECORATED, registry
+    from uni_lab.registry import registry
 
     @uni_lab.model("_test_tiny_cli")
     def tiny_cli(weights=None):
@@ -422,8 +421,7 @@ def test_cli_run_with_metrics_then_evaluate_more(tmp_path, tiny_model, capsys):
         assert main(["evaluate", out, "--metrics", "deletion", "--set", "deletion.n_steps=8"]) == 2  # other params
         assert "--recompute" in capsys.readouterr().err
     finally:
-        _DECORATED.items["model"].pop("_test_tiny_cli")
-        registry.invalidate()
+        registry.unregister("model", "_test_tiny_cli")
 
 
 def test_two_evaluations_of_one_store_cannot_overlap(tiny_store, tiny_model):

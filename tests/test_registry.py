@@ -7,7 +7,7 @@ import torch
 
 import uni_lab
 from uni_lab.errors import PluginError
-from uni_lab.registry import Registry
+from uni_lab.registry import Registry, registry
 
 
 @uni_lab.baseline("test_half")
@@ -70,9 +70,10 @@ def test_raw_hookimpl_module_and_duplicate_across_hooks():
         def uni_lab_baselines(self):
             return {"black": lambda x, model, target: x}
 
-    reg.register_module(Clash(), name="clash-plugin")
     with pytest.raises(PluginError, match=r"duplicate baseline name 'black'.*uni_lab.plugins.baselines:black.*clash-plugin"):
-        reg.index()
+        reg.register_module(Clash(), name="clash-plugin")  # refused at registration, not at the next lookup
+    assert not reg.pm.has_plugin("clash-plugin")  # all or nothing: fixed, it can be registered again
+    assert reg.get("baseline", "black").origin == "uni_lab.plugins.baselines:black"
 
 
 def test_third_party_distribution_registers_through_entry_points(tmp_path, monkeypatch):
@@ -95,3 +96,131 @@ def test_third_party_distribution_registers_through_entry_points(tmp_path, monke
     assert plugin.origin == "thirdparty:thirdparty_dark"
     assert torch.allclose(plugin(torch.zeros(1, 3, 2, 2), None, None), torch.full((1, 3, 2, 2), 0.1))
     sys.modules.pop("thirdparty_uni_plugin", None)
+
+
+def test_a_decorated_plugin_is_in_the_table_at_once_and_unregister_takes_it_out():
+    before = uni_lab.registry.index()["baseline"]
+
+    @uni_lab.baseline("_test_at_once")
+    def at_once(x, model, target):
+        return x
+
+    try:
+        assert uni_lab.get("baseline", "_test_at_once").obj is at_once  # no rebuild, no cache to clear
+        assert "_test_at_once" not in before  # index() is a copy, not a view callers could change
+    finally:
+        assert registry.unregister("baseline", "_test_at_once").obj is at_once
+    with pytest.raises(PluginError, match=r"unknown baseline '_test_at_once'\. Available baselines: black"):
+        uni_lab.get("baseline", "_test_at_once")
+    with pytest.raises(PluginError, match=r"unknown baseline '_test_at_once'"):
+        registry.unregister("baseline", "_test_at_once")
+    uni_lab.baseline("_test_at_once")(lambda x, model, target: x)  # the name is free again, for any origin
+    registry.unregister("baseline", "_test_at_once")
+
+
+def test_a_refused_signature_leaves_nothing_behind():
+    with pytest.raises(PluginError, match="model, target"):
+        uni_lab.baseline("_test_refused")(lambda x, *, level=0.5: x)
+    assert "_test_refused" not in uni_lab.registry.index()["baseline"]
+
+
+def _raw(hook: str, name: str):
+    class Raw:
+        pass
+
+    setattr(Raw, hook, uni_lab.hookimpl(lambda self: {name: lambda x, model, target: x}))
+    return Raw()
+
+
+def _lonely(x, model, target):
+    return x
+
+
+@pytest.mark.parametrize("first", ["decorated", "raw"])
+def test_a_raw_hookimpl_module_and_a_decorator_share_one_name_rule(first):
+    """Whichever comes second is refused, with one message naming both origins."""
+    def decorate():
+        uni_lab.baseline("_test_shared")(_lonely)
+
+    module = _raw("uni_lab_baselines", "_test_shared")
+    try:
+        if first == "decorated":
+            decorate()
+            with pytest.raises(PluginError, match=r"^duplicate baseline name '_test_shared': already registered by "
+                                                  r"\S*test_registry:_lonely, registered again by raw-shared:_test_shared"):
+                registry.register_module(module, name="raw-shared")
+            assert registry.get("baseline", "_test_shared").obj is _lonely
+        else:
+            registry.register_module(module, name="raw-shared")
+            with pytest.raises(PluginError, match=r"^duplicate baseline name '_test_shared': already registered by "
+                                                  r"raw-shared:_test_shared, registered again by \S*test_registry:_lonely"):
+                decorate()
+            assert registry.get("baseline", "_test_shared").origin == "raw-shared:_test_shared"
+            registry.register_module(module, name="raw-shared")  # a re-run cell: the same origin replaces
+    finally:
+        registry.unregister("baseline", "_test_shared")
+        if registry.pm.has_plugin("raw-shared"):
+            registry.pm.unregister(name="raw-shared")
+
+
+def test_a_hookimpl_that_is_no_hook_or_returns_no_mapping_is_refused():
+    reg = Registry(entry_point_group=None)
+    with pytest.raises(PluginError, match=r"plugin 'typo' implements uni_lab_baseline, which is no uni_lab hook; "
+                                          r"the hooks are: uni_lab_baselines"):
+        reg.register_module(_raw("uni_lab_baseline", "x"), name="typo")
+
+    class Listed:
+        @uni_lab.hookimpl
+        def uni_lab_paths(self):
+            return [lambda x, baseline, alphas: x]
+
+    with pytest.raises(PluginError, match=r"uni_lab_paths of plugin 'listed' returned list"):
+        reg.register_module(Listed(), name="listed")
+    assert reg.list() == []
+
+
+def test_a_fresh_registry_gets_a_module_s_decorated_and_hooked_plugins(tmp_path, monkeypatch):
+    (tmp_path / "both_kinds_uni_plugin.py").write_text(textwrap.dedent('''
+        import uni_lab
+
+        @uni_lab.baseline("_test_decorated_here")
+        def decorated(x, model, target):
+            return x
+
+        @uni_lab.hookimpl
+        def uni_lab_paths():
+            return {"_test_hooked_here": lambda x, baseline, alphas: x}
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import both_kinds_uni_plugin
+
+    try:
+        reg = Registry(entry_point_group=None)
+        reg.register_module(both_kinds_uni_plugin)
+        assert {(p.kind, p.name, p.origin) for p in reg.list()} == {
+            ("baseline", "_test_decorated_here", "both_kinds_uni_plugin:decorated"),
+            ("path", "_test_hooked_here", "both_kinds_uni_plugin:_test_hooked_here")}
+        assert reg.get("baseline", "_test_decorated_here") is uni_lab.get("baseline", "_test_decorated_here")
+    finally:
+        registry.unregister("baseline", "_test_decorated_here")
+        sys.modules.pop("both_kinds_uni_plugin", None)
+
+
+def _distribution(tmp_path, module: str, source: str, ep: str):
+    (tmp_path / f"{module}.py").write_text(textwrap.dedent(source))
+    dist = tmp_path / f"{module}-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module.replace('_', '-')}\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[uni_lab]\n{ep} = {module}\n")
+
+
+def test_an_entry_point_that_fails_to_import_is_one_line_and_keeps_out_nothing_else(tmp_path, monkeypatch):
+    _distribution(tmp_path, "broken_uni_plugin", "import torch\nraise RuntimeError('no GPU driver')\n", "broken")
+    monkeypatch.syspath_prepend(str(tmp_path))  # first on sys.path: found before the built-ins
+    reg = Registry()
+    with pytest.raises(PluginError) as err:
+        reg.get("baseline", "black")
+    assert str(err.value) == ("the plugin 'broken' in the 'uni_lab' entry-point group failed to load: "
+                              "RuntimeError('no GPU driver')")
+    assert reg.get("baseline", "black").origin == "uni_lab.plugins.baselines:black"  # loaded all the same, once
+    sys.modules.pop("broken_uni_plugin", None)

@@ -61,7 +61,7 @@ def test_cli_evaluate_stores_seed_stability_per_item(tmp_path, tiny_model):
     import copy
 
     from uni_lab.cli import main
-    from uni_lab.registry import _DECORATED, registry
+    from uni_lab.registry import registry
 
     @uni_lab.model("_test_tiny_seed")
     def tiny_seed(weights=None):
@@ -76,8 +76,7 @@ def test_cli_evaluate_stores_seed_stability_per_item(tmp_path, tiny_model):
                     out=out, progress=False)
         assert main(["evaluate", str(out), "--metrics", "seed_stability,monotonicity", "--no-progress"]) == 0
     finally:
-        _DECORATED.items["model"].pop("_test_tiny_seed")
-        registry.invalidate()
+        registry.unregister("model", "_test_tiny_seed")
     ds = xr.open_zarr(out)
     for key in ("spearman_mean", "spearman_min", "rel_l2_mean", "rel_l2_max", "rel_l2_stored"):
         assert ds[f"seed_stability_{key}"].dims == ("model", "method", "image")

@@ -1,13 +1,17 @@
 """The extension contract: every way a plugin can reach uni_lab is a hook below.
 
-Most users never write a hook: ``@uni_lab.baseline("name")`` (and its siblings) register a
-plain function and are a thin layer over these hooks. A module that prefers raw pluggy can
-implement them directly with ``@uni_lab.hookimpl`` and be listed under the ``uni_lab``
-entry-point group, or registered with ``uni_lab.registry.register_module``.
+Most users never write a hook: ``@uni_lab.baseline("name")`` (and its siblings) put a plain
+function straight into the registry's table, under the same contract as the hooks below. A module
+that prefers raw pluggy can implement them directly with ``@uni_lab.hookimpl`` and be listed under
+the ``uni_lab`` entry-point group, or registered with ``uni_lab.registry.register_module``; pluggy
+validates the implementations, and each hook is called once, when its module is registered (an
+entry point: on the first lookup), and what it returns joins the same table as the decorated
+plugins, under the same name rules (a name taken by another origin is refused, naming both).
 
 Each hook returns a mapping ``{name: callable}``; the callable's signature is the plugin's
-interface, its keyword parameters (with defaults) are the user-settable parameters, and the
-first line of its docstring is the one-line description shown by ``uni-lab plugins``.
+interface (checked on registration, :mod:`uni_lab.contracts`), its keyword parameters (with
+defaults) are the user-settable parameters, and the first line of its docstring is the one-line
+description shown by ``uni-lab plugins``.
 """
 from __future__ import annotations
 
@@ -22,11 +26,11 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 def uni_lab_baselines() -> dict:
     """Baselines ``x'`` for path methods.
 
-    Called when the registry is (re)built. Returns ``{name: fn}`` with
-    ``fn(x, model, target, **params) -> x_prime``: ``x`` is a pixel-space batch
-    ``(N, 3, H, W)`` in ``[0, 1]``, ``model`` a :class:`uni_lab.models.Classifier`, ``target``
-    a ``(N,)`` long tensor; the result has the shape of ``x``. A parameter named ``seeds``
-    receives one integer seed per image (so random draws never depend on batch composition).
+    Returns ``{name: fn}`` with ``fn(x, model, target, **params) -> x_prime``: ``x`` is a
+    pixel-space batch ``(N, 3, H, W)`` in ``[0, 1]``, ``model`` a
+    :class:`uni_lab.models.Classifier`, ``target`` a ``(N,)`` long tensor; the result has the
+    shape of ``x``. A parameter named ``seeds`` receives one integer seed per image (so random
+    draws never depend on batch composition).
     """
 
 

@@ -1,23 +1,29 @@
-"""One registry for every plugin kind: decorators on top, pluggy hooks underneath.
+"""One registry for every plugin kind: one table, kind -> name -> :class:`Plugin`.
 
 ``@uni_lab.baseline("mean")`` files a function under a name, the way timm's
-``register_model`` does; ``uni_lab.create("baseline", "mean", **params)`` is the one door
-back out. The decorators store into :data:`_DECORATED`, which is itself a pluggy plugin
-implementing the hooks of :mod:`uni_lab.hookspecs`, so decorated functions and raw
-``@hookimpl`` modules meet in the same place. Third-party packages (and the built-ins in
-``plugins/``) arrive through the ``uni_lab`` entry-point group, loaded once, lazily.
+``register_model`` does: the decorator checks its signature against the kind's contract
+(:mod:`uni_lab.contracts`), reads its parameters and types, and adds it to the table at once;
+``uni_lab.create("baseline", "mean", **params)`` is the one door back out. Names meet in one
+place (:meth:`Registry._add`): the same origin again replaces (a re-run notebook cell), another
+origin is refused, naming both. pluggy is the published contract for third-party modules
+(:mod:`uni_lab.hookspecs`): it loads the ``uni_lab`` entry-point group (once, lazily, on the
+first lookup; the built-ins in ``plugins/`` arrive that way too) and modules given to
+:meth:`Registry.register_module`, validates their ``@hookimpl`` functions, and their hooks are
+called once into the same table. :meth:`Registry.unregister` takes one plugin out again.
 """
 from __future__ import annotations
 
 import fnmatch
 import functools
+import importlib.metadata
 import inspect
 import math
 import numbers
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import pluggy
@@ -140,10 +146,10 @@ def _describe(accepted: tuple) -> str:
     return " or ".join(names.get(t, t.__name__) for t in accepted)
 
 
-def _make_plugin(kind: str, name: str, obj: Callable, origin: str) -> Plugin:
+def _make_plugin(kind: str, name: str, obj: Callable, origin: str, check: Callable | None = None) -> Plugin:
     if not callable(obj):
         raise PluginError(f"{kind} '{name}' from {origin} is not callable (got {type(obj).__name__}).")
-    check_signature(kind, name, obj)
+    check_signature(kind, name, obj)  # refused here, at registration, not when first called
     params, types_ = {}, {}
     for p in _signature(obj).parameters.values():
         if p.name in ("self",) + CALL_ARGS[kind] or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
@@ -154,113 +160,132 @@ def _make_plugin(kind: str, name: str, obj: Callable, origin: str) -> Plugin:
             types_[p.name] = accepted
     doc = inspect.getdoc(obj) or ""
     return Plugin(kind, name, obj, origin, params, doc.strip().splitlines()[0] if doc else "", types_,
-                  getattr(obj, "uni_lab_check", None))
+                  check or getattr(obj, "uni_lab_check", None))  # the attribute: a raw hookimpl's way to set it
 
 
 def _origin(obj) -> str:
     return f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', repr(obj))}"
 
 
-class _Decorated:
-    """Everything registered through the decorators, served to pluggy as hook results."""
-
-    def __init__(self):
-        self.items: dict[str, dict[str, Callable]] = {kind: {} for kind in KINDS}
-
-    def add(self, kind: str, name: str, obj: Callable):
-        current = self.items[kind].get(name)
-        if current is not None and _origin(current) != _origin(obj):
-            raise PluginError(
-                f"duplicate {kind} name '{name}': already registered by {_origin(current)}, "
-                f"registered again by {_origin(obj)}. Pick another name."
-            )
-        self.items[kind][name] = obj  # same origin: a re-run notebook cell or reload
-
-    @hookimpl
-    def uni_lab_baselines(self):
-        return dict(self.items["baseline"])
-
-    @hookimpl
-    def uni_lab_paths(self):
-        return dict(self.items["path"])
-
-    @hookimpl
-    def uni_lab_explainers(self):
-        return dict(self.items["explainer"])
-
-    @hookimpl
-    def uni_lab_attacks(self):
-        return dict(self.items["attack"])
-
-    @hookimpl
-    def uni_lab_metrics(self):
-        return dict(self.items["metric"])
-
-    @hookimpl
-    def uni_lab_models(self):
-        return dict(self.items["model"])
-
-
-_DECORATED = _Decorated()
-
-
 class Registry:
-    """The plugin manager plus a cached name index per kind."""
+    """One table, kind -> name -> :class:`Plugin`. The decorators add to it directly; pluggy loads and
+    validates the modules of raw ``@hookimpl`` functions, whose hooks are called once, into the same table."""
 
     def __init__(self, entry_point_group: str | None = hookspecs.PROJECT):
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
-        self.pm.register(_DECORATED, name="uni_lab.decorators")
         self._group = entry_point_group
         self._entry_points_loaded = entry_point_group is None
-        self._index: dict[str, dict[str, Plugin]] | None = None
+        self._plugins: dict[str, dict[str, Plugin]] = {kind: {} for kind in KINDS}
+
+    def _add(self, plugins: list[Plugin]) -> None:
+        """The one place names meet. The same origin again (a re-run notebook cell, a reload) replaces;
+        another origin is refused, naming both. All or nothing: a refused module leaves no half behind."""
+        new: dict[tuple[str, str], Plugin] = {}
+        for plugin in plugins:
+            key = (plugin.kind, plugin.name)
+            current = new.get(key) or self._plugins[plugin.kind].get(plugin.name)
+            if current is not None and current.origin != plugin.origin:
+                raise PluginError(
+                    f"duplicate {plugin.kind} name '{plugin.name}': already registered by {current.origin}, "
+                    f"registered again by {plugin.origin}. Pick another name."
+                )
+            new[key] = plugin
+        for (kind, name), plugin in new.items():
+            self._plugins[kind][name] = plugin
 
     def register_module(self, module, name: str | None = None):
-        """Register a module (or object) with raw ``@hookimpl`` functions."""
-        self.pm.register(module, name=name)
-        self.invalidate()
+        """Register a module (or object) with raw ``@hookimpl`` functions: its hooks are called once and
+        what they return joins the table as ``"<name>:<plugin name>"``; for a module, the plugins its
+        decorators filed (in :data:`registry`) come along, so a fresh :class:`Registry` sees them too.
+        Registering it again (a reload, a re-run cell) replaces it."""
+        name = name or self.pm.get_canonical_name(module)
+        if self.pm.is_registered(module):
+            self.pm.unregister(module)
+        if self.pm.has_plugin(name):
+            self.pm.unregister(name=name)
+        try:
+            self.pm.register(module, name=name)
+        except pluggy.PluginValidationError as exc:
+            self.pm.unregister(module)
+            raise PluginError(f"plugin '{name}' does not fit the uni_lab hooks: {exc}") from exc
+        self._take(module, name)
 
-    def invalidate(self):
-        self._index = None
+    def _take(self, module, name: str) -> None:
+        """Add what a module pluggy has registered provides; on failure pluggy forgets it again."""
+        try:
+            self._add(self._provided_by(module, name))
+        except BaseException:
+            self.pm.unregister(module)
+            raise
+
+    def _provided_by(self, module, name: str) -> list[Plugin]:
+        callers = self.pm.get_hookcallers(module) or []
+        unknown = [c.name for c in callers if not c.has_spec()]
+        if unknown:
+            raise PluginError(f"plugin '{name}' implements {', '.join(unknown)}, which is no uni_lab hook; "
+                              f"the hooks are: {', '.join(HOOK_OF_KIND.values())}.")
+        out = []
+        for kind in KINDS:
+            for impl in getattr(self.pm.hook, HOOK_OF_KIND[kind]).get_hookimpls():
+                if impl.plugin is not module:
+                    continue
+                provided = impl.function()
+                if not isinstance(provided, Mapping):
+                    raise PluginError(f"{HOOK_OF_KIND[kind]} of plugin '{name}' returned {type(provided).__name__}; "
+                                      "it must return {name: callable}.")
+                out += [_make_plugin(kind, key, obj, f"{name}:{key}") for key, obj in provided.items()]
+        if self is not registry and isinstance(module, types.ModuleType):  # the default table has them already
+            out += registry._defined_in(module.__name__)
+        return out
+
+    def _defined_in(self, module_name: str) -> list[Plugin]:
+        """Decorated plugins whose code lives in ``module_name`` or, for a package, below it."""
+        return [p for plugins in self._plugins.values() for p in plugins.values()
+                if p.origin.split(":")[0] == module_name or p.origin.startswith(module_name + ".")]
 
     def _load_entry_points(self):
         if self._entry_points_loaded:
             return
         self._entry_points_loaded = True  # set first: a failing plugin must not be retried forever
-        try:
-            self.pm.load_setuptools_entrypoints(self._group)
-        except PluginError:
-            raise
-        except Exception as exc:  # name the plugin that broke start-up, not just the traceback
-            raise PluginError(f"a plugin in the '{self._group}' entry-point group failed to load: {exc!r}") from exc
+        names = dict.fromkeys(ep.name for ep in importlib.metadata.entry_points(group=self._group))
+        failed = None
+        for ep_name in names:  # one at a time, so one broken package does not keep out the others
+            try:
+                self.pm.load_setuptools_entrypoints(self._group, name=ep_name)
+            except Exception as exc:  # name the plugin that broke start-up, not just the traceback
+                failed = failed or (ep_name, exc)
+                continue
+            if self.pm.has_plugin(ep_name):
+                self._take(self.pm.get_plugin(ep_name), ep_name)
+        if failed is not None:
+            ep_name, exc = failed
+            if isinstance(exc, PluginError):
+                raise exc
+            raise PluginError(f"the plugin '{ep_name}' in the '{self._group}' entry-point group failed to load: "
+                              f"{exc!r}") from exc
 
     def index(self) -> dict[str, dict[str, Plugin]]:
+        """kind -> name -> Plugin, a copy: change the registry through the decorators and :meth:`unregister`."""
         self._load_entry_points()
-        if self._index is None:
-            index: dict[str, dict[str, Plugin]] = {kind: {} for kind in KINDS}
-            for kind in KINDS:
-                hook = getattr(self.pm.hook, HOOK_OF_KIND[kind])
-                for impl in hook.get_hookimpls():
-                    for name, obj in (impl.function() or {}).items():
-                        origin = _origin(obj) if impl.plugin is _DECORATED else f"{impl.plugin_name}:{name}"
-                        if name in index[kind]:
-                            raise PluginError(
-                                f"duplicate {kind} name '{name}': registered by {index[kind][name].origin} "
-                                f"and by {origin}. Rename one of them."
-                            )
-                        index[kind][name] = _make_plugin(kind, name, obj, origin)
-            self._index = index
-        return self._index
+        return {kind: dict(plugins) for kind, plugins in self._plugins.items()}
 
     def get(self, kind: str, name: str) -> Plugin:
         if kind not in KINDS:
             raise PluginError(f"unknown plugin kind '{kind}'; kinds are: {', '.join(KINDS)}.")
-        plugins = self.index()[kind]
+        self._load_entry_points()
+        plugins = self._plugins[kind]
         if name not in plugins:
             raise PluginError(
                 f"unknown {kind} '{name}'. Available {kind}s: {', '.join(sorted(plugins)) or '(none)'}."
             )
         return plugins[name]
+
+    def unregister(self, kind: str, name: str) -> Plugin:
+        """Remove one plugin (a test's temporary one, a notebook's discarded one) and return it."""
+        plugin = self.get(kind, name)
+        del self._plugins[kind][name]
+        return plugin
 
     def list(self, kind: str | None = None, pattern: str = "*") -> list[Plugin]:
         kinds = [kind] if kind else list(KINDS)
@@ -268,7 +293,8 @@ class Registry:
         for k in kinds:
             if k not in KINDS:
                 raise PluginError(f"unknown plugin kind '{k}'; kinds are: {', '.join(KINDS)}.")
-            out += [p for n, p in sorted(self.index()[k].items()) if fnmatch.fnmatch(n, pattern)]
+            self._load_entry_points()
+            out += [p for n, p in sorted(self._plugins[k].items()) if fnmatch.fnmatch(n, pattern)]
         return out
 
 
@@ -278,11 +304,8 @@ registry = Registry()
 def _decorator(kind: str):
     def register(name: str | None = None, *, check: Callable | None = None):
         def wrap(obj):
-            check_signature(kind, name or obj.__name__, obj)  # refused here, at the decorator, not when first called
-            if check is not None:  # read back by _make_plugin, so raw hookimpl modules can set it too
-                obj.uni_lab_check = check
-            _DECORATED.add(kind, name or obj.__name__, obj)
-            registry.invalidate()
+            label = name or obj.__name__
+            registry._add([_make_plugin(kind, label, obj, _origin(obj), check)])
             return obj
 
         if callable(name):  # bare @uni_lab.baseline
