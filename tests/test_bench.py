@@ -154,13 +154,13 @@ def test_fresh_store_is_created_on_the_writer_thread(tiny_model, tmp_path, monke
     from uni_lab.store import Store
 
     threads = []
-    create = Store.create_fresh
+    create = Store.open_or_create
 
     def spy(self, *args, **kwargs):
         threads.append(threading.current_thread().name)
         return create(self, *args, **kwargs)
 
-    monkeypatch.setattr(Store, "create_fresh", spy)
+    monkeypatch.setattr(Store, "open_or_create", spy)
     res = uni_lab.run(tiny_model, images=["chelsea", "coffee"], methods=["ig:black"], steps=2,
                       out=tmp_path / "s.zarr", progress=False)
     assert threads and threads[0].startswith("uni-lab-store")
@@ -169,7 +169,7 @@ def test_fresh_store_is_created_on_the_writer_thread(tiny_model, tmp_path, monke
     def broken(self, *args, **kwargs):
         raise StoreError(f"cannot write the store at '{self.path}' (disk full)")
 
-    monkeypatch.setattr(Store, "create_fresh", broken)
+    monkeypatch.setattr(Store, "open_or_create", broken)
     with pytest.raises(StoreError, match="disk full"):
         uni_lab.run(tiny_model, images=["chelsea"], methods=["ig:black"], steps=2, out=tmp_path / "t.zarr",
                     progress=False)

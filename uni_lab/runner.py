@@ -160,7 +160,7 @@ def run(models=DEFAULT_MODEL, images=None, methods=DEFAULT_METHODS, *, steps: in
     fresh = not ctx.active and part in (None, (0, 1)) and (overwrite or not store.exists())
     if fresh:
         store.check_creatable(overwrite)
-        store.create_fresh(layout, overwrite)
+        store.create_in_background(layout, overwrite)
     else:
         distributed.create_once(ctx, lambda ow: _prepare(store, layout, ow), overwrite)
     seeds_all = torch.tensor([image_seed(seed, e.id) for e in entries])
@@ -258,7 +258,7 @@ def _prepare(store: Store, layout, overwrite: bool) -> None:
     """Create the store, or check that the existing one is this run's, down to its coordinates."""
     from .check import schema_problems
 
-    if store.prepare(layout, overwrite=overwrite):
+    if store.open_or_create(layout, overwrite=overwrite):
         return  # just written from this layout
     problems = schema_problems(store.open(), expected=layout)
     if problems:

@@ -98,8 +98,10 @@ class Store:
                              f"`uni-lab check --repair {self.path}` rebuilds damaged metadata from its second "
                              "copy; otherwise choose another --out.") from exc
 
-    def prepare(self, ds: xr.Dataset, overwrite: bool = False) -> bool:
-        """Create the store, or check that an existing one was made by the same configuration.
+    def open_or_create(self, ds: xr.Dataset, overwrite: bool = False) -> bool:
+        """The one way a store comes to be: create it from ``ds`` (replacing one with ``overwrite``),
+        or check that the existing one was made by the same configuration. Where another process
+        creates it first (shards started at once), that one is checked instead.
 
         Returns whether this call created it (a store it did not create may still differ in layout)."""
         if self.exists() and not overwrite:
@@ -118,8 +120,8 @@ class Store:
                 self.hold(self.lock_mode)
             return False
         self.check_creatable(overwrite)
-        if not self.create(ds, overwrite):
-            return self.prepare(ds)
+        if not self._create(ds, overwrite):
+            return self.open_or_create(ds)
         return True
 
     def check_path(self) -> None:
@@ -139,7 +141,7 @@ class Store:
                           "choose a writable --out.")
 
     def check_creatable(self, overwrite: bool) -> None:
-        """Raise now, before any work, what :meth:`create` would fail on (a foreign folder, no write access)."""
+        """Raise now, before any work, what creating the store would fail on (a foreign folder, no write access)."""
         self._refuse_foreign(overwrite)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -149,13 +151,7 @@ class Store:
             raise StoreError(f"cannot write the store at '{self.path}' (no write permission on "
                              f"'{self.path.parent}'); choose a writable --out.")
 
-    def create_fresh(self, ds: xr.Dataset, overwrite: bool = False) -> None:
-        """:meth:`create`, for a run that found no store: where another process created one in the
-        meantime, it must at least be this configuration's (checked as :meth:`prepare` does)."""
-        if not self.create(ds, overwrite):
-            self.prepare(ds)
-
-    def create(self, ds: xr.Dataset, overwrite: bool = False) -> bool:
+    def _create(self, ds: xr.Dataset, overwrite: bool = False) -> bool:
         """Write the empty store of ``ds``'s layout (after :meth:`check_creatable`).
 
         Returns False when another process created the store first (then validate it)."""

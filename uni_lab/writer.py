@@ -1,9 +1,10 @@
 """Store writes off the critical path: items go to disk on a background thread.
 
 :class:`StoreWriter` stands in for a :class:`~uni_lab.store.Store` in the runner. Writes
-(``create_fresh``, ``write_items``, ``write_item``, ``write_inputs``) are queued to one worker
-thread, in order, while the next batch computes (a new store is even created while the first
-batch computes). Every other call (reads, ``prepare``) first waits for the queue to drain, so
+(``write_items``, ``write_item``, ``write_inputs``) are queued to one worker thread, in order,
+while the next batch computes (a new store is even created while the first batch computes:
+:meth:`StoreWriter.create_in_background`). Every other call (reads, ``open_or_create``) first
+waits for the queue to drain, so
 the runner always reads what it wrote. An item is still written whole before its ``done``
 flag, by the store itself, so a crash leaves at most unfinished items not-done.
 
@@ -18,7 +19,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-QUEUED = ("create_fresh", "write_item", "write_items", "write_inputs", "flush_staged")
+QUEUED = ("write_item", "write_items", "write_inputs", "flush_staged")
 # Queued writes (a batch of items each) held in memory at most; past that the runner waits.
 # Eight absorb the burst of a completed map chunk's write (uni_lab.store.Store.staging: a few
 # hundred milliseconds at 64², while batches of a small model take tens), bound memory on long
@@ -65,6 +66,12 @@ class StoreWriter:
             self.writes += 1
         finally:
             self.main_s += time.perf_counter() - t0
+
+    def create_in_background(self, ds, overwrite: bool = False) -> None:
+        """``Store.open_or_create`` queued first: for a store a run creates from nothing, whose
+        contents are known (nothing done), so the run need not wait for it; a failure is raised at
+        the next write or flush."""
+        self._submit("open_or_create", (ds, overwrite), {})
 
     def flush(self, raise_errors: bool = True) -> None:
         """Wait until every queued write is on disk; raise the first failure (if asked)."""
