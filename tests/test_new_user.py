@@ -161,6 +161,26 @@ def test_explain_leaves_a_train_mode_model_in_train_mode_and_names_the_normalisa
     assert not any(m.training for m in net.modules())
 
 
+def test_run_and_evaluate_give_the_callers_classifiers_back_as_they_were(tmp_path):
+    """A run sets every model's input size to the first one's and, with channels_last, changes the
+    network's layout; an evaluation moves given models to its device. Each comes back as it was
+    (the device itself cannot be told apart on a machine with only a CPU)."""
+    from uni_lab.evaluate import evaluate
+
+    first = uni_lab.wrap(_small_net(), mean=(0, 0, 0), std=(1, 1, 1), input_size=(16, 16), name="a")
+    second = uni_lab.wrap(_small_net(), mean=(0, 0, 0), std=(1, 1, 1), input_size=(24, 24), name="b")
+    before = [{k: v.clone() for k, v in c.state_dict().items()} for c in (first, second)]
+    for k, layout in enumerate((False, True)):
+        out = tmp_path / f"s{k}.zarr"
+        uni_lab.run([first, second], images=["chelsea"], methods=["ig:black"], steps=2, out=out, progress=False,
+                    channels_last=layout, seed_stability=False)
+        evaluate(out, metrics="mufidelity", sets={"mufidelity.n_subsets": 4}, models=[first, second], progress=False)
+        assert (first.input_size, second.input_size) == ((16, 16), (24, 24))
+        for clf, old in zip((first, second), before):
+            assert all(p.is_contiguous() for p in clf.parameters()), "the network's layout was left channels_last"
+            assert all(torch.equal(v, old[k]) for k, v in clf.state_dict().items())
+
+
 # --- diagnoses that name the right culprit -----------------------------------------------------------
 
 @uni_lab.baseline("nan_baseline_for_test")

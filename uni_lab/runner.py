@@ -6,6 +6,7 @@ leaves those items not-done (the next run retries them).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import sys
@@ -26,7 +27,7 @@ from .engine import check_output, partition
 from .errors import InputError, StoreError, UniLabError
 from .labels import read_labels
 from .methods import Method, check_all_used, parse_sets, plugin_origins, resolve, route_params
-from .models import Classifier, create_model, resolve_device
+from .models import Classifier, create_model, preserving, resolve_device
 from .seeding import image_seed
 from .skeleton import skeleton
 from .store import Store
@@ -61,6 +62,17 @@ def _method_steps(method: Method) -> int:
     return int(steps or 0)
 
 
+def _keeping_callers_models(fn):
+    """``fn(models, ...)`` with the models a caller passed in (modules, not names) put back as they were."""
+    @functools.wraps(fn)
+    def keeping(models=DEFAULT_MODEL, *args, **kwargs):
+        with preserving([m for m in _as_list(models) if isinstance(m, torch.nn.Module)]):
+            return fn(models, *args, **kwargs)
+
+    return keeping
+
+
+@_keeping_callers_models
 def run(models=DEFAULT_MODEL, images=None, methods=DEFAULT_METHODS, *, steps: int = DEFAULT_STEPS,
         batch_size: int = DEFAULT_BATCH, device: str | None = None, seed: int = 0, out: str | Path = DEFAULT_OUT,
         sets: dict | list | None = None, weights: str | None = None, output: str = "prob",

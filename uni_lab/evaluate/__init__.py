@@ -44,7 +44,7 @@ from ..locks import evaluation_lock
 from ..store import Store
 from .conditions import CLEAN, Attack, Condition, Corruption
 from .jobs import Job, run
-from ..models import resolve_device
+from ..models import preserving, resolve_device
 from .planning import Plan, plan, subset
 from .stored import MethodCall, check_plugins_present, load_model, method_from_config, read_explanation
 from .tables import metric_table
@@ -78,7 +78,7 @@ def evaluate(store, metrics=(), attacks=(), corruptions=(), *, severities=SEVERI
     if not st.exists():
         raise StoreError(f"no store at '{store}'; create one with `uni-lab run --out {store}`.")
     given = {c.name: c for c in (models if isinstance(models, (list, tuple)) else [models] if models else [])}
-    with evaluation_lock(st):
+    with evaluation_lock(st), preserving(list(given.values())):  # moved to the device, then put back
         ds = st.open()
         config = config_of(ds)
         check_plugins_present(ds, given=given)
