@@ -1,4 +1,4 @@
-"""Explanation sensitivity (METHODS.md §6): how far a map moves when the input moves a little.
+"""Explanation sensitivity (docs/methods.md §6): how far a map moves when the input moves a little.
 
 - ``max_sensitivity`` / ``avg_sensitivity`` (Yeh et al. 2019): over ``n_samples`` inputs
   ``x + δ``, ``δ ~ U(−r, r)`` per pixel (``radius`` r = 0.02, Captum's ``sensitivity_max``
