@@ -110,29 +110,35 @@ def _method(spec: str, steps: int, pgd_steps: int, output: str = "prob"):
     return resolve(spec, routed, {"steps": steps, "output": output})
 
 
-def _naive_uni(clf, x, target, seeds, steps: int, pgd_steps: int):
-    """UNI the way a loop would do it: per image, copy the model, unlearn, match, integrate."""
-    from .plugins.ig import integrated_gradients
-    from .plugins.uni import uni_baseline_reference
+def _uni_parts():
+    """The registered UNI baseline, with the phases and naive loop it exposes for timing, and IG."""
     from .registry import get
 
-    p = get("baseline", "uni").resolved_params({"pgd_steps": pgd_steps})  # the same UNI as the batched one
+    uni = get("baseline", "uni")
+    if not all(hasattr(uni.obj, a) for a in ("phases", "reference")):
+        raise InputError(f"the registered baseline 'uni' ({uni.origin}) exposes no `phases` and `reference` to time; "
+                         "`uni-lab bench` times the built-in one.")
+    return uni, get("explainer", "ig")
+
+
+def _naive_uni(clf, x, target, seeds, steps: int, pgd_steps: int):
+    """UNI the way a loop would do it: per image, copy the model, unlearn, match, integrate."""
+    uni, ig = _uni_parts()
+    p = uni.resolved_params({"pgd_steps": pgd_steps})  # the same UNI as the batched one
     maps, baselines = [], []
     for i in range(x.shape[0]):
         xi, ti, si = x[i:i + 1], target[i:i + 1], seeds[i:i + 1]
-        xb = uni_baseline_reference(xi, clf, ti, si, **p)
-        maps.append(integrated_gradients(clf, xi, ti, baseline=xb, steps=steps).attribution)
+        xb = uni.obj.reference(xi, clf, ti, si, **p)
+        maps.append(ig(clf, xi, ti, baseline=xb, steps=steps).attribution)
         baselines.append(xb)
     return torch.cat(maps), torch.cat(baselines)
 
 
 def _uni_phases(clf, x, target, seeds, steps: int, pgd_steps: int) -> dict:
     """The batched UNI pipeline phase by phase, each timed (evidence for where UNI's time goes)."""
-    from .plugins.ig import integrated_gradients
-    from .plugins.uni import match_activations, unlearned_log_probs
-    from .registry import get
-
-    p = get("baseline", "uni").resolved_params({"pgd_steps": pgd_steps})
+    uni, ig = _uni_parts()
+    unlearned_log_probs, match_activations = uni.obj.phases["unlearn"], uni.obj.phases["match"]
+    p = uni.resolved_params({"pgd_steps": pgd_steps})
     dev = x.device
     out = {}
     _sync(dev)
@@ -147,7 +153,7 @@ def _uni_phases(clf, x, target, seeds, steps: int, pgd_steps: int) -> dict:
     _sync(dev)
     out["match"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    integrated_gradients(clf, x, target, baseline=xb, steps=steps)
+    ig(clf, x, target, baseline=xb, steps=steps)
     _sync(dev)
     out["integrate"] = time.perf_counter() - t0
     return out
