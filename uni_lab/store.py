@@ -1,8 +1,9 @@
 """The store on disk: created once, filled item by item, then widened by evaluations.
 
 What it holds is :mod:`uni_lab.schema` (the run's empty dataset: :mod:`uni_lab.skeleton`); who
-may write it at a time is :mod:`uni_lab.locks`; zarr's private calls are :mod:`uni_lab.zarr_io`.
-This is the only module that addresses a store by position. An item (model, method, image)
+may write it at a time is :mod:`uni_lab.locks`; zarr's private calls are :mod:`uni_lab.zarr_io`;
+the variables evaluations add are written by :mod:`uni_lab.evaluation_variables`, a mixin of
+:class:`Store`. With that mixin, the only code that addresses a store by position. An item (model, method, image)
 is written in one pass over its variables, and ``done`` is set only after all of them, so a
 run killed mid-write leaves the item not-done and a rerun recomputes it. Chunks span blocks
 of images (:func:`uni_lab.schema.chunking`); zarr replaces a chunk file whole (temporary file,
@@ -22,9 +23,9 @@ import xarray as xr
 
 from .accessor import config_of
 from .errors import StoreError
+from .evaluation_variables import EvaluationVariables
 from .locks import flock
-from .schema import RUN_VARIABLES, ZARR_FORMAT, Variable, block_of, evaluation_chunks, fill_of
-from .skeleton import strings
+from .schema import ZARR_FORMAT
 from .zarr_io import assign, metadata_files
 
 FLUSH_S = 60.0  # staged items are written at the latest this long after the first of their chunk
@@ -54,7 +55,7 @@ def _warn_partition(old: str | None, new: str | None, path) -> None:
                       "items computed now differ from earlier ones in float rounding.", stacklevel=3)
 
 
-class Store:
+class Store(EvaluationVariables):
     """A run's store on disk: created once, then filled item by item.
 
     With ``staging`` (a run sets it), item and input writes are held in memory until their map
@@ -344,111 +345,6 @@ class Store:
         """One item: :meth:`write_items` for a single image."""
         self.write_items(mi, mei, [ii], {k: np.asarray(v)[None] for k, v in values.items()})
 
-    # -- evaluation variables: added to a finished store and written by label ----------------------
-    def open_lazy(self) -> xr.Dataset:
-        """The store without dask: variables read from disk on access, opened fast (for many small reads)."""
-        try:
-            return xr.open_zarr(self.path, chunks=None)
-        except Exception as exc:
-            raise StoreError(f"'{self.path}' cannot be opened as a zarr store ({exc.__class__.__name__}: {exc}).") from exc
-
-    def _layout_changed(self) -> None:
-        self._group = None  # the zarr group was opened on metadata that has just been rewritten
-
-    def add_variables(self, specs: dict[str, Variable], coords: dict) -> bool:
-        """Add the variables of ``specs`` that the store lacks, as metadata only, chunked by
-        :func:`~uni_lab.schema.evaluation_chunks`.
-
-        Dims the store has keep their labels; new dims take theirs from ``coords``. Where
-        ``coords`` holds labels a store dim lacks (a new attack, other stability steps), the dim
-        grows: every variable on it is rewritten with its old values in place and fill elsewhere.
-        Returns whether the store's layout changed (open datasets are then stale).
-        """
-        import dask.array as da
-
-        ds = self.open_lazy()
-        grown = False
-        for dim, labels in coords.items():
-            if dim in ds.dims and not set(_plain(labels)) <= set(_plain(ds[dim].values)):
-                self._grow_dim(ds, dim, labels)
-                ds, grown = self.open_lazy(), True
-        new = {name: var for name, var in specs.items() if name not in ds.variables}
-        if not new:
-            return grown
-        labels = {d: (ds[d].values if d in ds.dims else np.asarray(coords[d])) for var in new.values() for d in var.dims}
-        sizes = {d: len(v) for d, v in labels.items()}
-        data = {}
-        for name, var in new.items():
-            arr = da.full(tuple(sizes[d] for d in var.dims), fill_of(var.dtype), dtype=var.dtype,
-                          chunks=evaluation_chunks(var.dims, sizes, block_of(ds.attrs)))
-            data[name] = xr.Variable(var.dims, arr, attrs=var.attrs())
-        fresh = {d: _labels(v) for d, v in labels.items() if d not in ds.dims}
-        # mode="a" replaces the group's attributes with the dataset's: carry the store's own along
-        xr.Dataset(data, coords=fresh, attrs=ds.attrs).to_zarr(self.path, mode="a", compute=False, consolidated=True,
-                                                               zarr_format=ZARR_FORMAT)
-        self._layout_changed()
-        return True
-
-    def _grow_dim(self, ds: xr.Dataset, dim: str, labels) -> None:
-        import zarr
-
-        union = list(_plain(ds[dim].values)) + [v for v in _plain(labels) if v not in set(_plain(ds[dim].values))]
-        names = [v for v in ds.data_vars if dim in ds[v].dims]
-        old = ds[names].load()
-        grown = old.reindex({dim: union}, fill_value={v: fill_of(old[v].dtype) for v in names})
-        grown = grown.assign_coords({dim: _labels(union)})
-        grown.attrs = dict(ds.attrs)  # mode="a" replaces the group's attributes with these
-        group = zarr.open_group(str(self.path), mode="r+")
-        for name in names + [dim]:
-            del group[name]
-        zarr.consolidate_metadata(str(self.path))
-        sizes = dict(grown.sizes)
-        encoding = {v: {"chunks": evaluation_chunks(grown[v].dims, sizes, block_of(ds.attrs))} for v in names}
-        for v in names:
-            grown[v].encoding = {}
-        grown.drop_vars([c for c in grown.coords if c != dim]).to_zarr(
-            self.path, mode="a", consolidated=True, zarr_format=ZARR_FORMAT, encoding=encoding)
-        self._layout_changed()
-
-    def drop_variables(self, names) -> None:
-        """Delete evaluation variables (``uni-lab evaluate --recompute``); the run's own are refused."""
-        import zarr
-
-        bad = sorted(set(names) & set(RUN_VARIABLES))
-        if bad:
-            raise StoreError(f"refusing to drop the run's variables {bad}; only evaluation variables can be recomputed.")
-        group = zarr.open_group(str(self.path), mode="r+")
-        for name in names:
-            if name in group:
-                del group[name]
-        zarr.consolidate_metadata(str(self.path))
-        self._layout_changed()
-
-    def write_region(self, values: dict, labels: dict, ds: xr.Dataset | None = None) -> None:
-        """Write ``{name: array}`` at the item ``labels`` (``{dim: label}``): each array holds the
-        variable's values at that item, its other dims whole.
-
-        Positions come from the labels here and nowhere else. The writes go straight to the zarr
-        arrays (an xarray ``region=`` write re-reads the store's metadata on every call, which
-        made a small evaluation spend most of its time there). Callers write an item's values
-        first and its done flag in a second call, so a crash between the two leaves it not-done.
-        """
-        ds = self.open_lazy() if ds is None else ds
-        g = self.group()
-        for name, value in values.items():
-            index = tuple(ds.indexes[d].get_loc(labels[d]) if d in labels else slice(None) for d in ds[name].dims)
-            arr = g[name]
-            arr[index] = np.asarray(value, dtype=arr.dtype)
-
-    def update_attrs(self, attrs: dict) -> None:
-        """Set dataset attributes (e.g. ``uni_lab_evaluation``, the parameters of every metric and attack)."""
-        import zarr
-
-        group = zarr.open_group(str(self.path), mode="r+")
-        group.attrs.update(attrs)
-        zarr.consolidate_metadata(str(self.path))
-        self._layout_changed()
-
 
 def _runs(indices) -> list[tuple[int, int, slice]]:
     """Consecutive runs of ``indices``: ``(first, last + 1, positions in indices)``, so a region
@@ -466,12 +362,3 @@ def open_store(path: str | Path, lazy: bool = True) -> xr.Dataset:
     """Open a store with dask-backed variables (``lazy``) or loaded into memory."""
     ds = Store(path).open()
     return ds if lazy else ds.load()
-
-
-def _plain(values) -> list:
-    return [v.item() if hasattr(v, "item") else v for v in np.asarray(values).tolist()]
-
-
-def _labels(values) -> np.ndarray:
-    values = np.asarray(values)
-    return strings(values) if values.dtype.kind in "OUST" else values
