@@ -40,3 +40,14 @@ def test_every_cited_document_and_section_is_in_the_tree():
             if "NAME" not in cited and not (ROOT / cited).exists():
                 missing.append(f"{rel}: {cited}")
     assert not missing, "cited but not in the tree:\n" + "\n".join(sorted(set(missing)))
+
+
+def test_code_map_lists_every_module():
+    """docs/layout.md, one line per module, stays true: a new module without its line fails here."""
+    text = (ROOT / "docs" / "layout.md").read_text()
+    listed = set(re.findall(r"^((?:uni_lab|plugins|figures)/[\w/]+\.py)\s", text, re.M))
+    modules = {str(p.relative_to(ROOT)) for p in _tracked() if p.suffix == ".py"
+               and str(p.relative_to(ROOT)).startswith(("uni_lab/", "plugins/", "figures/"))
+               and p.name != "__main__.py"}
+    assert modules - listed == set(), f"modules without a line in docs/layout.md: {sorted(modules - listed)}"
+    assert listed - modules == set(), f"docs/layout.md lists modules that are gone: {sorted(listed - modules)}"
