@@ -201,6 +201,18 @@ def test_a_broken_baseline_plugin_is_named(name, message):
         uni_lab.explain(f"ig:{name}", uni_lab.wrap(net, mean=(0, 0, 0), std=(1, 1, 1)), torch.rand(2, 3, 16, 16))
 
 
+def test_a_run_that_fails_before_finishing_anything_leaves_no_store(tmp_path):
+    """The fixed command must not be refused as "another configuration" by the empty store of the
+    failed one; a run that finished items keeps its store (test_disk_full_... above)."""
+    clf = uni_lab.wrap(_small_net().eval(), mean=(0, 0, 0), std=(1, 1, 1), input_size=(16, 16), name="a")
+    out = tmp_path / "s.zarr"
+    with pytest.raises(InputError, match="nan_baseline_for_test"):
+        uni_lab.run(clf, images=["chelsea"], methods=["ig:nan_baseline_for_test"], steps=2, out=out, progress=False)
+    assert not out.exists()
+    uni_lab.run(clf, images=["chelsea"], methods=["ig:black"], steps=2, out=out, progress=False)
+    assert bool(open_store(out)["done"].all())
+
+
 def test_missing_input_chunk_is_named_not_blamed_on_the_model(store):
     import_plugins([str(PLUGIN)])
     chunk = next(p for p in (store / "input").iterdir() if not p.name.startswith("."))

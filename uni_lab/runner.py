@@ -186,6 +186,7 @@ def run(models=DEFAULT_MODEL, images=None, methods=DEFAULT_METHODS, *, steps: in
                       f"{-(-len(entries) // block)} blocks of the store, and shards take whole blocks.", stacklevel=2)
     computed = skipped = 0
     rate = _RankLog(ctx, part) if (ctx.active or part[1] > 1) else None
+    failed = False
     try:  # finished items reach the disk even when a later batch fails or is interrupted
         done = np.zeros((len(clfs), len(specs), len(entries)), bool) if fresh else store.done()
         if not fresh:
@@ -219,10 +220,18 @@ def run(models=DEFAULT_MODEL, images=None, methods=DEFAULT_METHODS, *, steps: in
             bar.close()
         if rate is not None:
             rate.update(computed, 0, final=True)
+    except Exception:
+        failed = True
+        raise
     finally:
         try:
             store.close()
         finally:
+            if failed and fresh and computed == 0:
+                # This run made the store and finished nothing in it: an error on the first batch (a
+                # method that cannot run on this model) must not leave a store that refuses the fixed
+                # command as "another configuration". Removed while the lock is still held.
+                _remove_unfinished(base)
             base.release()  # before the evaluation below, which takes the lock itself
     from .store import open_store
 
@@ -236,6 +245,13 @@ def run(models=DEFAULT_MODEL, images=None, methods=DEFAULT_METHODS, *, steps: in
     summary = summarize(open_store(out)) if ctx.rank == 0 else None
     timings = {"wall_s": time.perf_counter() - t_start, **store.timings()}
     return RunResult(Path(out), summary, computed, skipped, part, timings)
+
+
+def _remove_unfinished(store: Store) -> None:
+    import shutil
+
+    if store.exists():
+        shutil.rmtree(store.path, ignore_errors=True)
 
 
 class _RankLog:
