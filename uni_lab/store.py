@@ -3,9 +3,9 @@
 What it holds is :mod:`uni_lab.schema` (the run's empty dataset: :mod:`uni_lab.skeleton`); who
 may write it at a time is :mod:`uni_lab.locks`; zarr's private calls are :mod:`uni_lab.zarr_io`;
 the variables evaluations add are written by :mod:`uni_lab.evaluation_variables`, a mixin of
-:class:`Store`. With that mixin, the only code that addresses a store by position. An item (model, method, image)
-is written in one pass over its variables, and ``done`` is set only after all of them, so a
-run killed mid-write leaves the item not-done and a rerun recomputes it. Chunks span blocks
+:class:`Store`. With that mixin, this is the only code that addresses a store by position. An
+item (model, method, image) is written in one pass over its variables, and ``done`` is set only
+after all of them, so a run killed mid-write leaves the item not-done and a rerun recomputes it. Chunks span blocks
 of images (:func:`uni_lab.schema.chunking`); zarr replaces a chunk file whole (temporary file,
 then rename), so a killed write leaves a chunk's previous version, never half of it.
 """
