@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import numpy as np
 import xarray as xr
 
 from ..defaults import PERTURBED_METRICS, SEVERITIES
@@ -55,8 +56,6 @@ class Plan:
             if kind == "metric":
                 st.drop_variables([v for v in ds.data_vars if ds[v].attrs.get("uni_lab_metric") == name])
             else:  # an attack or corruption: its label's flags go back to not-done everywhere
-                import numpy as np
-
                 dim = "corruption" if "severity" in get("attack", name).params else "attack"
                 for flag in [v for v in ds.data_vars if v.startswith("done_") and dim in ds[v].dims]:
                     if name in [str(x) for x in ds[dim].values]:
