@@ -201,6 +201,13 @@ def test_a_broken_baseline_plugin_is_named(name, message):
         uni_lab.explain(f"ig:{name}", uni_lab.wrap(net, mean=(0, 0, 0), std=(1, 1, 1)), torch.rand(2, 3, 16, 16))
 
 
+def test_a_bare_network_given_to_run_is_named_with_the_fix(tmp_path):
+    out = tmp_path / "s.zarr"
+    with pytest.raises(InputError, match=r"a bare Sequential .* uni_lab\.wrap\(net"):
+        uni_lab.run(_small_net(), images=["chelsea"], methods=["ig:black"], steps=2, out=out, progress=False)
+    assert not out.exists()
+
+
 def test_a_run_that_fails_before_finishing_anything_leaves_no_store(tmp_path):
     """The fixed command must not be refused as "another configuration" by the empty store of the
     failed one; a run that finished items keeps its store (test_disk_full_... above)."""

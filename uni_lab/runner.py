@@ -49,9 +49,18 @@ class RunResult:
 def _as_list(value) -> list:
     if value is None:
         return []
-    if isinstance(value, (str, Classifier)):
+    if isinstance(value, (str, torch.nn.Module)):  # a Sequential is one network, not a list of models
         return [value]
     return list(value)
+
+
+def _model(m, weights) -> Classifier:
+    if isinstance(m, Classifier):
+        return m
+    if isinstance(m, torch.nn.Module):
+        raise InputError(f"models: a bare {type(m).__name__} has no normalisation, input size or name for the store; "
+                         "wrap it first: uni_lab.wrap(net, mean=..., std=..., input_size=(H, W), name='...').")
+    return create_model(m, weights=weights)
 
 
 def _method_steps(method: Method) -> int:
@@ -66,7 +75,7 @@ def _keeping_callers_models(fn):
     """``fn(models, ...)`` with the models a caller passed in (modules, not names) put back as they were."""
     @functools.wraps(fn)
     def keeping(models=DEFAULT_MODEL, *args, **kwargs):
-        with preserving([m for m in _as_list(models) if isinstance(m, torch.nn.Module)]):
+        with preserving([m for m in _as_list(models) if isinstance(m, Classifier)]):
             return fn(models, *args, **kwargs)
 
     return keeping
@@ -124,7 +133,7 @@ def run(models=DEFAULT_MODEL, images=None, methods=DEFAULT_METHODS, *, steps: in
     if len(set(specs)) != len(specs):
         raise InputError(f"a method is listed twice in {specs}.")
 
-    clfs = [m if isinstance(m, Classifier) else create_model(m, weights=weights) for m in _as_list(models)]
+    clfs = [_model(m, weights) for m in _as_list(models)]
     clfs = [accelerate(c.to(dev), precision, channels_last) for c in clfs]
     names = [c.name for c in clfs]
     if len(set(names)) != len(names):
