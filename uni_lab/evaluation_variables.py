@@ -51,7 +51,7 @@ class EvaluationVariables:
         sizes = {d: len(v) for d, v in labels.items()}
         data = {}
         for name, var in new.items():
-            arr = da.full(tuple(sizes[d] for d in var.dims), fill_of(var.dtype), dtype=var.dtype,
+            arr = da.full(tuple(sizes[d] for d in var.dims), var.fill, dtype=var.dtype,
                           chunks=evaluation_chunks(var.dims, sizes, block_of(ds.attrs)))
             data[name] = xr.Variable(var.dims, arr, attrs=var.attrs())
         fresh = {d: _labels(v) for d, v in labels.items() if d not in ds.dims}

@@ -98,29 +98,27 @@ def restoring_modes(net: nn.Module):
 
 @contextmanager
 def preserving(models):
-    """The caller's models as they were on entry: device, memory layout, train/eval flags and
-    ``input_size``. A run moves each model to its device (to channels_last when asked) and sets the
-    input size of its store; the models a caller passes in stay the caller's."""
+    """The caller's models as they were on entry: device, memory layout and train/eval flags. A run
+    moves each model to its device (to channels_last when asked); the models a caller passes in stay
+    the caller's."""
     kept = []
     for m in models:
         tensors = list(m.parameters()) + list(m.buffers())
         device = tensors[0].device if tensors else None
         plain = all(t.is_contiguous() for t in tensors if t.dim() == 4)
-        kept.append((m, device, plain, getattr(m, "input_size", None)))
+        kept.append((m, device, plain))
     with contextlib.ExitStack() as stack:
         for m in models:
             stack.enter_context(restoring_modes(m))
         try:
             yield
         finally:
-            for m, device, plain, size in kept:
+            for m, device, plain in kept:
                 tensors = list(m.parameters()) + list(m.buffers())
                 if device is not None and any(t.device != device for t in tensors):
                     m.to(device)
                 if plain and not all(t.is_contiguous() for t in tensors if t.dim() == 4):
                     m.to(memory_format=torch.contiguous_format)
-                if size is not None:
-                    m.input_size = size
 
 
 def imagenet_class_names() -> list[str] | None:

@@ -201,7 +201,6 @@ def run(models=DEFAULT_MODEL, images=None, methods=DEFAULT_METHODS, *, steps: in
         if not fresh:
             _refuse_changed(store, entries, [ii for ii in mine if not done[:, :, ii].all()])
         for mi, clf in enumerate(clfs):
-            clf.input_size = size
             todo = [ii for ii in mine if not done[mi, :, ii].all()]
             skipped += int(done[mi][:, list(mine)].sum())
             targets = np.full(len(entries), -1, np.int64) if fresh else store.written_targets(mi)

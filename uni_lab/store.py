@@ -24,7 +24,7 @@ import xarray as xr
 from .accessor import config_of
 from .errors import StoreError
 from .evaluation_variables import EvaluationVariables
-from .locks import flock
+from .locks import lock_folder
 from .schema import ZARR_FORMAT
 from .zarr_io import assign, metadata_files
 
@@ -78,10 +78,8 @@ class Store(EvaluationVariables):
         run of all images, ``shared`` for ``--shard`` jobs and torchrun ranks, which write disjoint items."""
         if self._lock_fd is not None:
             return
-        fd = os.open(self.path, os.O_RDONLY)
         more = (", or split the images over jobs with --shard I/N" if mode == "exclusive" else "")
-        flock(fd, mode == "exclusive", self.path, more)
-        self._lock_fd = fd
+        self._lock_fd = lock_folder(self.path, mode == "exclusive", more=more)
 
     def release(self) -> None:
         if self._lock_fd is not None:
@@ -160,9 +158,8 @@ class Store(EvaluationVariables):
             if not overwrite and self.exists():
                 return False
             self._refuse_foreign(overwrite)
-            fd = os.open(self.path, os.O_RDONLY) if self.exists() else None
-            if fd is not None:  # never delete a store another process is writing
-                flock(fd, True, self.path)
+            # never delete a store another process is writing
+            fd = lock_folder(self.path, True) if self.exists() else None
             try:
                 shutil.rmtree(self.path)
             finally:
@@ -175,9 +172,7 @@ class Store(EvaluationVariables):
             shutil.rmtree(tmp, ignore_errors=True)  # left by a killed attempt of this pid
             _write_files(tmp, metadata_files(ds, ZARR_FORMAT))
             if self.lock_mode is not None:  # locked before it is visible: no reader ever sees it unheld
-                fd = os.open(tmp, os.O_RDONLY)
-                flock(fd, self.lock_mode == "exclusive", self.path)
-                self._lock_fd = fd
+                self._lock_fd = lock_folder(tmp, self.lock_mode == "exclusive", shown=self.path)
             os.rename(tmp, self.path)
             return True
         except OSError as exc:
