@@ -168,7 +168,7 @@ CASES = [
     Case("steps zero", good_then("--steps", "0"), r"--steps must be at least 1"),
     Case("bad --shard", good_then("--shard", "2/2"), r"--shard 2/2: need 0 <= I < N"),
     Case("output path under a file", unwritable_parent, r"--out '.*afile/s\.zarr' lies under a file, not a folder"),
-    Case("output path that is a file", out_is_file, r"--out '.*s\.zarr' is a file, not a store folder"),
+    Case("output path that is a file", out_is_file, r"--out '.*s\.zarr' exists and is not a folder"),
     Case("unknown device", good_then("--device", "tpu9"), r"unknown device 'tpu9'; use cpu, cuda or cuda:N"),
     Case("--set value of the wrong type", good_then("--set", "ig.steps=abc"), r"ig\.steps must be an int, got 'abc'"),
     Case("--set float parameter given text", good_then("--methods", "uni", "--set", "uni.eps=abc"),

@@ -18,6 +18,7 @@ import xarray as xr
 from .errors import StoreError
 from .accessor import config_of
 from .locks import evaluation_lock
+from .ownership import is_partial
 from .schema import IMAGE, ITEM, RUN_VARIABLES, SCHEMA_VERSION
 from .store import Store
 
@@ -239,7 +240,8 @@ def check_store(path: str | Path, repair: bool = False) -> Report:
             rebuilt = repair_metadata(store.path)
     ds = store.open()
     report = Report(Path(path), problems=schema_problems(ds), rebuilt=rebuilt)
-    report.stray = sorted(str(p.relative_to(store.path)) for p in store.path.rglob("*.partial"))
+    report.stray = sorted(str(p.relative_to(store.path)) for p in store.path.rglob("*.partial")
+                          if p.is_file() and not p.is_symlink() and is_partial(p.name))
     if any("missing" in p or "dims" in p for p in report.problems) or "done" not in ds:
         return report
     raw, ds = ds, ds.chunk({"image": BLOCK_IMAGES})

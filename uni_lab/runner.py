@@ -120,7 +120,7 @@ def run(models=DEFAULT_MODEL, images=None, methods=DEFAULT_METHODS, *, steps: in
         raise InputError("--batch-size and --steps must be at least 1.")
     part = distributed.parse_shard(shard)
     resolve_device(device)  # a typo in --device or --out fails here, before any process group or model
-    Store(out).check_path()
+    Store(out).check_replaceable(overwrite)
     ctx, device = distributed.setup(device)
     dev = resolve_device(device)
     sets = parse_sets(sets) if isinstance(sets, (list, tuple)) else dict(sets or {})
@@ -238,8 +238,9 @@ def run(models=DEFAULT_MODEL, images=None, methods=DEFAULT_METHODS, *, steps: in
             if failed and fresh and computed == 0:
                 # This run made the store and finished nothing in it: an error on the first batch (a
                 # method that cannot run on this model) must not leave a store that refuses the fixed
-                # command as "another configuration". Removed while the lock is still held.
-                _remove_unfinished(base)
+                # command as "another configuration". Only a store this process created in this run,
+                # still under its lock (Store.remove_created); never one it failed to take over.
+                base.remove_created()
             base.release()  # before the evaluation below, which takes the lock itself
     from .store import open_store
 
@@ -253,13 +254,6 @@ def run(models=DEFAULT_MODEL, images=None, methods=DEFAULT_METHODS, *, steps: in
     summary = summarize(open_store(out)) if ctx.rank == 0 else None
     timings = {"wall_s": time.perf_counter() - t_start, **store.timings()}
     return RunResult(Path(out), summary, computed, skipped, part, timings)
-
-
-def _remove_unfinished(store: Store) -> None:
-    import shutil
-
-    if store.exists():
-        shutil.rmtree(store.path, ignore_errors=True)
 
 
 class _RankLog:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from . import ownership
 from .accessor import config_of
 from .errors import StoreError
 from .evaluation_variables import EvaluationVariables
@@ -65,7 +67,9 @@ class Store(EvaluationVariables):
     a killed run loses at most those (a chunk's worth per method, or FLUSH_S of work)."""
 
     def __init__(self, path: str | Path):
+        self.given = str(path)  # as typed: Path("") is Path("."), the user's current folder
         self.path = Path(path)
+        self.created = False  # this object made the store at path in this process (see remove_created)
         self._group = None
         self.staging = False
         self._staged: dict = {}
@@ -125,14 +129,29 @@ class Store(EvaluationVariables):
 
     def check_path(self) -> None:
         """A path that can never hold a store: refused before a run loads anything."""
-        if self.path.exists() and not self.path.is_dir():  # --overwrite replaces stores, never other files
-            raise StoreError(f"--out '{self.path}' is a file, not a store folder; choose another --out.")
+        shown = repr(self.given)
+        if not self.given.strip():
+            raise StoreError(f"--out {shown} is empty; name the store's folder, e.g. --out runs/mine.zarr.")
+        if self.path.is_symlink():  # replacing or creating it would act on what it points to, or fail half-way
+            raise StoreError(f"--out {shown} is a symbolic link; pass the folder itself "
+                             f"({str(self.path.resolve())!r}) or another --out.")
+        here, target = Path.cwd().resolve(), self.path.resolve()
+        if target == here or target in here.parents:
+            raise StoreError(f"--out {shown} is the current folder or holds it; a store needs a folder of its own, "
+                             "e.g. --out runs/mine.zarr.")
+        if os.path.lexists(self.path) and not self.path.is_dir():
+            raise StoreError(f"--out {shown} exists and is not a folder (a file, FIFO or device); choose another --out.")
         if any(p.exists() and not p.is_dir() for p in self.path.parents):
-            raise StoreError(f"--out '{self.path}' lies under a file, not a folder; choose another --out.")
+            raise StoreError(f"--out {shown} lies under a file, not a folder; choose another --out.")
 
-    def _refuse_foreign(self, overwrite: bool) -> None:
+    def check_replaceable(self, overwrite: bool) -> None:
+        """``check_path``, and a folder at ``path`` that this run may neither resume nor replace is refused."""
         self.check_path()
-        if self.path.exists() and not overwrite and not self.exists() and any(self.path.iterdir()):
+        if not self.path.exists() or self.exists() and not overwrite:
+            return
+        if overwrite:
+            ownership.removable(self.path)  # --overwrite replaces uni_lab's stores and empty folders, nothing else
+        elif any(self.path.iterdir()):
             raise StoreError(f"'{self.path}' exists and is not a uni_lab store; choose another --out.")
 
     def _unwritable(self, exc: OSError) -> StoreError:
@@ -141,7 +160,7 @@ class Store(EvaluationVariables):
 
     def check_creatable(self, overwrite: bool) -> None:
         """Raise now, before any work, what creating the store would fail on (a foreign folder, no write access)."""
-        self._refuse_foreign(overwrite)
+        self.check_replaceable(overwrite)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -149,6 +168,8 @@ class Store(EvaluationVariables):
         if not os.access(self.path.parent, os.W_OK | os.X_OK):
             raise StoreError(f"cannot write the store at '{self.path}' (no write permission on "
                              f"'{self.path.parent}'); choose a writable --out.")
+        if overwrite and self.exists():  # another process's store is refused now, not after loading models
+            os.close(lock_folder(self.path, True))
 
     def _create(self, ds: xr.Dataset, overwrite: bool = False) -> bool:
         """Write the empty store of ``ds``'s layout (after :meth:`check_creatable`).
@@ -157,23 +178,25 @@ class Store(EvaluationVariables):
         if self.path.exists():
             if not overwrite and self.exists():
                 return False
-            self._refuse_foreign(overwrite)
-            # never delete a store another process is writing
-            fd = lock_folder(self.path, True) if self.exists() else None
+            self.check_replaceable(overwrite)
+            fd = lock_folder(self.path, True)  # never delete a store another process is writing
             try:
-                shutil.rmtree(self.path)
+                if ownership.removable(self.path) == "store":  # checked again under the lock
+                    ownership.remove_store(self.path)
+                else:
+                    self.path.rmdir()  # empty: rmdir fails rather than remove a file that just appeared
             finally:
-                if fd is not None:
-                    os.close(fd)
+                os.close(fd)
         # Built aside, then renamed into place: rename is atomic, so shards started at once
         # (--shard i/n jobs) never see a half-made store, and the loser of a race validates.
-        tmp = self.path.with_name(f".{self.path.name}.creating-{os.getpid()}")
+        # mkdtemp makes a new folder, so what is removed on failure is only ever this call's own.
+        tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.creating-", dir=self.path.parent))
         try:
-            shutil.rmtree(tmp, ignore_errors=True)  # left by a killed attempt of this pid
             _write_files(tmp, metadata_files(ds, ZARR_FORMAT))
             if self.lock_mode is not None:  # locked before it is visible: no reader ever sees it unheld
                 self._lock_fd = lock_folder(tmp, self.lock_mode == "exclusive", shown=self.path)
             os.rename(tmp, self.path)
+            self.created = True
             return True
         except OSError as exc:
             self.release()
@@ -181,6 +204,25 @@ class Store(EvaluationVariables):
             if self.exists() and not overwrite:
                 return False
             raise self._unwritable(exc) from exc
+
+    def remove_created(self) -> bool:
+        """Remove the store this object created in this process, while it still holds its lock and the
+        folder at ``path`` is still the one it locked; anything else is left alone. Returns whether removed."""
+        if not self.created or self._lock_fd is None:
+            return False
+        try:
+            same = os.path.samestat(os.fstat(self._lock_fd), os.lstat(self.path))
+        except OSError:
+            return False
+        if not same:
+            return False
+        try:
+            ownership.remove_store(self.path)
+        except StoreError as exc:
+            warnings.warn(f"the unfinished store was left in place: {exc}", stacklevel=2)
+            return False
+        self.created = False
+        return True
 
     def group(self):
         import zarr
