@@ -190,12 +190,18 @@ def _compute(var: xr.DataArray, raw: xr.DataArray, fn, name: str, report: Report
     return out
 
 
-def _json_ok(path: Path) -> bool:
+def _json_object(path: Path) -> dict | None:
+    """The JSON object in ``path``, or None where it is unreadable, not JSON, or not an object
+    (``null`` or a list are valid JSON, yet no zarr metadata)."""
     try:
-        json.loads(path.read_text())
-        return True
+        value = json.loads(path.read_text())
     except (OSError, ValueError):
-        return False
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _json_ok(path: Path) -> bool:
+    return _json_object(path) is not None
 
 
 def repair_metadata(path: str | Path) -> list[str]:
@@ -208,20 +214,23 @@ def repair_metadata(path: str | Path) -> list[str]:
     import zarr
 
     root = Path(path)
-    consolidated = root / ".zmetadata"
-    entries = json.loads(consolidated.read_text())["metadata"] if _json_ok(consolidated) else None
+    consolidated = _json_object(root / ".zmetadata")
+    entries = consolidated.get("metadata") if consolidated is not None else None
+    entries = {k: v for k, v in entries.items() if isinstance(v, dict)} if isinstance(entries, dict) else None
     rebuilt = []
     if entries is not None:
         for key, meta in entries.items():
             own = root / key
-            if not _json_ok(own):
+            if not _json_ok(own) and own.resolve().is_relative_to(root.resolve()):  # a key never writes outside
+                own.parent.mkdir(parents=True, exist_ok=True)
                 own.write_text(json.dumps(meta, indent=2))
                 rebuilt.append(key)
     names = [p for p in root.rglob(".z*") if p.name in (".zgroup", ".zattrs", ".zarray")]
     broken = [str(p.relative_to(root)) for p in names if not _json_ok(p)]
     if broken:
-        raise StoreError(f"store '{root}': metadata {broken[:5]} is damaged and has no intact copy; rerun its "
-                         "`uni-lab run` with --overwrite.")
+        raise StoreError(f"store '{root}': metadata {broken[:5]} is damaged and has no intact copy, so it cannot "
+                         "be repaired (nor proven uni_lab's, so --overwrite will not replace it): move it aside and "
+                         "rerun its `uni-lab run`.")
     if entries is None:
         zarr.consolidate_metadata(str(root), zarr_format=2)
         rebuilt.append(".zmetadata")

@@ -11,6 +11,7 @@ import importlib
 import pkgutil
 import signal
 import sys
+import warnings
 
 from . import commands
 from .errors import UniLabError
@@ -38,6 +39,15 @@ def _terminate(signum, frame):
     raise Terminated()
 
 
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7f]} | {0x0a: "\\n", 0x0d: "\\r", 0x09: "\\t"}
+
+
+def one_line(message: str) -> str:
+    """``message`` with control characters escaped: a file name holding a newline cannot split the
+    error in two, or forge a second line that looks like uni_lab's."""
+    return message.translate(_CONTROL)
+
+
 def _target(args) -> str:
     return str(getattr(args, "out", None) or getattr(args, "store", None) or "the store")
 
@@ -48,11 +58,13 @@ def main(argv=None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    # a warning is one line a user reads, not a source location plus the line of code that raised it
+    warnings.formatwarning = lambda message, *_, **__: f"uni-lab {args.command}: warning: {one_line(str(message))}\n"
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(handlers[args.command](args) or 0)
     except UniLabError as exc:
-        print(f"uni-lab {args.command}: error: {exc}", file=sys.stderr)
+        print(f"uni-lab {args.command}: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
@@ -60,15 +72,30 @@ def main(argv=None) -> int:
         return 143 if isinstance(exc, Terminated) else 130
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO):
-            raise
+            return _unexpected(args, exc)
         where = exc.filename or _target(args)
         problem = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded",
                    errno.EROFS: "read-only file system", errno.EIO: "input/output error"}[exc.errno]
         print(f"uni-lab {args.command}: error: {problem} writing {where}; free space (or fix the disk) and rerun "
               "the same command (finished items are kept).", file=sys.stderr)
         return 2
+    except Exception as exc:
+        return _unexpected(args, exc)
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _unexpected(args, exc: BaseException) -> int:
+    """An error no check foresaw: one line that says so (exit 1, not 2: it is not the input's fault
+    as far as uni_lab knows); ``UNI_LAB_TRACEBACK=1`` shows the traceback for a bug report."""
+    import os
+
+    if os.environ.get("UNI_LAB_TRACEBACK"):
+        raise exc
+    print(f"uni-lab {args.command}: internal error: {one_line(f'{exc.__class__.__name__}: {exc}')} "
+          "(a defect of uni_lab or of a plugin: rerun with UNI_LAB_TRACEBACK=1 and report what it prints).",
+          file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -200,6 +200,7 @@ def run(models=DEFAULT_MODEL, images=None, methods=DEFAULT_METHODS, *, steps: in
         done = np.zeros((len(clfs), len(specs), len(entries)), bool) if fresh else store.done()
         if not fresh:
             _refuse_changed(store, entries, [ii for ii in mine if not done[:, :, ii].all()])
+            done = _recompute_damaged(store, mine, done)
         for mi, clf in enumerate(clfs):
             todo = [ii for ii in mine if not done[mi, :, ii].all()]
             skipped += int(done[mi][:, list(mine)].sum())
@@ -302,6 +303,20 @@ def default_workers(dev) -> int:
     import os
 
     return 0 if dev.type != "cuda" else max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
+def _recompute_damaged(store, mine, done: np.ndarray) -> np.ndarray:
+    """A resume trusts its done items only where their chunks still decode: items and inputs of a
+    damaged chunk are named, marked not done and recomputed by this run (as `uni-lab check --repair`)."""
+    damaged, items, inputs = store.damaged_items(mine)
+    if not damaged:
+        return done
+    names = sorted({name for name, _ in damaged})
+    warnings.warn(f"store '{store.path}': damaged chunks of {', '.join(names)} (unreadable or missing) held "
+                  f"{len(items)} done items and {len(inputs)} inputs; they are recomputed now.", stacklevel=3)
+    store.drop_chunks(damaged)
+    store.reset(items=sorted(items), images=sorted(inputs))
+    return store.done()
 
 
 def _refuse_changed(store: Store, entries, todo: list[int]) -> None:

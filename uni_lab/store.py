@@ -360,6 +360,62 @@ class Store(EvaluationVariables):
                 (self.path / name / ".".join(map(str, k))).unlink(missing_ok=True)
         return len(keys)
 
+    def damaged_items(self, images) -> tuple[list, set, set]:
+        """The chunks a resume relies on that do not hold what was written: every run variable's chunk
+        that covers a done item (or written input) among ``images`` must decode, and ``attribution`` and
+        ``input`` (never the fill value once written) must be present. Cheap next to the compute:
+        each such chunk is read once. Returns ``(damaged, items, inputs)`` as :meth:`drop_chunks` and
+        :meth:`reset` take them (labels), with every item and input of a damaged chunk."""
+        from .schema import IMAGE, ITEM, RUN_VARIABLES
+
+        g = self.group()
+        done, written = self.done(), self._read("target") >= 0
+        labels = {d: [str(v) for v in g[d][:]] for d in ("model", "method", "image")}
+        mine = np.zeros(done.shape[-1], bool)
+        mine[list(images)] = True
+        damaged, items, inputs = [], set(), set()
+        for name, var in RUN_VARIABLES.items():
+            if var.dims[:len(ITEM)] == ITEM:
+                lead, used = ITEM, done
+            elif var.dims[:len(IMAGE)] == IMAGE:
+                lead, used = IMAGE, written
+            else:
+                continue
+            arr = g[name]
+            step = arr.chunks[len(lead) - 1]
+            for at in np.ndindex(*used.shape[:-1]):
+                for lo in range(0, used.shape[-1], step):
+                    hi = min(lo + step, used.shape[-1])
+                    if not (used[at][lo:hi] & mine[lo:hi]).any():
+                        continue
+                    region = at + (slice(lo, hi),)
+                    if not self._chunks_sound(arr, name, region, required=name in ("attribution", "input")):
+                        for ii in range(lo, hi):
+                            key = tuple(labels[d][i] for d, i in zip(lead, at + (ii,)))
+                            damaged.append((name, key))
+                            (items if lead == ITEM else inputs).add(key)
+        return damaged, items, inputs
+
+    def _chunks_sound(self, arr, name: str, region: tuple, required: bool) -> bool:
+        import itertools
+
+        grid = [range(r.start // c, -(-r.stop // c)) if isinstance(r, slice) else [r // c]
+                for r, c in zip(region, arr.chunks)]
+        grid += [range(-(-n // c)) for n, c in zip(arr.shape[len(region):], arr.chunks[len(region):])]
+        for k in itertools.product(*grid):
+            f = self.path / name / ".".join(map(str, k))
+            if not f.exists():
+                if required:
+                    return False
+                continue
+            if f.stat().st_size == 0:
+                return False
+        try:
+            np.asarray(arr[region])
+        except Exception:  # a damaged chunk surfaces as a codec error of whatever kind
+            return False
+        return True
+
     def reset(self, items=(), images=()) -> None:
         """Mark items ``(model, method, image)`` not done and images ``(model, image)`` not written,
         by label, so the next run recomputes them (``uni-lab check --repair``)."""

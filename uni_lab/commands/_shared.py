@@ -72,14 +72,22 @@ def import_plugins(items) -> None:
                 spec.loader.exec_module(mod)
             except PluginError:
                 raise
-            except Exception as exc:  # name the file, not just a traceback from inside it
-                raise PluginError(f"plugin file '{item}' failed to import ({exc.__class__.__name__}: {exc}); "
+            except (Exception, SystemExit) as exc:  # name the file; sys.exit(0) in it must not end the run as a success
+                raise PluginError(f"plugin file '{item}' failed to import ({_what(exc)}); "
                                   "fix it or drop --plugins.") from exc
         else:
             try:
                 importlib.import_module(item)
-            except ImportError as exc:
-                raise PluginError(f"cannot import plugin module '{item}': {exc}") from exc
+            except PluginError:
+                raise
+            except (Exception, SystemExit) as exc:
+                raise PluginError(f"cannot import plugin module '{item}' ({_what(exc)}); fix it or drop --plugins.") from exc
+
+
+def _what(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"it called sys.exit({exc.code!r}) while being imported"
+    return f"{exc.__class__.__name__}: {exc}"
 
 
 def names(values) -> list[str]:

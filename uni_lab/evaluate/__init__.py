@@ -41,6 +41,7 @@ from ..accessor import config_of
 from ..defaults import DEFAULT_BATCH, PERTURBED_METRICS, SEVERITIES
 from ..errors import InputError, StoreError
 from ..locks import evaluation_lock
+from ..schema import SCHEMA_VERSION
 from ..store import Store
 from .conditions import CLEAN, Attack, Condition, Corruption
 from .jobs import Job, run
@@ -80,6 +81,10 @@ def evaluate(store, metrics=(), attacks=(), corruptions=(), *, severities=SEVERI
     given = {c.name: c for c in (models if isinstance(models, (list, tuple)) else [models] if models else [])}
     with evaluation_lock(st), preserving(list(given.values())):  # moved to the device, then put back
         ds = st.open()
+        if ds.attrs.get("uni_lab_schema") != SCHEMA_VERSION:  # its variables may mean other things: never written into
+            raise StoreError(f"store '{st.path}' has schema version {ds.attrs.get('uni_lab_schema')!r}; this uni_lab "
+                             f"evaluates schema {SCHEMA_VERSION} only. Evaluate it with the uni_lab that wrote it, "
+                             "or rerun `uni-lab run` into a new --out.")
         config = config_of(ds)
         check_plugins_present(ds, given=given)
         todo = plan(metrics, attacks, corruptions, severities=severities, perturbed_metrics=perturbed_metrics,
