@@ -284,8 +284,10 @@ def _folder(p: Path) -> tuple[list[tuple[str, str, str | None]], str | None]:
         raise InputError(f"folder '{p}' holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))}){hint}.")
     note = None
     if left_out:
-        note = (f"folder '{p}': left out {len(left_out)} entries that are not image files (subfolders are not "
-                f"searched): {', '.join(left_out[:10])}{' ...' if len(left_out) > 10 else ''}")
+        entries = ("1 entry that is not an image file" if len(left_out) == 1
+                   else f"{len(left_out)} entries that are not image files")
+        note = (f"folder '{p}': left out {entries} (subfolders are not searched): "
+                f"{', '.join(left_out[:10])}{' ...' if len(left_out) > 10 else ''}")
     return items, note
 
 
@@ -365,11 +367,15 @@ def _image_ids(items, repeats: set[int]) -> list[str | None]:
         for i in members:
             if twins[full[i]] > 1:  # one folder, one stem: the extensions tell them apart
                 full[i] = (*full[i][:-1], Path(items[i][1]).name)
-        longest = max(map(len, full.values())) + 1
-        for i in members:
-            others = [full[j] for j in members if j != i]
-            k = next((k for k in range(2, longest + 1) if all(_tail(o, k) != _tail(full[i], k) for o in others)), longest)
-            ids[i] = "/".join(x for x in _tail(full[i], k) if x is not None)
+        left = set(members)
+        for k in range(2, max(map(len, full.values())) + 2):  # distinct keys differ once padded to the longest
+            counts = Counter(_tail(full[i], k) for i in members)
+            for i in sorted(left):
+                if counts[_tail(full[i], k)] == 1:
+                    ids[i] = "/".join(x for x in _tail(full[i], k) if x is not None)
+                    left.discard(i)
+            if not left:
+                break
     counts = Counter(x for x in ids if x is not None)
     for i, x in enumerate(ids):  # contrived cross-stem clashes (x/a.png.png and x/a.png beside x/a.jpg)
         if x is not None and counts[x] > 1:
