@@ -86,6 +86,15 @@ def test_labels_match_by_path_where_names_clash_and_refuse_ambiguity(rows, want,
         one_line(exc)
 
 
+def test_json_labels_giving_one_file_two_classes_are_refused(tmp_path):
+    """A JSON object with one key twice kept the last class, silently."""
+    entries, _ = list_images([rgb(tmp_path / "a.png")])
+    (tmp_path / "l.json").write_text('{"a.png": 1, "a.png": 2}')
+    with pytest.raises(InputError, match=r"gives 'a\.png' twice, with classes 1 and 2; keep one") as exc:
+        read_labels(tmp_path / "l.json", entries, 4)
+    one_line(exc)
+
+
 def test_empty_images_name_is_refused(tmp_path, monkeypatch):
     """``--images ""`` explained the current folder."""
     rgb(tmp_path / "here.png")

@@ -432,7 +432,9 @@ def _loader(dataset, workers: int, **kwargs):
 
 
 def check_max_pixels(max_pixels) -> int:
-    if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1:
+    """``max_pixels`` as an int; ``1e9`` is accepted, ``0``, ``-1``, ``2.5`` and NaN are not."""
+    whole = isinstance(max_pixels, (int, np.integer)) or (isinstance(max_pixels, float) and max_pixels.is_integer())
+    if isinstance(max_pixels, bool) or not whole or max_pixels < 1:
         raise InputError(f"--max-pixels must be a whole number of pixels, at least 1; got {max_pixels!r}.")
     return int(max_pixels)
 

@@ -62,8 +62,18 @@ class _Row:
 def _rows(path: Path) -> list[_Row]:
     text = path.read_text(encoding="utf-8-sig")
     if path.suffix.lower() == ".json":
+        def unique_keys(pairs):  # json.loads would keep the last of two rows for one file, silently
+            seen = {}
+            for k, v in pairs:
+                if k in seen and seen[k] != v:
+                    raise InputError(f"labels file '{path}' gives '{k}' twice, with classes {seen[k]} and {v}; keep one.")
+                seen[k] = v
+            return seen
+
         try:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=unique_keys)
+        except InputError:
+            raise
         except ValueError as exc:
             raise InputError(f"labels file '{path}' is not valid JSON ({exc}).") from None
         if isinstance(data, dict):
