@@ -260,7 +260,8 @@ def _read_regular(path: Path) -> bytes:
                 raise InputError(_not_an_image(path, _special(path) or "a special file"))
             return f.read()
     except OSError as exc:
-        raise InputError(f"image file '{path}' cannot be read ({exc.strerror}); fix its permissions or leave it out.") from None
+        fix = "fix its permissions" if exc.errno in (errno.EACCES, errno.EPERM) else "replace it"
+        raise InputError(f"image file '{path}' cannot be read ({exc.strerror}); {fix} or leave it out.") from None
 
 
 def _folder(p: Path) -> tuple[list[tuple[str, str, str | None]], str | None]:
@@ -286,7 +287,7 @@ def _folder(p: Path) -> tuple[list[tuple[str, str, str | None]], str | None]:
     if left_out:
         entries = ("1 entry that is not an image file" if len(left_out) == 1
                    else f"{len(left_out)} entries that are not image files")
-        note = (f"folder '{p}': left out {entries} (subfolders are not searched): "
+        note = (f"folder '{p}': left out {entries}{' (subfolders are not searched)' if subfolders else ''}: "
                 f"{', '.join(left_out[:10])}{' ...' if len(left_out) > 10 else ''}")
     return items, note
 
