@@ -40,8 +40,8 @@ import io
 import os
 import stat
 import warnings
-from contextlib import contextmanager
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
