@@ -14,18 +14,41 @@ float images are taken as intensities in [0, 1] (outside it, or NaN/Inf, is an e
 EXIF orientation is applied (``PIL.ImageOps.exif_transpose``), and of an animated or
 multi-page file the first frame is used. Each conversion is reported as a warning and
 recorded in the store's ``image_source``.
+
+Bounded before decoding: a file whose header declares more than ``max_pixels`` pixels
+(:data:`DEFAULT_MAX_PIXELS`, ``--max-pixels N`` raises it) is a bad file, refused from its
+size alone; nothing of it is decoded.
+
+What a listed folder holds (not searched recursively): its entries named like images (by
+suffix, :data:`IMAGE_SUFFIXES`) are its images. Such an entry that is not a regular file (a
+folder named ``a.png``, a FIFO, a dangling symlink, a symlink loop) is a bad file, named like
+an undecodable one; a FIFO is never opened (reads open without blocking and refuse anything
+but a regular file), so nothing hangs. Subfolders and other special entries (FIFOs, sockets,
+broken links not named like images) are left out and named in a warning; subfolders are never
+entered, so a symlink to an ancestor cannot make the listing recur. Regular files with other
+suffixes (``notes.txt``) are left out silently.
+
+The same image listed twice (one path twice, two paths to one file, hard links included, or a
+photograph name twice) is a bad entry too: the first listing is kept, the repeat is refused
+(or, with ``--skip-bad-images``, left out and listed).
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
+import os
+import stat
 import warnings
+from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .defaults import DEFAULT_MAX_PIXELS
 from .errors import InputError
 
 SKIMAGE_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "stereo_motorcycle", "retina",
@@ -101,21 +124,42 @@ def _read_png16(data: bytes, path: Path, orientation: int) -> tuple[np.ndarray, 
     return arr, notes
 
 
-def _read_file(path: Path, data: bytes | None = None) -> tuple[np.ndarray, list[str]]:
-    from PIL import Image as PILImage, ImageOps, UnidentifiedImageError
+@contextmanager
+def _opened(data: bytes, path: Path, max_pixels: int):
+    """The PIL image of ``data``, refused when its header declares more than ``max_pixels``
+    pixels. PIL's own guard is off meanwhile: it raises past twice its fixed limit before the
+    size can be read, and ``max_pixels`` is the limit here."""
+    from PIL import Image as PILImage
+
+    saved, PILImage.MAX_IMAGE_PIXELS = PILImage.MAX_IMAGE_PIXELS, None
+    try:
+        with PILImage.open(io.BytesIO(data)) as im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise InputError(f"image file '{path}' is {w}×{h} px ({w * h / 1e6:.0f} megapixels), over the limit of "
+                                 f"{max_pixels} pixels; downscale it, or raise the limit with --max-pixels N "
+                                 "(max_pixels= in Python).")
+            yield im
+    finally:
+        PILImage.MAX_IMAGE_PIXELS = saved
+
+
+def _read_file(path: Path, data: bytes | None = None,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, list[str]]:
+    from PIL import ImageOps, UnidentifiedImageError
 
     notes = []
     if data is None:
-        data = path.read_bytes()
+        data = _read_regular(path)
     if not data:
         raise InputError(f"image file '{path}' is empty (0 bytes); remove it or replace it with a real image.")
     try:
         if _is_png16_colour(data):
-            with PILImage.open(io.BytesIO(data)) as im:
+            with _opened(data, path, max_pixels) as im:
                 im.verify()  # CRCs and truncation, before OpenCV (which only prints libpng's complaints)
-            with PILImage.open(io.BytesIO(data)) as im:
+            with _opened(data, path, max_pixels) as im:
                 return _read_png16(data, path, im.getexif().get(0x0112, 1))
-        with PILImage.open(io.BytesIO(data)) as im:
+        with _opened(data, path, max_pixels) as im:
             frames = getattr(im, "n_frames", 1)
             orientation = im.getexif().get(0x0112, 1)
             im.load()
@@ -186,30 +230,162 @@ def preprocess(arr: np.ndarray, size, resize: str = "full", crop_pct: float = 0.
     return t.clamp(0, 1).contiguous()
 
 
-def _expand(specs) -> list[tuple[str, object]]:
-    """Each spec to ``(kind, value)`` items: skimage names, files, and folders' image files."""
-    items = []
+def _special(p: Path) -> str | None:
+    """What ``p`` is when it is not a regular file (following symlinks), without opening it;
+    None for a regular file."""
+    try:
+        mode = p.stat().st_mode
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a symlink loop"
+        return "a symlink to a missing file" if p.is_symlink() else f"a path that cannot be examined ({exc.strerror})"
+    if stat.S_ISREG(mode):
+        return None
+    return ("a folder" if stat.S_ISDIR(mode) else "a FIFO (not opened)" if stat.S_ISFIFO(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "a device file")
+
+
+def _not_an_image(p: Path, what: str) -> str:
+    return f"'{p}' is {what}, not an image file; remove it or leave it out."
+
+
+def _read_regular(path: Path) -> bytes:
+    """The bytes of a regular file. Opened without blocking and checked before reading, so a
+    FIFO that replaced a file since the listing is refused rather than waited on."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            if not stat.S_ISREG(mode):
+                raise InputError(_not_an_image(path, _special(path) or "a special file"))
+            return f.read()
+    except OSError as exc:
+        fix = "fix its permissions" if exc.errno in (errno.EACCES, errno.EPERM) else "replace it"
+        raise InputError(f"image file '{path}' cannot be read ({exc.strerror}); {fix} or leave it out.") from None
+
+
+def _folder(p: Path) -> tuple[list[tuple[str, str, str | None]], str | None]:
+    """The image items of folder ``p`` (not searched recursively) and a note naming its left-out
+    subfolders and special entries, if any."""
+    try:
+        names = sorted(p.iterdir())
+    except OSError as exc:
+        raise InputError(f"folder '{p}' cannot be listed ({exc.strerror}); fix its permissions or leave it out.") from None
+    items, left_out = [], []
+    for f in names:
+        what = _special(f)
+        if f.suffix.lower() in IMAGE_SUFFIXES:
+            items.append(("file", str(f), None if what is None else _not_an_image(f, what)))
+        elif what is not None:
+            left_out.append(f"{f.name}/" if what == "a folder" else f"{f.name} ({what.replace(' (not opened)', '')})")
+    subfolders = [n for n in left_out if n.endswith("/")]
+    if not items:
+        hint = (f"; subfolders ({', '.join(subfolders[:3])}{' ...' if len(subfolders) > 3 else ''}) are not searched: "
+                "give them to --images" if subfolders else "")
+        raise InputError(f"folder '{p}' holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))}){hint}.")
+    note = None
+    if left_out:
+        entries = ("1 entry that is not an image file" if len(left_out) == 1
+                   else f"{len(left_out)} entries that are not image files")
+        note = (f"folder '{p}': left out {entries}{' (subfolders are not searched)' if subfolders else ''}: "
+                f"{', '.join(left_out[:10])}{' ...' if len(left_out) > 10 else ''}")
+    return items, note
+
+
+def _expand(specs) -> tuple[list[tuple[str, str, str | None]], list[str]]:
+    """Each spec to ``(kind, ref, why it is bad or None)`` items (skimage names, files, folders'
+    image files) and notes on what folders left out."""
+    items, notes = [], []
     for spec in specs:
         spec = str(spec)
+        if not spec.strip():
+            raise InputError("--images got an empty name; give image files, folders or scikit-image photograph names "
+                             "('.' for the current folder; leave --images out for the eight photographs).")
         p = Path(spec).expanduser()
         if p.is_dir():
-            files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-            if not files:
-                raise InputError(f"folder '{p}' holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))}).")
-            items += [("file", f) for f in files]
+            found, note = _folder(p)
+            items += found
+            notes += [note] if note else []
         elif p.is_file():
-            items.append(("file", p))
+            items.append(("file", str(p), None))
         elif spec in SKIMAGE_PHOTOS:
-            items.append(("skimage", spec))
+            items.append(("skimage", spec, None))
+        elif os.path.lexists(p):  # there, but no regular file: a FIFO, a dangling symlink, a loop
+            items.append(("file", str(p), _not_an_image(p, _special(p) or "a special file")))
         elif p.suffix or "/" in spec:
             raise InputError(f"image file '{spec}' does not exist.")
         else:
             raise InputError(f"'{spec}' is neither an image file, a folder, nor a scikit-image photograph "
                              f"({', '.join(SKIMAGE_PHOTOS)}).")
-    return items
+    return items, notes
 
 
-def _decode(kind: str, ref: str) -> tuple[np.ndarray, list[str], str, int, str]:
+def _mark_repeats(items) -> tuple[list, set[int]]:
+    """Items with every repeat of an earlier one (same photograph, same file by device and inode)
+    made bad, and the indices of the repeats."""
+    first, out, repeats = {}, [], set()
+    for i, (kind, ref, reason) in enumerate(items):
+        key = ("skimage", ref) if kind == "skimage" else None
+        if kind == "file" and reason is None:
+            try:
+                st = os.stat(ref)
+                key = (st.st_dev, st.st_ino)
+            except OSError:  # vanished or unreadable: named when it is read
+                pass
+        if key is not None and key in first:
+            was = first[key]
+            what = (f"'{ref}' is listed twice" if was == ref else f"image file '{ref}' is the same file as '{was}'")
+            out.append((kind, ref, f"{what}; give each image once."))
+            repeats.add(i)
+            continue
+        if key is not None:
+            first[key] = ref
+        out.append((kind, ref, reason))
+    return out, repeats
+
+
+def _tail(key: tuple, k: int) -> tuple:
+    return (None,) * max(0, k - len(key)) + key[-k:]
+
+
+def _image_ids(items, repeats: set[int]) -> list[str | None]:
+    """Unique, order-independent ids of the listed items (None for repeats); see :func:`list_images`."""
+    keys = {}
+    for i, (kind, ref, _) in enumerate(items):
+        if i not in repeats:
+            parts = ("skimage", ref) if kind == "skimage" else Path(os.path.abspath(ref)).parts[1:]
+            keys[i] = (*parts[:-1], ref if kind == "skimage" else Path(ref).stem)
+    groups: dict[str, list[int]] = {}
+    for i, key in keys.items():
+        groups.setdefault(key[-1], []).append(i)
+    ids: list[str | None] = [None] * len(items)
+    for stem, members in groups.items():
+        if len(members) == 1:
+            ids[members[0]] = stem
+            continue
+        full = {i: keys[i] for i in members}
+        twins = Counter(full.values())
+        for i in members:
+            if twins[full[i]] > 1:  # one folder, one stem: the extensions tell them apart
+                full[i] = (*full[i][:-1], Path(items[i][1]).name)
+        left = set(members)
+        for k in range(2, max(map(len, full.values())) + 2):  # distinct keys differ once padded to the longest
+            counts = Counter(_tail(full[i], k) for i in members)
+            for i in sorted(left):
+                if counts[_tail(full[i], k)] == 1:
+                    ids[i] = "/".join(x for x in _tail(full[i], k) if x is not None)
+                    left.discard(i)
+            if not left:
+                break
+    counts = Counter(x for x in ids if x is not None)
+    for i, x in enumerate(ids):  # contrived cross-stem clashes (x/a.png.png and x/a.png beside x/a.jpg)
+        if x is not None and counts[x] > 1:
+            kind, ref, _ = items[i]
+            ids[i] = os.path.abspath(ref) if kind == "file" else f"skimage.data.{ref}"
+    return ids
+
+
+def _decode(kind: str, ref: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, list[str], str, int, str]:
     """``(H×W×3 float32, conversion notes, digest, size, source)`` of one listed item; raises
     :class:`InputError` naming the file for anything this toolkit refuses."""
     if kind == "skimage":
@@ -218,8 +394,8 @@ def _decode(kind: str, ref: str) -> tuple[np.ndarray, list[str], str, int, str]:
         digest, nbytes, source = _digest(np.ascontiguousarray(raw).tobytes()), int(raw.nbytes), f"skimage.data.{ref}"
     else:
         path = Path(ref)
-        data = path.read_bytes()
-        arr, notes = _read_file(path, data)
+        data = _read_regular(path)
+        arr, notes = _read_file(path, data, max_pixels)
         digest, nbytes, source = _digest(data), len(data), str(path)
     if min(arr.shape[:2]) < MIN_SIDE:
         raise InputError(f"image '{source}' is {arr.shape[1]}×{arr.shape[0]} px; at least {MIN_SIDE} px a side is needed.")
@@ -231,16 +407,18 @@ def _decode(kind: str, ref: str) -> tuple[np.ndarray, list[str], str, int, str]:
 class _Inspect(torch.utils.data.Dataset):
     """The check pass over the listing: notes, size and digest of each item, or why it is bad."""
 
-    def __init__(self, items):
-        self.items = [(kind, str(value)) for kind, value in items]
+    def __init__(self, items, max_pixels: int):
+        self.items, self.max_pixels = list(items), max_pixels
 
     def __len__(self):
         return len(self.items)
 
     def __getitem__(self, i):
-        kind, ref = self.items[i]
+        kind, ref, reason = self.items[i]
+        if reason is not None:
+            return i, reason, None
         try:
-            _, notes, digest, nbytes, source = _decode(kind, ref)
+            _, notes, digest, nbytes, source = _decode(kind, ref, self.max_pixels)
             return i, None, (notes, digest, nbytes, source)
         except InputError as exc:
             return i, str(exc), None
@@ -254,22 +432,51 @@ def _loader(dataset, workers: int, **kwargs):
     return torch.utils.data.DataLoader(dataset, num_workers=max(0, int(workers)), **kwargs)
 
 
-def list_images(specs=None, workers: int = 0, skip_bad: bool = False) -> tuple[list[ImageEntry], list[BadImage]]:
+def check_max_pixels(max_pixels) -> int:
+    """``max_pixels`` as an int; ``1e9`` is accepted, ``0``, ``-1``, ``2.5`` and NaN are not."""
+    whole = isinstance(max_pixels, (int, np.integer)) or (isinstance(max_pixels, float) and max_pixels.is_integer())
+    if isinstance(max_pixels, bool) or not whole or max_pixels < 1:
+        raise InputError(f"--max-pixels must be a whole number of pixels, at least 1; got {max_pixels!r}.")
+    return int(max_pixels)
+
+
+def list_images(specs=None, workers: int = 0, skip_bad: bool = False,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[list[ImageEntry], list[BadImage]]:
     """List and check the images of ``specs`` before any compute; nothing decoded is kept.
 
-    Ids are unique (file stems, ``-2`` appended on clashes, counted over every listed file, so
-    an image keeps its id whether or not another one is skipped). A bad file stops here with
-    one line naming every bad file (:class:`InputError`), or with ``skip_bad`` is left out and
-    returned among the skipped ones."""
-    items = _expand(specs or SKIMAGE_PHOTOS)
+    ``specs``: photograph names, files and folders (None: scikit-image's eight photographs).
+    A bad file stops here with one line naming every bad file (:class:`InputError`), or with
+    ``skip_bad`` is left out and returned among the skipped ones. Files whose header declares
+    more than ``max_pixels`` pixels are bad, refused before decoding.
+
+    Ids are unique and stable: an image's id is its file stem (a photograph's name); images
+    sharing a stem are told apart by the shortest tail of their absolute paths that differs,
+    at least one folder long (``x/same.png`` and ``y/same.png`` are ``x/same`` and ``y/same``;
+    ``x/a.png`` and ``x/a.jpg`` beside each other keep their extensions, ``x/a.png``, ``x/a.jpg``;
+    a photograph clashing with a file is ``skimage/NAME``). Ids depend on the set of listed files,
+    not on their order, and count every listed file, bad ones too, so an image keeps its id
+    whether or not another one is skipped. The store records each id's source (the path as
+    given, with its conversions) in its ``image_source`` coordinate and its configuration's
+    ``images`` mapping."""
+    max_pixels = check_max_pixels(max_pixels)
+    if specs is None:
+        specs = SKIMAGE_PHOTOS
+    elif isinstance(specs, (str, Path)):
+        specs = [specs]
+    specs = list(specs)
+    if not specs:
+        raise InputError("no images given; give image files, folders or scikit-image photograph names "
+                         "(None for the eight photographs).")
+    items, left_out = _expand(specs)
+    items, repeats = _mark_repeats(items)
+    ids = _image_ids(items, repeats)
+    for note in left_out:
+        warnings.warn(note, stacklevel=2)
     checked = [None] * len(items)
-    for i, error, info in _loader(_Inspect(items), workers, batch_size=None, collate_fn=_as_is):
+    for i, error, info in _loader(_Inspect(items, max_pixels), workers, batch_size=None, collate_fn=_as_is):
         checked[i] = (error, info)
-    entries, bad, seen = [], [], {}
-    for (kind, value), (error, info) in zip(items, checked):
-        base = value if kind == "skimage" else Path(value).stem
-        seen[base] = seen.get(base, 0) + 1
-        image_id = base if seen[base] == 1 else f"{base}-{seen[base]}"
+    entries, bad = [], []
+    for (kind, value, _), image_id, (error, info) in zip(items, ids, checked):
         if error is not None:
             bad.append(BadImage(f"skimage.data.{value}" if kind == "skimage" else str(value), error))
             continue
@@ -303,10 +510,13 @@ class ImageDataset(torch.utils.data.Dataset):
 
     An item is ``(index, tensor)``, or ``(index, message)`` when the file no longer decodes or
     its bytes changed since the listing (raised in the main process by :func:`collate`, so the
-    message stays one line rather than a worker's traceback)."""
+    message stays one line rather than a worker's traceback). ``max_pixels`` bounds a file that
+    grew since the listing, as :func:`list_images` does."""
 
-    def __init__(self, entries, size, resize: str = "full", crop_pct: float = 0.875):
+    def __init__(self, entries, size, resize: str = "full", crop_pct: float = 0.875,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
         self.entries, self.size, self.resize, self.crop_pct = list(entries), tuple(size), resize, crop_pct
+        self.max_pixels = check_max_pixels(max_pixels)
 
     def __len__(self):
         return len(self.entries)
@@ -314,7 +524,7 @@ class ImageDataset(torch.utils.data.Dataset):
     def __getitem__(self, i):
         e = self.entries[i]
         try:
-            arr, _, digest, _, source = _decode(e.kind, e.ref)
+            arr, _, digest, _, source = _decode(e.kind, e.ref, self.max_pixels)
         except InputError as exc:
             return i, f"{exc} (it was readable when the run listed its images)"
         if digest != e.digest:

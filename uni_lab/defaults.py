@@ -11,6 +11,9 @@ DEFAULT_BATCH = 8  # images per batch of a run or an evaluation
 # How an image becomes the model's input: the model's own eval transform (resize + centre crop
 # at its crop_pct), a plain 0.875 centre crop, or the whole image squashed to the input size.
 RESIZES = ("model", "crop", "full")
+# Largest image accepted, in pixels, read from the header before decoding (--max-pixels): a
+# 10000×10000 photograph, 1.2 GB as float32 RGB per decoding process.
+DEFAULT_MAX_PIXELS = 100_000_000
 SEVERITIES = (1, 2, 3, 4, 5)  # ImageNet-C corruption severities
 PERTURBED_METRICS = ("robustness", "bias")  # metrics computed on attacked and corrupted inputs
 # `uni-lab bench`'s workload: a 64-px pass of 16 images through the default model

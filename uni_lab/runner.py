@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from . import distributed, fastview
 from .accel import accelerate, check_precision, to_device
-from .data import ImageDataset, batches, collate, list_images
+from .data import DEFAULT_MAX_PIXELS, ImageDataset, batches, collate, list_images
 from .defaults import DEFAULT_BATCH, DEFAULT_METHODS, DEFAULT_MODEL, DEFAULT_OUT, DEFAULT_STEPS, RESIZES
 from .engine import check_output, partition
 from .errors import InputError, StoreError, UniLabError
@@ -88,7 +88,7 @@ def run(models=DEFAULT_MODEL, images=None, methods=DEFAULT_METHODS, *, steps: in
         resize: str = "model", overwrite: bool = False, progress: bool = True, shard=None,
         precision: str = "fp32", channels_last: bool = False, seed_stability: bool = True,
         workers: int | None = None, skip_bad_images: bool = False, labels: str | Path | None = None,
-        synsets: str | None = None) -> RunResult:
+        synsets: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> RunResult:
     """Explain ``images`` with every method on every model and write the store at ``out``.
 
     ``models``: registered names, torchvision/timm names (with ``weights``), or
@@ -108,7 +108,8 @@ def run(models=DEFAULT_MODEL, images=None, methods=DEFAULT_METHODS, *, steps: in
     their maps depend on ``seed``; skipped in shards and under torchrun.
 
     Images are listed and checked up front (every bad file named before any compute;
-    ``skip_bad_images`` leaves them out and lists them in the store), then decoded batch by
+    ``skip_bad_images`` leaves them out and lists them in the store; a file of more than
+    ``max_pixels`` pixels is bad, refused from its header), then decoded batch by
     batch in ``workers`` processes (:mod:`uni_lab.data`), so memory does not grow with their number.
     """
     t_start = time.perf_counter()
@@ -143,8 +144,8 @@ def run(models=DEFAULT_MODEL, images=None, methods=DEFAULT_METHODS, *, steps: in
     workers = default_workers(dev) if workers is None else int(workers)
     if workers < 0:
         raise InputError(f"--workers must be 0 or more, got {workers}.")
-    entries, skipped_files = list_images(images, workers=workers, skip_bad=skip_bad_images)
-    dataset = ImageDataset(entries, size, resize, crop_pct)
+    entries, skipped_files = list_images(images, workers=workers, skip_bad=skip_bad_images, max_pixels=max_pixels)
+    dataset = ImageDataset(entries, size, resize, crop_pct, max_pixels=max_pixels)
 
     _, first = collate([dataset[0]])
     first = to_device(first, dev)

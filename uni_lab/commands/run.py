@@ -1,7 +1,7 @@
 """``uni-lab run``: explain images with methods and write a store."""
 from __future__ import annotations
 
-from ..defaults import DEFAULT_BATCH, DEFAULT_METHODS, DEFAULT_MODEL, DEFAULT_OUT, DEFAULT_STEPS, RESIZES
+from ..defaults import DEFAULT_BATCH, DEFAULT_MAX_PIXELS, DEFAULT_METHODS, DEFAULT_MODEL, DEFAULT_OUT, DEFAULT_STEPS, RESIZES
 from ._shared import add_evaluation_arguments, evaluate_from_args, import_plugins, names, plan_from_args, split_methods
 
 NAME = "run"
@@ -51,6 +51,9 @@ def add_arguments(p):
                    help="processes decoding images ahead of the compute (default: 0 on CPU, up to 4 on CUDA)")
     p.add_argument("--skip-bad-images", action="store_true",
                    help="leave out image files that cannot be read (listed in the store) instead of stopping")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                   help="largest image accepted, in pixels, read from the file's header before decoding; a larger "
+                        "file is a bad image (default: %(default)s)")
     p.add_argument("--channels-last", action="store_true", help="run the models in channels_last layout (GPU speed)")
     add_evaluation_arguments(p)  # --metrics/--attacks/--corruptions: `uni-lab evaluate` on the new store
 
@@ -71,7 +74,8 @@ def main(args) -> int:
                  output=args.output, resize=args.resize, overwrite=args.overwrite, progress=not args.no_progress,
                  shard=args.shard, precision=args.precision, channels_last=args.channels_last,
                  seed_stability=not args.no_seed_stability, workers=args.workers,
-                 skip_bad_images=args.skip_bad_images, labels=args.labels, synsets=args.synsets)
+                 skip_bad_images=args.skip_bad_images, labels=args.labels, synsets=args.synsets,
+                 max_pixels=args.max_pixels)
     i, n = result.shard
     where = f", shard {i}/{n}" if n > 1 else ""
     print(f"store: {result.path} ({result.computed} items computed, {result.skipped} already done{where})")
