@@ -102,3 +102,27 @@ def test_control_characters_in_names_stay_on_one_line(tmp_path):
     p = _cli("run", "--images", forged, "--out", tmp_path / "s.zarr")
     _one_line_error(p, "\\n")
     assert not (tmp_path / "s.zarr").exists()
+
+
+def test_resume_with_an_edited_plugin_says_so_by_name(images, tmp_path):
+    plugin = tmp_path / "mine.py"
+    plugin.write_text(PLUGIN.read_text())
+    out = tmp_path / "s.zarr"
+    args = ("run", "--plugins", plugin, "--images", images, "--model", "tiny16", "--methods", "saliency", "--device",
+            "cpu", "--no-progress", "--no-seed-stability", "--out", out)
+    assert _cli(*args).returncode == 0
+    same = _cli(*args)
+    assert same.returncode == 0 and "changed since" not in same.stderr
+    plugin.write_text(PLUGIN.read_text() + "\n# edited\n")
+    p = _cli(*args)
+    assert p.returncode == 0, p.stderr
+    assert "model:tiny16" in p.stderr and "changed since the store was written" in p.stderr
+    changes = json.loads(Store(out).open().attrs["uni_lab_plugin_changes"])
+    assert list(changes[0]) == ["model:tiny16"]
+
+
+def test_a_methods_stored_name_says_its_path(images, tmp_path):
+    out = tmp_path / "s.zarr"
+    p = _run(images, out, "--set", "ig.path=blur")
+    assert p.returncode == 0, p.stderr
+    assert [str(m) for m in Store(out).open().method.values] == ["saliency", "ig:black@blur"]

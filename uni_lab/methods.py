@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -172,7 +173,12 @@ def resolve(spec: str, routed: dict | None = None, defaults: dict | None = None)
         pparams = path.validate(path.resolved_params(routed.get(("path", path.name), {})))
     explainer.validate({k: v for k, v in params.items() if k != "inner"})
     _check_common(name, params)
-    return Method(spec.strip(), explainer, params, baseline, bparams, inner, path, pparams)
+    label = spec.strip()
+    if path is not None and path.name != "straight" or inner is not None and "@" in inner.spec:
+        # the stored name says which path: `ig:black` must not stand for another path's IG
+        label = (name + (f":{chosen}" if base_name else "") + (f"@{path.name}" if path and path.name != "straight" else "")
+                 + (f"({inner.spec})" if inner is not None else ""))
+    return Method(label, explainer, params, baseline, bparams, inner, path, pparams)
 
 
 def used_plugins(method: Method) -> set[tuple[str, str]]:
@@ -202,8 +208,25 @@ def plugin_origins(methods: list[Method], model_names=()) -> dict[str, dict]:
             source = inspect.getsourcefile(plugin.obj)
         except TypeError:
             source = None
-        out[f"{kind}:{name}"] = {"origin": plugin.origin, "file": source}
+        out[f"{kind}:{name}"] = {"origin": plugin.origin, "file": source, "source_sha256": _file_hash(source)}
     return out
+
+
+def _file_hash(source: str | None) -> str | None:
+    """The plugin's whole source file, hashed: an edit anywhere in it (a helper it calls) counts."""
+    import hashlib
+
+    try:
+        return hashlib.sha256(Path(source).read_bytes()).hexdigest()[:16] if source else None
+    except OSError:
+        return None
+
+
+def changed_plugins(recorded: dict, now: dict) -> list[str]:
+    """``kind:name (file)`` of every plugin whose source differs from the one a store recorded."""
+    return [f"{key} ({now[key].get('file')})" for key in sorted(set(recorded) & set(now))
+            if recorded[key].get("source_sha256") and now[key].get("source_sha256")
+            and recorded[key]["source_sha256"] != now[key]["source_sha256"]]
 
 
 def check_all_used(routed: dict, methods: list[Method], kinds=("explainer", "baseline", "path")) -> None:

@@ -121,11 +121,30 @@ class Store(EvaluationVariables):
             _warn_partition(existing.attrs.get("uni_lab_partition"), ds.attrs.get("uni_lab_partition"), self.path)
             if self.lock_mode is not None:
                 self.hold(self.lock_mode)
+            self._note_changed_plugins(existing.attrs, ds.attrs)
             return False
         self.check_creatable(overwrite)
         if not self._create(ds, overwrite):
             return self.open_or_create(ds)
         return True
+
+    def _note_changed_plugins(self, old: dict, new: dict) -> None:
+        """A plugin edited since the store was written: its done items came from the old code. Said on
+        every resume, and kept in the store (``uni_lab_plugin_changes``) once the lock is held."""
+        from .methods import changed_plugins
+
+        changed = changed_plugins(json.loads(old.get("uni_lab_plugins", "{}")), json.loads(new.get("uni_lab_plugins", "{}")))
+        if not changed:
+            return
+        warnings.warn(f"store '{self.path}': the source of {', '.join(changed)} changed since the store was "
+                      "written; its done items keep the old code's results and only new items use the new code. "
+                      "Use --overwrite (or a new --out) for results of the current code alone.", stacklevel=4)
+        if self._lock_fd is not None:
+            seen = json.loads(old.get("uni_lab_plugin_changes", "[]"))
+            now = json.loads(new.get("uni_lab_plugins", "{}"))
+            entry = {k.split(" (")[0]: now[k.split(" (")[0]]["source_sha256"] for k in changed}
+            if entry not in seen:
+                self.update_attrs({"uni_lab_plugin_changes": json.dumps(seen + [entry], sort_keys=True)})
 
     def check_path(self) -> None:
         """A path that can never hold a store: refused before a run loads anything."""
