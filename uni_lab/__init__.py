@@ -6,6 +6,7 @@ The public surface: the plugin decorators (``baseline``, ``path``, ``explainer``
 ``open_store`` to read one (``ds.uni`` is registered on import).
 """
 from . import accessor  # noqa: F401  registers the ``ds.uni`` accessor on every xarray Dataset
+from . import run_config
 from .errors import InputError, PluginError, StoreError, UniLabError
 from .hookspecs import hookimpl
 from .registry import attack, baseline, create, explainer, get, list_plugins, metric, model, path, registry
@@ -38,7 +39,9 @@ def explain(method: str, model, x, target=None, seeds=None, **params) -> "Explan
 
 
 def run(*args, **kwargs):
-    """Explain images with methods and write a store; see :func:`uni_lab.runner.run`."""
     from .runner import run as _run
 
     return _run(*args, **kwargs)
+
+
+run.__signature__, run.__doc__ = run_config.signature(), run_config.run_doc()  # torch-free: help() answers at once

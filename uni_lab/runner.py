@@ -6,7 +6,6 @@ leaves those items not-done (the next run retries them).
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import sys
@@ -19,15 +18,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import distributed, fastview
+from . import distributed, fastview, run_config
 from .accel import accelerate, check_precision, to_device
-from .data import DEFAULT_MAX_PIXELS, ImageDataset, batches, collate, list_images
-from .defaults import DEFAULT_BATCH, DEFAULT_METHODS, DEFAULT_MODEL, DEFAULT_OUT, DEFAULT_STEPS, RESIZES
+from .data import ImageDataset, batches, collate, list_images
 from .engine import check_output, partition
 from .errors import InputError, StoreError, UniLabError
 from .labels import read_labels
 from .methods import Method, check_all_used, parse_sets, plugin_origins, resolve, route_params
 from .models import Classifier, create_model, preserving, resolve_device
+from .run_config import RunConfig
 from .seeding import image_seed
 from .skeleton import skeleton
 from .store import Store
@@ -71,121 +70,123 @@ def _method_steps(method: Method) -> int:
     return int(steps or 0)
 
 
-def _keeping_callers_models(fn):
-    """``fn(models, ...)`` with the models a caller passed in (modules, not names) put back as they were."""
-    @functools.wraps(fn)
-    def keeping(models=DEFAULT_MODEL, *args, **kwargs):
-        with preserving([m for m in _as_list(models) if isinstance(m, Classifier)]):
-            return fn(models, *args, **kwargs)
-
-    return keeping
+def run(*args, **kwargs) -> RunResult:
+    config = RunConfig(*args, **kwargs)
+    with preserving([m for m in _as_list(config.models) if isinstance(m, Classifier)]):
+        return execute(plan(config))
 
 
-@_keeping_callers_models
-def run(models=DEFAULT_MODEL, images=None, methods=DEFAULT_METHODS, *, steps: int = DEFAULT_STEPS,
-        batch_size: int = DEFAULT_BATCH, device: str | None = None, seed: int = 0, out: str | Path = DEFAULT_OUT,
-        sets: dict | list | None = None, weights: str | None = None, output: str = "prob",
-        resize: str = "model", overwrite: bool = False, progress: bool = True, shard=None,
-        precision: str = "fp32", channels_last: bool = False, seed_stability: bool = True,
-        workers: int | None = None, skip_bad_images: bool = False, labels: str | Path | None = None,
-        synsets: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> RunResult:
-    """Explain ``images`` with every method on every model and write the store at ``out``.
+run.__signature__, run.__doc__ = run_config.signature(), run_config.run_doc()
 
-    ``models``: registered names, torchvision/timm names (with ``weights``), or
-    :class:`~uni_lab.models.Classifier` objects. ``methods``: specs such as ``"ig:black"``,
-    ``"uni"``. ``sets``: ``{"uni.eps": 0.03}`` or ``["uni.eps=0.03"]``. Returns the store's
-    path and the per-method summary.
 
-    Resumable: items already done in ``out`` are skipped. ``shard="i/n"`` (or ``(i, n)``) computes
-    only the i-th of n contiguous slices of the images; under ``torchrun`` each rank takes its
-    own slice (see :mod:`uni_lab.distributed`).
+@dataclass
+class RunPlan:
+    """A run resolved and checked, nothing written: what :func:`execute` computes and where."""
 
-    ``precision`` (``fp32``, ``bf16``, ``fp16``: autocast, recorded with the model) and
-    ``channels_last`` change how the models run, see :mod:`uni_lab.accel`.
+    config: RunConfig
+    ctx: object  # distributed.Context
+    dev: torch.device
+    methods: list  # Method
+    models: list  # Classifier, accelerated on dev
+    entries: list  # data.Entry, in store order
+    dataset: ImageDataset
+    labels: np.ndarray | None
+    layout: object  # the store's empty dataset (uni_lab.skeleton)
+    part: tuple | None  # --shard as (i, n)
+    workers: int
+    t_start: float = 0.0
 
-    ``seed_stability``: methods with a random part (:meth:`Method.has_random_part`) are also
-    evaluated with the ``seed_stability`` metric (three seeds), so the summary says how much
-    their maps depend on ``seed``; skipped in shards and under torchrun.
 
-    Images are listed and checked up front (every bad file named before any compute;
-    ``skip_bad_images`` leaves them out and lists them in the store; a file of more than
-    ``max_pixels`` pixels is bad, refused from its header), then decoded batch by
-    batch in ``workers`` processes (:mod:`uni_lab.data`), so memory does not grow with their number.
-    """
+def plan(config: RunConfig) -> RunPlan:
+    """Resolve and check everything a run needs (methods and their parameters, models, images, labels,
+    the store's compatibility) and write nothing: any error here leaves the disk as it was."""
     t_start = time.perf_counter()
-    check_output(output)
-    if resize not in RESIZES:
-        raise InputError(f"resize must be one of {RESIZES}, got '{resize}'.")
-    check_precision(precision)
-    if batch_size < 1 or steps < 1:
-        raise InputError("--batch-size and --steps must be at least 1.")
-    part = distributed.parse_shard(shard)
-    resolve_device(device)  # a typo in --device or --out fails here, before any process group or model
-    Store(out).check_replaceable(overwrite)
-    ctx, device = distributed.setup(device)
-    dev = resolve_device(device)
+    config.check()
+    check_output(config.output)
+    check_precision(config.precision)
+    part = distributed.parse_shard(config.shard)
+    resolve_device(config.device)  # a typo in --device fails here, before any process group or model
+    sets = config.sets
     sets = parse_sets(sets) if isinstance(sets, (list, tuple)) else dict(sets or {})
     routed = route_params(sets)
-    method_list = [resolve(spec, routed, {"steps": steps, "output": output}) for spec in _as_list(methods)]
+    method_list = [resolve(spec, routed, {"steps": config.steps, "output": config.output})
+                   for spec in _as_list(config.methods)]
     if not method_list:
         raise InputError("no methods given; e.g. --methods uni,ig:black.")
     check_all_used(routed, method_list)
     specs = [m.spec for m in method_list]
     if len(set(specs)) != len(specs):
         raise InputError(f"a method is listed twice in {specs}.")
-
-    clfs = [_model(m, weights) for m in _as_list(models)]
-    clfs = [accelerate(c.to(dev), precision, channels_last) for c in clfs]
+    ctx, device = distributed.setup(config.device)
+    dev = resolve_device(device)
+    workers = default_workers(dev) if config.workers is None else int(config.workers)
+    entries, skipped_files = list_images(config.images, workers=workers, skip_bad=config.skip_bad_images,
+                                         max_pixels=config.max_pixels)
+    clfs = [_model(m, config.weights) for m in _as_list(config.models)]
+    clfs = [accelerate(c.to(dev), config.precision, config.channels_last) for c in clfs]
     names = [c.name for c in clfs]
     if len(set(names)) != len(names):
         raise InputError(f"two models share the name in {names}; give each Classifier a distinct name.")
     size = clfs[0].input_size
-    resize, crop_pct = _transform(resize, clfs[0])
-    workers = default_workers(dev) if workers is None else int(workers)
-    if workers < 0:
-        raise InputError(f"--workers must be 0 or more, got {workers}.")
-    entries, skipped_files = list_images(images, workers=workers, skip_bad=skip_bad_images, max_pixels=max_pixels)
-    dataset = ImageDataset(entries, size, resize, crop_pct, max_pixels=max_pixels)
-
+    resize, crop_pct = _transform(config.resize, clfs[0])
+    dataset = ImageDataset(entries, size, resize, crop_pct, max_pixels=config.max_pixels)
     _, first = collate([dataset[0]])
     first = to_device(first, dev)
     label_of = None
-    if labels is not None:
+    if config.labels is not None:
         with torch.no_grad():
             classes = min(int(c(first).shape[-1]) for c in clfs)
-        label_of = read_labels(labels, entries, classes, synsets)
-    config = {
+        label_of = read_labels(config.labels, entries, classes, config.synsets)
+    recorded = {
         "models": {c.name: c.describe() for c in clfs},
         "methods": {m.spec: m.config() for m in method_list},
         "images": {e.id: e.source for e in entries},
-        "seed": int(seed), "size": list(size), "resize": resize, "output": output,
+        "seed": int(config.seed), "size": list(size), "resize": resize, "output": config.output,
         **({"crop_pct": crop_pct} if resize == "crop" else {}),
         "fast_view": fastview.setting(),
     }
     if label_of is not None:  # the explained classes: a resume with other labels is another configuration
-        config["labels"] = hashlib.blake2b(label_of.tobytes(), digest_size=16).hexdigest()
-    plan, too_big = partition(clfs[0], first, batch_size)
+        recorded["labels"] = hashlib.blake2b(label_of.tobytes(), digest_size=16).hexdigest()
+    memory, too_big = partition(clfs[0], first, config.batch_size)
     del first
     if too_big:
-        warnings.warn(too_big, stacklevel=2)
+        warnings.warn(too_big, stacklevel=3)
+    layout = skeleton(names, specs, entries, size, max(map(_method_steps, method_list)), recorded, str(dev), memory,
+                      plugin_origins(method_list, names), skipped=skipped_files, labels=label_of)
+    if not config.overwrite:
+        _check_resumable(Store(config.out), layout)
+    return RunPlan(config, ctx, dev, method_list, clfs, entries, dataset, label_of, layout, part, workers, t_start)
+
+
+def _check_resumable(store: Store, layout) -> None:
+    """An existing store that this run could not resume is refused now, before any compute (read only;
+    execute checks again under the store's lock)."""
+    if store.exists():
+        store.refuse_other_configuration(store.open(), layout)
+
+
+def execute(plan: RunPlan) -> RunResult:
+    """Compute what :func:`plan` resolved and write it, item by item; then the summary."""
+    c, ctx, dev, entries = plan.config, plan.ctx, plan.dev, plan.entries
+    out, part, clfs, method_list = c.out, plan.part, plan.models, plan.methods
+    specs, batch_size, label_of = [m.spec for m in method_list], c.batch_size, plan.labels
+    layout, dataset, workers, progress = plan.layout, plan.dataset, plan.workers, c.progress
     base = Store(out)
     # Jobs of one run (shards, ranks) write disjoint items and share the lock; a second unsharded run
     # on the same --out would compute every item again, and an evaluation would rewrite the metadata.
     base.lock_mode = "shared" if (ctx.active or part not in (None, (0, 1))) else "exclusive"
     base.staging = True  # map chunks written whole, not rewritten for every batch (uni_lab.store.Store)
     store = StoreWriter(base)  # item writes overlap the next batch's compute
-    layout = skeleton(names, specs, entries, size, max(map(_method_steps, method_list)), config, str(dev), plan,
-                      plugin_origins(method_list, names), skipped=skipped_files, labels=label_of)
     # A store this run creates from nothing is written on the store's thread while the first
     # batch computes; its contents are known (nothing done, no inputs), so nothing waits for it.
     # Shards and ranks that may race for one store create it up front and validate it.
-    fresh = not ctx.active and part in (None, (0, 1)) and (overwrite or not store.exists())
+    fresh = not ctx.active and part in (None, (0, 1)) and (c.overwrite or not store.exists())
     if fresh:
-        store.check_creatable(overwrite)
-        store.create_in_background(layout, overwrite)
+        store.check_creatable(c.overwrite)
+        store.create_in_background(layout, c.overwrite)
     else:
-        distributed.create_once(ctx, lambda ow: _prepare(store, layout, ow), overwrite)
-    seeds_all = torch.tensor([image_seed(seed, e.id) for e in entries])
+        distributed.create_once(ctx, lambda ow: _prepare(store, layout, ow), c.overwrite)
+    seeds_all = torch.tensor([image_seed(c.seed, e.id) for e in entries])
     ids = [e.id for e in entries]
 
     part = distributed.my_shard(part, ctx)
@@ -248,13 +249,13 @@ def run(models=DEFAULT_MODEL, images=None, methods=DEFAULT_METHODS, *, steps: in
 
     distributed.finish(ctx)
     random_specs = [m.spec for m in method_list if m.has_random_part()]
-    if seed_stability and random_specs and not ctx.active and part == (0, 1):
+    if c.seed_stability and random_specs and not ctx.active and part == (0, 1):
         from .evaluate import evaluate
 
         evaluate(out, metrics="seed_stability", methods=random_specs, models=clfs, batch_size=batch_size,
                  device=str(dev), progress=progress)
     summary = summarize(open_store(out)) if ctx.rank == 0 else None
-    timings = {"wall_s": time.perf_counter() - t_start, **store.timings()}
+    timings = {"wall_s": time.perf_counter() - plan.t_start, **store.timings()}
     return RunResult(Path(out), summary, computed, skipped, part, timings)
 
 

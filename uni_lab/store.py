@@ -109,15 +109,7 @@ class Store(EvaluationVariables):
         Returns whether this call created it (a store it did not create may still differ in layout)."""
         if self.exists() and not overwrite:
             existing = self.open()
-            old = config_of(existing)
-            new = json.loads(ds.attrs["uni_lab_config"])
-            differing = _diff(old, new)
-            if differing:
-                hint = (f" A store made with the fast view {old.get('fast_view', 'off')} resumes with "
-                        f"UNI_LAB_FAST_VIEW={1 if old.get('fast_view') == 'on' else 0}."
-                        if differing == ["fast_view"] else "")
-                raise StoreError(f"store '{self.path}' was written by another configuration (differs in: "
-                                 f"{', '.join(differing)}). Use --overwrite to replace it, or a new --out.{hint}")
+            self.refuse_other_configuration(existing, ds)
             _warn_partition(existing.attrs.get("uni_lab_partition"), ds.attrs.get("uni_lab_partition"), self.path)
             if self.lock_mode is not None:
                 self.hold(self.lock_mode)
@@ -127,6 +119,16 @@ class Store(EvaluationVariables):
         if not self._create(ds, overwrite):
             return self.open_or_create(ds)
         return True
+
+    def refuse_other_configuration(self, existing: xr.Dataset, ds: xr.Dataset) -> None:
+        """A store is resumed only by the configuration that wrote it (``uni_lab_config``)."""
+        old = config_of(existing)
+        differing = _diff(old, json.loads(ds.attrs["uni_lab_config"]))
+        if differing:
+            hint = (f" A store made with the fast view {old.get('fast_view', 'off')} resumes with "
+                    f"UNI_LAB_FAST_VIEW={1 if old.get('fast_view') == 'on' else 0}." if differing == ["fast_view"] else "")
+            raise StoreError(f"store '{self.path}' was written by another configuration (differs in: "
+                             f"{', '.join(differing)}). Use --overwrite to replace it, or a new --out.{hint}")
 
     def _note_changed_plugins(self, old: dict, new: dict) -> None:
         """A plugin edited since the store was written: its done items came from the old code. Said on
