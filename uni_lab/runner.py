@@ -1,4 +1,4 @@
-"""A run: models × methods × images → one store, item by item, resumable.
+"""A run as plan (resolve and check, write nothing) and execute (compute, write item by item, resumable).
 
 Data flows one way: image → model → baseline → path → integrate → store. An item is
 written only when its method succeeded for it; a failure names the method and images and
@@ -158,6 +158,42 @@ def plan(config: RunConfig) -> RunPlan:
     return RunPlan(config, ctx, dev, method_list, clfs, entries, dataset, label_of, layout, part, workers, t_start)
 
 
+def _open_store(plan: RunPlan) -> tuple[Store, StoreWriter, bool]:
+    """The run's store, its background writer, and whether this run creates it from nothing."""
+    c, ctx, part = plan.config, plan.ctx, plan.part
+    base = Store(c.out)
+    # Jobs of one run (shards, ranks) write disjoint items and share the lock; a second unsharded run
+    # on the same --out would compute every item again, and an evaluation would rewrite the metadata.
+    base.lock_mode = "shared" if (ctx.active or part not in (None, (0, 1))) else "exclusive"
+    base.staging = True  # map chunks written whole, not rewritten for every batch (uni_lab.store.Store)
+    store = StoreWriter(base)  # item writes overlap the next batch's compute
+    # A store this run creates from nothing is written on the store's thread while the first
+    # batch computes; its contents are known (nothing done, no inputs), so nothing waits for it.
+    # Shards and ranks that may race for one store create it up front and validate it.
+    fresh = not ctx.active and part in (None, (0, 1)) and (c.overwrite or not store.exists())
+    if fresh:
+        store.check_creatable(c.overwrite)
+        store.create_in_background(plan.layout, c.overwrite)
+    else:
+        distributed.create_once(ctx, lambda ow: _prepare(store, plan.layout, ow), c.overwrite)
+    return base, store, fresh
+
+
+def _finish(plan: RunPlan, part: tuple):
+    """After every item: the seed-stability evaluation of methods with a random part, then the summary
+    (rank 0 only; None elsewhere)."""
+    from .store import open_store
+
+    c = plan.config
+    random_specs = [m.spec for m in plan.methods if m.has_random_part()]
+    if c.seed_stability and random_specs and not plan.ctx.active and part == (0, 1):
+        from .evaluate import evaluate
+
+        evaluate(c.out, metrics="seed_stability", methods=random_specs, models=plan.models, batch_size=c.batch_size,
+                 device=str(plan.dev), progress=c.progress)
+    return summarize(open_store(c.out)) if plan.ctx.rank == 0 else None
+
+
 def _check_resumable(store: Store, layout) -> None:
     """An existing store that this run could not resume is refused now, before any compute (read only;
     execute checks again under the store's lock)."""
@@ -171,21 +207,7 @@ def execute(plan: RunPlan) -> RunResult:
     out, part, clfs, method_list = c.out, plan.part, plan.models, plan.methods
     specs, batch_size, label_of = [m.spec for m in method_list], c.batch_size, plan.labels
     layout, dataset, workers, progress = plan.layout, plan.dataset, plan.workers, c.progress
-    base = Store(out)
-    # Jobs of one run (shards, ranks) write disjoint items and share the lock; a second unsharded run
-    # on the same --out would compute every item again, and an evaluation would rewrite the metadata.
-    base.lock_mode = "shared" if (ctx.active or part not in (None, (0, 1))) else "exclusive"
-    base.staging = True  # map chunks written whole, not rewritten for every batch (uni_lab.store.Store)
-    store = StoreWriter(base)  # item writes overlap the next batch's compute
-    # A store this run creates from nothing is written on the store's thread while the first
-    # batch computes; its contents are known (nothing done, no inputs), so nothing waits for it.
-    # Shards and ranks that may race for one store create it up front and validate it.
-    fresh = not ctx.active and part in (None, (0, 1)) and (c.overwrite or not store.exists())
-    if fresh:
-        store.check_creatable(c.overwrite)
-        store.create_in_background(layout, c.overwrite)
-    else:
-        distributed.create_once(ctx, lambda ow: _prepare(store, layout, ow), c.overwrite)
+    base, store, fresh = _open_store(plan)
     seeds_all = torch.tensor([image_seed(c.seed, e.id) for e in entries])
     ids = [e.id for e in entries]
 
@@ -245,16 +267,8 @@ def execute(plan: RunPlan) -> RunResult:
                 # still under its lock (Store.remove_created); never one it failed to take over.
                 base.remove_created()
             base.release()  # before the evaluation below, which takes the lock itself
-    from .store import open_store
-
     distributed.finish(ctx)
-    random_specs = [m.spec for m in method_list if m.has_random_part()]
-    if c.seed_stability and random_specs and not ctx.active and part == (0, 1):
-        from .evaluate import evaluate
-
-        evaluate(out, metrics="seed_stability", methods=random_specs, models=clfs, batch_size=batch_size,
-                 device=str(dev), progress=progress)
-    summary = summarize(open_store(out)) if ctx.rank == 0 else None
+    summary = _finish(plan, part)
     timings = {"wall_s": time.perf_counter() - plan.t_start, **store.timings()}
     return RunResult(Path(out), summary, computed, skipped, part, timings)
 
