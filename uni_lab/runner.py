@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import distributed, fastview
+from . import distributed, doubts, fastview
 from .accel import accelerate, check_precision, to_device
 from .data import ImageDataset, batches, collate, list_images
 from .defaults import DEFAULT_BATCH, DEFAULT_METHODS, DEFAULT_MODEL, DEFAULT_OUT, DEFAULT_STEPS, RESIZES
@@ -250,6 +250,8 @@ def run(models=DEFAULT_MODEL, images=None, methods=DEFAULT_METHODS, *, steps: in
 
         evaluate(out, metrics="seed_stability", methods=random_specs, models=clfs, batch_size=batch_size,
                  device=str(dev), progress=progress)
+    if ctx.rank == 0:  # after every rank's items (finish waited for them); a shard still writing skips it
+        doubts.record(base)
     summary = summarize(open_store(out)) if ctx.rank == 0 else None
     timings = {"wall_s": time.perf_counter() - t_start, **store.timings()}
     return RunResult(Path(out), summary, computed, skipped, part, timings)
