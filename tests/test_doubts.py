@@ -49,6 +49,7 @@ def test_constant_output_is_named_in_summary_and_store(tmp_path):
     assert ("constant_output", None) in kinds
     assert {("zero_map", "ig:black"), ("zero_map", "saliency")} <= kinds
     assert all(d["model"] == "const" and d["images"] == IMAGES for d in doubts)
+    assert open_store(res.path).uni.doubts() == doubts  # what a notebook reads
     # the degenerate numbers (completeness error 0, monotone fraction 1) carry the flag in their row
     row = res.summary.set_index("method").loc["ig:black"]
     assert row["completeness_error"] == 0 and row["monotone_fraction"] == 1

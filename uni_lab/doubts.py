@@ -154,7 +154,7 @@ def _zero_maps(ds, done: np.ndarray) -> list[dict]:
     if "attribution" not in ds or not done.any():
         return []
     # one pass over the maps, chunk by chunk (dask), for every done item at once
-    peak = abs(ds["attribution"]).max(list(MAP)).values
+    peak = abs(ds["attribution"]).max(list(MAP), skipna=False).values  # NaN: not written, never done
     zero = done & (peak == 0)
     out = []
     for mi, mei in zip(*np.nonzero(zero.any(-1))):
