@@ -12,7 +12,7 @@ from torch import nn
 
 import uni_lab
 from conftest import TinyCNN, train_tiny
-from uni_lab.doubts import FEATURELESS_RATIO, record
+from uni_lab.doubts import FEATURELESS_RATIO, of, record, recorded
 from uni_lab.schema import DOUBTS_ATTR
 from uni_lab.store import Store, open_store
 from uni_lab.summary import format_table, summarize
@@ -84,7 +84,7 @@ def test_uni_baseline_that_is_not_featureless_is_flagged(uni_store):
     # chelsea above the bar, coffee below it; IG-black's baseline is not UNI's and never judged by it
     _set_ratio(uni_store, methods.index("uni"), [3 * FEATURELESS_RATIO, FEATURELESS_RATIO / 2])
     _set_ratio(uni_store, methods.index("ig:black"), [0.9, 0.9])
-    found = record(Store(uni_store))
+    found = record(Store(uni_store), refresh=True)
     flagged = [d for d in found if d["kind"] == "baseline_not_featureless"]
     assert [(d["method"], d["images"]) for d in flagged] == [("uni", ["chelsea"])]
     assert flagged[0]["ratios"]["chelsea"] == pytest.approx(0.3)
@@ -99,5 +99,19 @@ def test_uni_baseline_that_is_not_featureless_is_flagged(uni_store):
 def test_featureless_uni_baseline_is_not_flagged(uni_store):
     _set_ratio(uni_store, list(map(str, open_store(uni_store).method.values)).index("uni"),
                [FEATURELESS_RATIO, FEATURELESS_RATIO / 10])  # the bar itself passes: F_c(x') <= 0.1 F_c(x)
-    assert record(Store(uni_store)) == []
+    assert record(Store(uni_store), refresh=True) == []
     assert "doubt" not in summarize(open_store(uni_store)).columns
+
+
+def test_recorded_doubts_are_not_used_once_items_changed(uni_store):
+    uni = list(map(str, open_store(uni_store).method.values)).index("uni")
+    _set_ratio(uni_store, uni, [0.5, 0.5])
+    assert [sorted(d["images"]) for d in record(Store(uni_store), refresh=True)] == [["chelsea", "coffee"]]
+    g = zarr.open_group(str(uni_store), mode="r+")
+    g["done"][0, uni, 1] = False  # coffee's item undone, as `uni-lab check --repair` leaves a damaged one
+    try:
+        ds = open_store(uni_store)
+        assert recorded(ds) is None
+        assert [d["images"] for d in of(ds)] == [["chelsea"]]
+    finally:
+        g["done"][0, uni, 1] = True

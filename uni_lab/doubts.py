@@ -70,13 +70,15 @@ def of(ds: xr.Dataset) -> list[dict]:
     return find(ds) if found is None else found
 
 
-def record(store) -> list[dict] | None:
-    """Find the doubts of ``store`` (a :class:`~uni_lab.store.Store`) and write them to its attributes.
+def record(store, refresh: bool = False) -> list[dict] | None:
+    """Find the doubts of ``store`` (a :class:`~uni_lab.store.Store`) and write them to its attributes;
+    ones already recorded for its present done state are kept unless ``refresh`` (values edited by hand).
 
     Skipped (None) while another process writes the store, e.g. a shard still running: the last
     writer to finish records them for every item, and a summary finds them anew meanwhile."""
-    from .locks import lock_folder
     import os
+
+    from .locks import lock_folder
 
     if not store.exists():
         return None
@@ -86,6 +88,9 @@ def record(store) -> list[dict] | None:
         return None
     try:
         ds = xr.open_zarr(store.path)
+        current = None if refresh else recorded(ds)
+        if current is not None:  # a resume that found every item done: nothing to rewrite
+            return current
         doubts = find(ds)
         store.update_attrs({DOUBTS_ATTR: json.dumps(doubts), DOUBTS_STATE_ATTR: state(ds)})
         return doubts
