@@ -55,6 +55,13 @@ class UniAccessor:
         any_done = done.any(axes) if axes else done
         return [str(m) for m in self._ds.method.values if bool(any_done.sel({"method": m}))]
 
+    def doubts(self) -> list[dict]:
+        """Doubtful results (:mod:`uni_lab.doubts`): ``{kind, model, method, images, message}`` each;
+        the ones the run recorded, or found anew where items were done since."""
+        from .doubts import of
+
+        return of(self._ds)
+
     def evaluated(self, var: str) -> xr.DataArray | None:
         """An evaluation variable where its ``done_*`` flag is set (NaN elsewhere); None if absent."""
         ds = self._ds

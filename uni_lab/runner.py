@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import distributed, fastview, run_config
+from . import distributed, doubts, fastview, run_config
 from .accel import accelerate, check_precision, to_device
 from .data import ImageDataset, batches, collate, list_images
 from .engine import check_output, partition
@@ -179,9 +179,9 @@ def _open_store(plan: RunPlan) -> tuple[Store, StoreWriter, bool]:
     return base, store, fresh
 
 
-def _finish(plan: RunPlan, part: tuple):
-    """After every item: the seed-stability evaluation of methods with a random part, then the summary
-    (rank 0 only; None elsewhere)."""
+def _finish(plan: RunPlan, part: tuple, base: Store):
+    """After every item: the seed-stability evaluation of methods with a random part, the doubts
+    (:mod:`uni_lab.doubts`), then the summary (rank 0 only; None elsewhere)."""
     from .store import open_store
 
     c = plan.config
@@ -191,6 +191,8 @@ def _finish(plan: RunPlan, part: tuple):
 
         evaluate(c.out, metrics="seed_stability", methods=random_specs, models=plan.models, batch_size=c.batch_size,
                  device=str(plan.dev), progress=c.progress)
+    if plan.ctx.rank == 0:  # after every rank's items (finish waited for them); a shard still writing skips it
+        doubts.record(base)
     return summarize(open_store(c.out)) if plan.ctx.rank == 0 else None
 
 
@@ -268,7 +270,7 @@ def execute(plan: RunPlan) -> RunResult:
                 base.remove_created()
             base.release()  # before the evaluation below, which takes the lock itself
     distributed.finish(ctx)
-    summary = _finish(plan, part)
+    summary = _finish(plan, part, base)
     timings = {"wall_s": time.perf_counter() - plan.t_start, **store.timings()}
     return RunResult(Path(out), summary, computed, skipped, part, timings)
 

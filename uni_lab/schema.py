@@ -74,6 +74,12 @@ RUN_VARIABLES: dict[str, Variable] = {
 }
 assert [k for k in RUN_VARIABLES if k.startswith("trace_")] == [f"trace_{k}" for k in TRACE_KEYS]
 COORD_DESCRIPTIONS = {"label": "ground-truth class (-1: none given)"}
+# Store attributes a run adds when it ends (uni_lab.doubts): the JSON list of doubtful results, each
+# {"kind", "model", "method" (null: every method of the model), "images", "message"} (and "ratios",
+# image -> F_c(x')/F_c(x), for "baseline_not_featureless"), and a fingerprint of the done items they
+# were found in: where it no longer matches, readers find the doubts anew.
+DOUBTS_ATTR = "uni_lab_doubts"
+DOUBTS_STATE_ATTR = "uni_lab_doubts_state"
 
 
 def fill_of(dtype) -> object:

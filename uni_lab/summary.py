@@ -5,6 +5,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from . import doubts
+
 
 def monotone_fraction(prob: xr.DataArray) -> xr.DataArray:
     """Share of path steps with ``F_c(γ_k) ≥ F_c(γ_{k−1})`` along ``step`` (NaN-padded steps ignored)."""
@@ -23,7 +25,11 @@ def summarize(ds: xr.Dataset) -> pd.DataFrame:
     """Mean completeness error, monotone-step fraction, F_c at the baseline and seconds per image,
     over the done images of each (model, method); where the store holds the ``seed_stability``
     metric, the mean over images of its worst pair's Spearman (``seed_spearman_min``); where
-    the run was given labels, the model's accuracy on those images (``accuracy``)."""
+    the run was given labels, the model's accuracy on those images (``accuracy``).
+
+    Where results are doubtful (:mod:`uni_lab.doubts`), a ``doubt`` column names the doubt next to
+    the numbers it voids, and ``df.attrs["doubts"]`` holds the doubts, whose messages
+    :func:`format_table` prints under the table."""
     done = ds["done"].load()
     mono = monotone_fraction(ds["trace_prob"].load())
     # each variable read once, not once per (model, method)
@@ -52,10 +58,19 @@ def summarize(ds: xr.Dataset) -> pd.DataFrame:
                 ok = mask & labelled
                 row["accuracy"] = float(accuracy.sel(model=model).values[ok].mean()) if ok.any() else float("nan")
             rows.append({**row, **{name: mean(var) for name, var in columns.items()}})
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    found = doubts.of(ds)
+    if found and not df.empty:
+        # next to the counts, before the means: a completeness error of 0 from a zero map must not read as good
+        cells = [doubts.tag(found, r.model, r.method, r.images) for r in df.itertuples()]
+        df.insert(int(df.columns.get_loc("images")) + 1, "doubt", cells)
+    df.attrs["doubts"] = found
+    return df
 
 
 def format_table(df: pd.DataFrame) -> str:
+    """The table, then one ``doubt:`` line per doubtful result (see :mod:`uni_lab.doubts`)."""
     if df.empty:
         return "(no finished items)"
-    return df.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+    table = df.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+    return "\n".join([table, *(f"doubt: {d['message']}" for d in df.attrs.get("doubts", []))])
