@@ -60,10 +60,8 @@ class Accepts:
         """``(error class, what it must be)`` when ``value`` is refused, else None."""
         if self.choices is not None and any(_same_choice(value, c) for c in self.choices):
             return None
-        if self.types and not _is_instance(value, self.types):
-            return PluginError, self._what()
-        if not self.types and self.choices is not None:
-            return InputError, self._what()
+        if self.types and not _is_instance(value, self.types) or not self.types and self.choices is not None:
+            return (InputError if self.choices is not None else PluginError), self._what()  # a value, or a type
         if self.bounds and isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
             if isinstance(value, float) and math.isnan(value) or not all(_within(value, b) for b in self.bounds):
                 return InputError, " and ".join(_bound_text(b) for b in self.bounds)
