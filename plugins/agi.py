@@ -30,10 +30,14 @@ as written in the paper and docs/methods.md, with steps that accumulate.
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
 import uni_lab
-from uni_lab.engine import DEFAULT_INTERNAL_BATCH, check_input, check_output, completeness_error, integrate, path_chunk
+from uni_lab.contracts import BatchSize, Count, Positive
+from uni_lab.engine import (DEFAULT_INTERNAL_BATCH, OUTPUTS, check_input, check_output, completeness_error, integrate,
+                            path_chunk)
 from uni_lab.errors import InputError
 from uni_lab.explanation import Explanation
 
@@ -43,8 +47,8 @@ PATH_BYTES = 2 ** 27
 
 
 @uni_lab.explainer("agi")
-def agi(model, x, target, seeds=None, *, top_k: int = 10, step_size: float = 1 / 255, steps: int = 20,
-        output: str = "prob", internal_batch_size: int | None = None):
+def agi(model, x, target, seeds=None, *, top_k: Count = 10, step_size: Positive = 1 / 255, steps: Count = 20,
+        output: Literal[OUTPUTS] = "prob", internal_batch_size: BatchSize = None):
     """AGI: integrate gradients along targeted adversarial walks towards the top-K false classes, summed."""
     check_output(output)
     check_input(x)
@@ -52,10 +56,8 @@ def agi(model, x, target, seeds=None, *, top_k: int = 10, step_size: float = 1 /
     n, k, steps = x.shape[0], int(top_k), int(steps)
     with torch.no_grad():
         logits = torch.cat([model(x[s:s + ibs]) for s in range(0, n, ibs)])
-    if not 1 <= k < logits.shape[1]:
+    if not 1 <= k < logits.shape[1]:  # the bound is the model's: checked here, where the model is known
         raise InputError(f"agi.top_k must be between 1 and {logits.shape[1] - 1} (the model's false classes), got {k}.")
-    if steps < 1 or step_size <= 0:
-        raise InputError(f"agi needs steps >= 1 and step_size > 0, got {steps} and {step_size}.")
     false = logits.scatter(1, target.view(-1, 1), -torch.inf).topk(k, dim=1).indices  # (N, K)
 
     rows_x = x.repeat_interleave(k, 0)

@@ -22,15 +22,17 @@ steps, and an image's gradient is the same in any partition.
 from __future__ import annotations
 
 import copy
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge
 from torch import nn
 
 import uni_lab
 from uni_lab.accel import activation_bytes, fit_batch
-from uni_lab.engine import DEFAULT_INTERNAL_BATCH, PASS_ACTIVATION_COPIES, _passes, scores
-from uni_lab.errors import InputError
+from uni_lab.contracts import Count, NonNegative, Positive
+from uni_lab.engine import DEFAULT_INTERNAL_BATCH, OUTPUTS, PASS_ACTIVATION_COPIES, _passes, scores
 from uni_lab.seeding import draw
 
 from .metric_robustness import pixel_map, topk_mask
@@ -171,17 +173,16 @@ def _setup(model, x, target, explanation, k: int, beta: float, output: str):
 
 
 @uni_lab.attack("fgsm_attribution")
-def fgsm_attribution(model, x, target, seeds=None, explanation=None, *, eps: float = 8 / 255, k: int = 1000,
-                     iterations: int = 1, step_size: float | None = None, beta: float = 10.0,
-                     surrogate_steps: int = 8, backtrack: int = 0, output: str = "prob"):
+def fgsm_attribution(model, x, target, seeds=None, explanation=None, *, eps: Positive = 8 / 255, k: Count = 1000,
+                     iterations: Count = 1, step_size: Positive | None = None, beta: Positive = 10.0,
+                     surrogate_steps: Count = 8, backtrack: Annotated[int, Ge(0)] = 0,
+                     output: Literal[OUTPUTS] = "prob"):
     """Top-k attribution attack (Ghorbani et al. 2019), L∞ budget ε, gradient through a softplus copy; keeps the label.
 
     A candidate that changes the predicted label is rejected; with ``backtrack = n`` the step is
     then halved up to ``n`` times (forward passes only) before the image keeps its last accepted
     point (``x`` itself on the first step).
     """
-    if eps <= 0 or iterations < 1 or surrogate_steps < 1:
-        raise InputError("fgsm_attribution needs eps > 0, iterations >= 1 and surrogate_steps >= 1.")
     # One signed step uses the whole budget; PGD takes Madry et al.'s 2.5·ε/iterations.
     step = float(step_size) if step_size is not None else (eps if iterations == 1 else 2.5 * eps / iterations)
     smooth, baseline, top, size = _setup(model, x, target, explanation, k, beta, output)
@@ -203,17 +204,15 @@ def fgsm_attribution(model, x, target, seeds=None, explanation=None, *, eps: flo
 
 
 @uni_lab.attack("ifgsm_attribution")
-def ifgsm_attribution(model, x, target, seeds=None, explanation=None, *, eps: float = 8 / 255, k: int = 1000,
-                      iterations: int = 16, step_size: float = 1 / 255, beta: float = 10.0, surrogate_steps: int = 8,
-                      output: str = "prob"):
+def ifgsm_attribution(model, x, target, seeds=None, explanation=None, *, eps: Positive = 8 / 255, k: Count = 1000,
+                      iterations: Count = 16, step_size: Positive = 1 / 255, beta: Positive = 10.0,
+                      surrogate_steps: Count = 8, output: Literal[OUTPUTS] = "prob"):
     """Iterative top-k attack (Ghorbani et al. 2019): signed steps of step_size in the ε ball, the label checked after each, the last label-keeping point kept.
 
     An image stops at its first step that would change the predicted label (on the original
     model) and keeps the point before it, so every image that keeps its label for one small
     step is moved; the one-step attack, by contrast, rejects the whole ε step.
     """
-    if eps <= 0 or step_size <= 0 or iterations < 1 or surrogate_steps < 1:
-        raise InputError("ifgsm_attribution needs eps > 0, step_size > 0, iterations >= 1 and surrogate_steps >= 1.")
     smooth, baseline, top, size = _setup(model, x, target, explanation, k, beta, output)
     x_adv = x.detach().clone()
     active = torch.ones_like(target, dtype=torch.bool)
@@ -232,7 +231,7 @@ def ifgsm_attribution(model, x, target, seeds=None, explanation=None, *, eps: fl
 
 
 @uni_lab.attack("random_noise")
-def random_noise(model, x, target, seeds=None, *, eps: float = 8 / 255):
+def random_noise(model, x, target, seeds=None, *, eps: NonNegative = 8 / 255):
     """The control: uniform noise in the same L∞ ball, seeded per image; keeps the label or returns x."""
     noisy = (x + (2 * draw(x, seeds, "rand", salt=29) - 1) * eps).clamp(0, 1)
     return torch.where(_keeps_label(model, noisy, target).view(-1, 1, 1, 1), noisy, x)

@@ -28,13 +28,14 @@ steps=100, grad_step=0.01`` reproduces PAIR's map (tests/test_pair.py, docs/meth
 The defaults stay as they were so that stored runs keep reproducing.
 """
 import functools
+from typing import Literal
 
 import torch
 
 import uni_lab
+from uni_lab.contracts import BatchSize, Count, Positive
 from uni_lab.defaults import DEFAULT_STEPS
-from uni_lab.engine import check_input, check_rule, fixed_path, integrate, path_chunk
-from uni_lab.errors import InputError
+from uni_lab.engine import OUTPUTS, RULES, check_input, fixed_path, integrate, path_chunk
 from uni_lab.ops import gaussian_blur
 
 BLURS = {"reflect3": {}, "pair": {"padding": "zeros", "truncate": 4.0, "rounding": "nearest"}}
@@ -42,23 +43,18 @@ DERIVATIVES = ("difference", "pair")
 
 
 @uni_lab.path("blur")
-def blur_path(x, baseline, alphas, *, sigma_max: float = 20.0):
+def blur_path(x, baseline, alphas, *, sigma_max: Positive = 20.0):
     """Blur path G_σ(α) * x, σ from sigma_max (α = 0) down to 0 (α = 1); the baseline argument is unused."""
     return torch.stack([gaussian_blur(x, float(sigma_max) * (1.0 - float(a))) for a in alphas])
 
 
 @uni_lab.explainer("blur_ig")
-def blur_ig(model, x, target, seeds=None, *, sigma_max: float = 20.0, steps: int = DEFAULT_STEPS, rule: str = "right",
-            blur: str = "reflect3", derivative: str = "difference", grad_step: float = 0.01,
-            output: str = "prob", internal_batch_size: int | None = None):
+def blur_ig(model, x, target, seeds=None, *, sigma_max: Positive = 20.0, steps: Count = DEFAULT_STEPS,
+            rule: Literal[RULES] = "right", blur: Literal[tuple(BLURS)] = "reflect3",
+            derivative: Literal[DERIVATIVES] = "difference", grad_step: Positive = 0.01,
+            output: Literal[OUTPUTS] = "prob", internal_batch_size: BatchSize = None):
     """BlurIG: integrate gradients along the path from the sigma_max-blurred image to the image."""
     check_input(x)
-    check_rule(rule)
-    if sigma_max <= 0 or int(steps) < 1:
-        raise InputError(f"blur_ig needs sigma_max > 0 (pixels) and steps >= 1, got {sigma_max} and {steps}.")
-    if blur not in BLURS or derivative not in DERIVATIVES or not grad_step > 0:
-        raise InputError(f"blur_ig needs blur in {tuple(BLURS)}, derivative in {DERIVATIVES} and grad_step > 0; "
-                         f"got blur='{blur}', derivative='{derivative}', grad_step={grad_step}.")
     ibs, chunk = path_chunk(model, x, internal_batch_size)
     if blur == "reflect3" and derivative == "difference":
         path_fn = lambda x_, _b, a: blur_path(x_, None, a, sigma_max=sigma_max)

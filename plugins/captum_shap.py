@@ -14,28 +14,43 @@ completeness error is against that.
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
 import uni_lab
-from uni_lab.engine import (DEFAULT_INTERNAL_BATCH, check_input, check_output, completeness_error, resolve_baseline,
-                            scores)
+from uni_lab.contracts import BatchSize, Count, NonNegative
+from uni_lab.engine import DEFAULT_INTERNAL_BATCH, OUTPUTS, check_input, completeness_error, resolve_baseline, scores
 from uni_lab.errors import InputError
 from uni_lab.explanation import Explanation
 from uni_lab.fastview import fast_view
 from uni_lab.registry import get
 from uni_lab.seeding import derived_seeds
 
-from .rules import _captum_quiet, rule_model
+from .rules import UNSUPPORTED, _captum_quiet, rule_model
+
+
+def _names(baselines: str) -> list[str]:
+    return [b.strip() for b in str(baselines).split(",") if b.strip()]
+
+
+def check_references(*, baselines: str = "", **_) -> None:
+    """The comma list names registered baselines: refused before the run, not at its first batch."""
+    if not _names(baselines):
+        raise InputError(f"baselines needs at least one baseline name, got '{baselines}'; e.g. baselines=black,uniform.")
+    for name in _names(baselines):
+        get("baseline", name)  # an unknown name is refused listing the registered ones
+
+
+def random_references(params: dict) -> bool:
+    """A reference distribution with a random baseline (uniform, gaussian) depends on the seed."""
+    return any(get("baseline", name).is_random() for name in _names(params["baselines"]))
 
 
 def reference_set(baselines: str, draws: int, x, model, target, seeds) -> torch.Tensor:
     """References ``(N, M, 3, H, W)`` from a comma list of baseline plugins (seeded ones ``draws`` times)."""
-    names = [b.strip() for b in str(baselines).split(",") if b.strip()]
-    if not names or int(draws) < 1:
-        raise InputError(f"need at least one baseline name (e.g. baselines=black,uniform) and draws >= 1, got "
-                         f"'{baselines}' and {draws}.")
     refs = []
-    for name in names:
+    for name in _names(baselines):
         plugin = get("baseline", name)
         if plugin.accepts("seeds"):
             refs += [resolve_baseline(plugin, x, model, target, derived_seeds(seeds, f"reference:{name}:{d}"))
@@ -54,18 +69,15 @@ def _complete_against(model, x, refs, target, attribution, output):
     return completeness_error(attribution, delta)
 
 
-@uni_lab.explainer("gradient_shap")
-def gradient_shap(model, x, target, seeds=None, *, baselines: str = "black,uniform", draws: int = 4,
-                  n_samples: int = 32, stdevs: float = 0.0, output: str = "prob"):
+@uni_lab.explainer("gradient_shap", check=check_references, random=True)
+def gradient_shap(model, x, target, seeds=None, *, baselines: str = "black,uniform", draws: Count = 4,
+                  n_samples: Count = 32, stdevs: NonNegative = 0.0, output: Literal[OUTPUTS] = "prob"):
     """GradientSHAP (Lundberg & Lee 2017; expected gradients) via Captum over references from baseline plugins."""
     from captum.attr import GradientShap
 
     from uni_lab.captum import Scores, image_seeds, seeded
 
-    check_output(output)
     check_input(x)
-    if int(n_samples) < 1 or stdevs < 0:
-        raise InputError(f"gradient_shap needs n_samples >= 1 and stdevs >= 0, got {n_samples} and {stdevs}.")
     refs = reference_set(baselines, draws, x, model, target, seeds)
     gs = GradientShap(Scores(fast_view(model, x), output))
     out = []
@@ -79,13 +91,13 @@ def gradient_shap(model, x, target, seeds=None, *, baselines: str = "black,unifo
                        completeness_error=_complete_against(model, x, refs, target, attribution, output))
 
 
-@uni_lab.explainer("deeplift_shap")
-def deeplift_shap(model, x, target, seeds=None, *, baselines: str = "black,uniform", draws: int = 4,
-                  unsupported: str = "error", output: str = "prob", internal_batch_size: int | None = None):
+@uni_lab.explainer("deeplift_shap", check=check_references, random=random_references)
+def deeplift_shap(model, x, target, seeds=None, *, baselines: str = "black,uniform", draws: Count = 4,
+                  unsupported: Literal[UNSUPPORTED] = "error", output: Literal[OUTPUTS] = "prob",
+                  internal_batch_size: BatchSize = None):
     """DeepLIFT-SHAP (Lundberg & Lee 2017) via Captum: the mean DeepLIFT rescale map over references from baseline plugins."""
     from captum.attr import DeepLiftShap
 
-    check_output(output)
     check_input(x)
     refs = reference_set(baselines, draws, x, model, target, seeds)
     net = rule_model(model, x, "deeplift", output == "prob", unsupported)

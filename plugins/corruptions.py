@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import zlib
 from contextlib import contextmanager
+from typing import Literal
 
 import numpy as np
 import torch
@@ -55,7 +56,7 @@ def corrupt(x: torch.Tensor, name: str, severity: int, seeds=None) -> torch.Tens
 
 
 def _register(name: str, family: str):
-    def corruption(x, seeds=None, *, severity: int = 3):
+    def corruption(x, seeds=None, *, severity: Literal[SEVERITIES] = 3):
         return corrupt(x, name, severity, seeds)
 
     corruption.__doc__ = f"ImageNet-C {name.replace('_', ' ')} ({family} family), severity 1-5, via corrupt-tta."

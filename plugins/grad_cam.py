@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import copy
 import itertools
+from typing import Literal
 
 import torch
 from torch import nn
 
 import uni_lab
 from uni_lab.accel import probe_forward
-from uni_lab.engine import DEFAULT_INTERNAL_BATCH, check_input
+from uni_lab.contracts import BatchSize
+from uni_lab.engine import DEFAULT_INTERNAL_BATCH, OUTPUTS, check_input
 from uni_lab.errors import InputError
 from uni_lab.explanation import Explanation
 
@@ -56,15 +58,14 @@ def find_layer(model: nn.Module, name: str) -> nn.Module:
 
 @uni_lab.explainer("grad_cam")
 def grad_cam(model, x, target, seeds=None, *, layer: str = "auto", relu: bool = True,
-             interpolation: str = "bilinear", output: str = "prob", internal_batch_size: int | None = None):
+             interpolation: Literal[INTERPOLATION] = "bilinear", output: Literal[OUTPUTS] = "prob",
+             internal_batch_size: BatchSize = None):
     """Grad-CAM (Selvaraju et al. 2017) via Captum's LayerGradCam, upsampled; layer chosen automatically or by name."""
     from captum.attr import LayerAttribution, LayerGradCam
 
     from uni_lab.captum import Scores, spread
 
     check_input(x)
-    if interpolation not in INTERPOLATION:
-        raise InputError(f"grad_cam.interpolation must be one of {INTERPOLATION}, got '{interpolation}'.")
     shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
     copy_ = copy.deepcopy(model, shared)
     name = auto_layer(copy_, x) if layer == "auto" else layer

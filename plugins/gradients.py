@@ -3,10 +3,13 @@
 Both evaluate ``∇_x F_c(x)`` with the engine's batched :func:`~uni_lab.engine.evaluate`, so
 they batch, move devices and pick ``output`` exactly as the path methods do.
 """
+from typing import Literal
+
 import torch
 
 import uni_lab
-from uni_lab.engine import (DEFAULT_INTERNAL_BATCH, check_input, check_output, completeness_error, evaluate,
+from uni_lab.contracts import BatchSize
+from uni_lab.engine import (DEFAULT_INTERNAL_BATCH, OUTPUTS, check_input, check_output, completeness_error, evaluate,
                             scores)
 from uni_lab.explanation import Explanation
 
@@ -20,14 +23,15 @@ def input_gradients(model, x, target, output: str = "prob", internal_batch_size:
 
 
 @uni_lab.explainer("saliency")
-def saliency(model, x, target, seeds=None, *, output: str = "prob", internal_batch_size: int | None = None):
+def saliency(model, x, target, seeds=None, *, output: Literal[OUTPUTS] = "prob", internal_batch_size: BatchSize = None):
     """Saliency (Simonyan et al. 2013): the plain input gradient of F_c, signed."""
     grad, _, _ = input_gradients(model, x, target, output, internal_batch_size)
     return Explanation(grad)
 
 
 @uni_lab.explainer("input_x_gradient")
-def input_x_gradient(model, x, target, seeds=None, *, output: str = "prob", internal_batch_size: int | None = None):
+def input_x_gradient(model, x, target, seeds=None, *, output: Literal[OUTPUTS] = "prob",
+                     internal_batch_size: BatchSize = None):
     """Input × gradient: x ⊙ ∇F_c(x); equals black-baseline IG exactly on a bias-free ReLU net (X-DNN)."""
     grad, prob, logit = input_gradients(model, x, target, output, internal_batch_size)
     black = torch.zeros_like(x)

@@ -29,26 +29,26 @@ settings with ``rule="left"``, against 0.2 % for IG-black (docs/methods.md §3).
 from __future__ import annotations
 
 import math
+from typing import Annotated, Literal
+
+from annotated_types import Interval
 
 import torch
 
 import uni_lab
+from uni_lab.contracts import BatchSize, Count
 from uni_lab.defaults import DEFAULT_STEPS
-from uni_lab.engine import DEFAULT_INTERNAL_BATCH, check_rule, integrate, resolve_baseline
-from uni_lab.errors import InputError
+from uni_lab.engine import DEFAULT_INTERNAL_BATCH, OUTPUTS, RULES, integrate, resolve_baseline
 
 REL_TOL = 1e-9  # PAIR's closeness test for "this step's L1 target is reached"
 
 
 @uni_lab.explainer("guided_ig")
-def guided_ig(model, x, target, seeds=None, *, baseline="black", steps: int = DEFAULT_STEPS, fraction: float = 0.1,
-              max_dist: float = 0.02, rule: str = "right", output: str = "prob",
-              internal_batch_size: int | None = None):
+def guided_ig(model, x, target, seeds=None, *, baseline="black", steps: Count = DEFAULT_STEPS,
+              fraction: Annotated[float, Interval(gt=0, le=1)] = 0.1,
+              max_dist: Annotated[float, Interval(ge=0, le=1)] = 0.02, rule: Literal[RULES] = "right",
+              output: Literal[OUTPUTS] = "prob", internal_batch_size: BatchSize = None):
     """Guided IG: an adaptive path that first moves the features with the smallest gradients."""
-    check_rule(rule)
-    if not 0 < fraction <= 1 or not 0 <= max_dist <= 1 or int(steps) < 1:
-        raise InputError(f"guided_ig needs 0 < fraction <= 1, 0 <= max_dist <= 1 and steps >= 1; "
-                         f"got fraction={fraction}, max_dist={max_dist}, steps={steps}.")
     xb = resolve_baseline(baseline, x, model, target, seeds)
     return integrate(model, x, target, guided_path(x, xb, int(steps), fraction, max_dist), output=output,
                      internal_batch_size=internal_batch_size or DEFAULT_INTERNAL_BATCH, rule=rule)

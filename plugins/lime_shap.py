@@ -13,14 +13,20 @@ coefficient per channel (Captum returns the same value in all three channels of 
 """
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import numpy as np
 import torch
+from annotated_types import Ge
 
 import uni_lab
-from uni_lab.engine import DEFAULT_INTERNAL_BATCH, check_input, resolve_baseline
+from uni_lab.contracts import BatchSize, NonNegative, Positive
+from uni_lab.engine import DEFAULT_INTERNAL_BATCH, OUTPUTS, check_input, resolve_baseline
 from uni_lab.errors import InputError
 from uni_lab.explanation import Explanation
 from uni_lab.fastview import fast_view
+
+AtLeastTwo = Annotated[int, Ge(2)]  # coalitions and superpixels: one alone has nothing to compare with
 
 
 def superpixels(x: torch.Tensor, n_segments: int = 50, compactness: float = 10.0) -> torch.Tensor:
@@ -44,8 +50,6 @@ def _explain(cls, model, x, target, seeds, tag, baseline, n_samples, n_segments,
     from uni_lab.captum import Scores, image_seeds, seeded
 
     check_input(x)
-    if int(n_samples) < 2:
-        raise InputError(f"{tag} needs n_samples >= 2, got {n_samples}.")
     xb = resolve_baseline(baseline, x, model, target, seeds)
     masks = superpixels(x, n_segments, compactness)
     explainer = cls(Scores(fast_view(model, x), output), **ctor)
@@ -60,10 +64,10 @@ def _explain(cls, model, x, target, seeds, tag, baseline, n_samples, n_segments,
     return Explanation(torch.cat(out).to(x.dtype), baseline=xb, extras={"n_features": features})
 
 
-@uni_lab.explainer("lime")
-def lime(model, x, target, seeds=None, *, n_samples: int = 200, n_segments: int = 50, compactness: float = 10.0,
-         lasso_alpha: float = 0.01, kernel_width: float = 1.0, baseline="black", output: str = "prob",
-         internal_batch_size: int | None = None):
+@uni_lab.explainer("lime", random=True)
+def lime(model, x, target, seeds=None, *, n_samples: AtLeastTwo = 200, n_segments: AtLeastTwo = 50,
+         compactness: Positive = 10.0, lasso_alpha: NonNegative = 0.01, kernel_width: Positive = 1.0, baseline="black",
+         output: Literal[OUTPUTS] = "prob", internal_batch_size: BatchSize = None):
     """LIME (Ribeiro et al. 2016) via Captum on SLIC superpixels: a Lasso fit to seeded random coalitions."""
     from captum._utils.models.linear_model import SkLearnLasso
     from captum.attr import Lime
@@ -74,10 +78,10 @@ def lime(model, x, target, seeds=None, *, n_samples: int = 200, n_segments: int 
                     similarity_func=get_exp_kernel_similarity_function("cosine", float(kernel_width)))
 
 
-@uni_lab.explainer("kernel_shap")
-def kernel_shap(model, x, target, seeds=None, *, n_samples: int = 200, n_segments: int = 50,
-                compactness: float = 10.0, baseline="black", output: str = "prob",
-                internal_batch_size: int | None = None):
+@uni_lab.explainer("kernel_shap", random=True)
+def kernel_shap(model, x, target, seeds=None, *, n_samples: AtLeastTwo = 200, n_segments: AtLeastTwo = 50,
+                compactness: Positive = 10.0, baseline="black", output: Literal[OUTPUTS] = "prob",
+                internal_batch_size: BatchSize = None):
     """KernelSHAP (Lundberg & Lee 2017) via Captum on SLIC superpixels: Shapley-kernel least squares on seeded coalitions."""
     from captum.attr import KernelShap
 

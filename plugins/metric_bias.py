@@ -14,10 +14,14 @@ Each is computed over the pixels of one image:
 """
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
+from annotated_types import Interval
 
 import uni_lab
+from uni_lab.contracts import NonNegative
 
 from .metric_robustness import pearson_rows
 
@@ -45,7 +49,8 @@ def high_frequency_share(maps: torch.Tensor, cutoff: float) -> torch.Tensor:
 
 
 @uni_lab.metric("bias")
-def bias(x, attribution, explanation=None, *, smooth_quantile: float = 0.5, high_frequency: float = 0.25):
+def bias(x, attribution, explanation=None, *, smooth_quantile: Annotated[float, Interval(ge=0, le=1)] = 0.5,
+         high_frequency: NonNegative = 0.25):
     """Colour, intensity, texture and frequency bias of a map (the paper's Fig. 5 measures)."""
     a = attribution.abs().flatten(1)
     if explanation is not None and explanation.baseline is not None:

@@ -9,12 +9,16 @@
 """
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import numpy as np
 import torch
 import xarray as xr
+from annotated_types import Ge, Interval
 
 import uni_lab
-from uni_lab.engine import scores
+from uni_lab.contracts import Count, NonNegative
+from uni_lab.engine import OUTPUTS, scores
 from uni_lab.errors import InputError
 from uni_lab.fastview import fast_view
 from uni_lab.ops import gaussian_blur
@@ -61,8 +65,9 @@ def cells_to_pixels(cells: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 
 @uni_lab.metric("mufidelity")
-def mufidelity(model, x, target, attribution, seeds=None, *, n_subsets: int = 128, grid: int = 9,
-               fraction: float = 0.2, output: str = "prob", internal_batch_size: int = 64):
+def mufidelity(model, x, target, attribution, seeds=None, *, n_subsets: Annotated[int, Ge(2)] = 128, grid: Count = 9,
+               fraction: Annotated[float, Interval(gt=0, lt=1)] = 0.2, output: Literal[OUTPUTS] = "prob",
+               internal_batch_size: Count = 64):
     """MuFidelity (Bhatt et al. 2020): correlation of subset attribution sums with output drops."""
     n, _, h, w = x.shape
     masks = cells_to_pixels(cell_subsets(n, seeds, n_subsets=n_subsets, grid=grid, fraction=fraction), h, w).to(x.device)
@@ -104,12 +109,13 @@ def _curve_array(curve: torch.Tensor, fractions: np.ndarray) -> xr.DataArray:
 
 
 def _check_steps(n_steps: int, h: int, w: int):
+    """The upper bound is the image's pixel count, known only with the input (>= 1 is declared)."""
     if not 1 <= n_steps <= h * w:
         raise InputError(f"deletion/insertion need 1 <= n_steps <= {h * w} (pixels), got {n_steps}.")
 
 
 @uni_lab.metric("deletion")
-def deletion(model, x, target, attribution, *, n_steps: int = 32, internal_batch_size: int = 64):
+def deletion(model, x, target, attribution, *, n_steps: Count = 32, internal_batch_size: Count = 64):
     """Deletion AUC (Petsiuk et al. 2018): most important pixels set to black first; lower is better."""
     _check_steps(n_steps, *x.shape[2:])
     curve, fr = replacement_curve(model, x, torch.zeros_like(x), pixel_order(attribution), target, n_steps,
@@ -118,8 +124,8 @@ def deletion(model, x, target, attribution, *, n_steps: int = 32, internal_batch
 
 
 @uni_lab.metric("insertion")
-def insertion(model, x, target, attribution, *, n_steps: int = 32, blur_sigma: float = 5.0,
-              internal_batch_size: int = 64):
+def insertion(model, x, target, attribution, *, n_steps: Count = 32, blur_sigma: NonNegative = 5.0,
+              internal_batch_size: Count = 64):
     """Insertion AUC (Petsiuk et al. 2018): most important pixels inserted into a blurred image first; higher is better."""
     _check_steps(n_steps, *x.shape[2:])
     # Petsiuk et al. blur with σ = 5 px in an 11-tap kernel; ours keeps σ and truncates at 3σ instead.

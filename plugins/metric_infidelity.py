@@ -9,23 +9,23 @@ a value never depends on the batch. Forward passes run through the model's fast 
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
 import uni_lab
-from uni_lab.errors import InputError
+from uni_lab.contracts import Count, Positive
+from uni_lab.engine import OUTPUTS
 from uni_lab.fastview import fast_view
 
 
 @uni_lab.metric("infidelity")
-def infidelity(model, x, target, attribution, seeds=None, *, n_samples: int = 64, sigma: float = 0.1,
-               normalize: bool = True, output: str = "prob", internal_batch_size: int = 64):
+def infidelity(model, x, target, attribution, seeds=None, *, n_samples: Count = 64, sigma: Positive = 0.1,
+               normalize: bool = True, output: Literal[OUTPUTS] = "prob", internal_batch_size: Count = 64):
     """Infidelity (Yeh et al. 2019) via Captum: squared error between Iᵀ Φ and the output drop under N(0, σ²) noise I; lower is better."""
     from captum.metrics import infidelity as captum_infidelity
 
     from uni_lab.captum import Scores, image_seeds, seeded
-
-    if int(n_samples) < 1 or sigma <= 0:
-        raise InputError(f"infidelity needs n_samples >= 1 and sigma > 0, got {n_samples} and {sigma}.")
 
     def perturb(inputs):
         noise = torch.randn_like(inputs) * float(sigma)

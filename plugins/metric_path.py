@@ -5,12 +5,16 @@ Guided Backprop) get NaN, which is the honest answer rather than a number of ano
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import torch
 import xarray as xr
 
 import uni_lab
-from uni_lab.engine import completeness_error as relative_error, evaluate
+from uni_lab.contracts import Count, NonNegative
+from uni_lab.engine import OUTPUTS, completeness_error as relative_error, evaluate
+from uni_lab.errors import InputError
 from uni_lab.summary import monotone_fraction
 
 from .metric_faithfulness import class_scores
@@ -30,7 +34,7 @@ def _score_trace(explanation, output: str) -> np.ndarray | None:
 
 
 @uni_lab.metric("monotonicity")
-def monotonicity(x, explanation, *, output: str = "prob"):
+def monotonicity(x, explanation, *, output: Literal[OUTPUTS] = "prob"):
     """Share of path steps where F_c does not fall, and conformance: min F_c at α=0, max at α=1 (Akhtar & Jalwana 2023).
 
     ``spearman`` is the paper's own measure (its Table 1): the Spearman correlation of α_k with
@@ -53,8 +57,8 @@ def monotonicity(x, explanation, *, output: str = "prob"):
 
 
 @uni_lab.metric("curvature")
-def curvature(model, x, target, explanation, *, output: str = "prob", tolerance: float = 1e-3,
-              internal_batch_size: int = 64):
+def curvature(model, x, target, explanation, *, output: Literal[OUTPUTS] = "prob", tolerance: NonNegative = 1e-3,
+              internal_batch_size: Count = 64):
     """Mean |second difference| of F_c along the path, and mean cosine of consecutive path gradients."""
     n = x.shape[0]
     f = _score_trace(explanation, output)
@@ -92,7 +96,7 @@ def _straight_path_cosine(model, x, target, explanation, i, ok, output, toleranc
 
 
 @uni_lab.metric("completeness_error")
-def completeness_error(model, x, target, attribution, explanation, *, output: str = "prob"):
+def completeness_error(model, x, target, attribution, explanation, *, output: Literal[OUTPUTS] = "prob"):
     """|Σ A − (F_c(x) − F_c(x'))| / |F_c(x) − F_c(x')|, with F_c re-evaluated at x and at the stored baseline."""
     if explanation is None or explanation.baseline is None:
         return {"recomputed": _nan(x.shape[0])}
@@ -101,8 +105,19 @@ def completeness_error(model, x, target, attribution, explanation, *, output: st
     return {"recomputed": relative_error(attribution.double(), f[:n] - f[n:])}
 
 
-@uni_lab.metric("riemann_stability")
-def riemann_stability(model, x, target, explain, seeds=None, *, steps=STABILITY_STEPS, reference_steps: int = 256):
+def _check_steps(*, steps=STABILITY_STEPS, **_) -> None:
+    """A list, which the annotations do not reach: each entry a step count."""
+    try:
+        ok = len(steps) > 0 and all(int(b) == b and b >= 1 and not isinstance(b, bool) for b in steps)
+    except TypeError:
+        ok = False
+    if not ok:
+        raise InputError(f"riemann_stability.steps must be a non-empty list of step counts >= 1, got {steps!r}; "
+                         f"e.g. --set riemann_stability.steps=[1,2,4,8].")
+
+
+@uni_lab.metric("riemann_stability", check=_check_steps)
+def riemann_stability(model, x, target, explain, seeds=None, *, steps=STABILITY_STEPS, reference_steps: Count = 256):
     """Spearman correlation and relative L2 error of A at B steps against A at B = 256 (the paper's Figs. 6-7)."""
     steps = [int(b) for b in steps]
     n = x.shape[0]

@@ -20,11 +20,14 @@ maintained implementation is inside Quantus, a test-only dependency (tests compa
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import torch
 import xarray as xr
 
 import uni_lab
+from uni_lab.contracts import Count, NonNegative
 from uni_lab.errors import InputError
 from uni_lab.seeding import derived_seeds, draw
 
@@ -75,14 +78,22 @@ def _ranks(attribution: torch.Tensor) -> torch.Tensor:
     return rank  # rank[i, p]: 0 for the most important pixel
 
 
-@uni_lab.metric("road")
-def road(model, x, target, attribution, seeds=None, *, fractions=FRACTIONS, order: str = "morf", noise: float = 0.01,
-         internal_batch_size: int = 64):
+def _check_fractions(*, fractions=FRACTIONS, **_) -> None:
+    """A list, which the annotations do not reach: each entry a fraction of the pixels strictly inside (0, 1)."""
+    try:
+        ok = len(fractions) > 0 and all(not isinstance(f, bool) and 0 < float(f) < 1 for f in fractions)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise InputError(f"road.fractions must be a non-empty list of fractions in (0, 1), got {fractions!r}; "
+                         "e.g. --set road.fractions=[0.1,0.5,0.9].")
+
+
+@uni_lab.metric("road", check=_check_fractions)
+def road(model, x, target, attribution, seeds=None, *, fractions=FRACTIONS, order: Literal["morf", "lerf"] = "morf",
+         noise: NonNegative = 0.01, internal_batch_size: Count = 64):
     """ROAD (Rong et al. 2022): F_c as the top-ranked pixels are removed by noisy linear imputation; MoRF, lower is better."""
     fractions = [float(f) for f in fractions]
-    if order not in ("morf", "lerf") or not fractions or not all(0 < f < 1 for f in fractions) or noise < 0:
-        raise InputError(f"road needs order 'morf' or 'lerf', fractions in (0, 1) and noise >= 0, got '{order}', "
-                         f"{fractions} and {noise}.")
     n, c, h, w = x.shape
     rank = _ranks(attribution if order == "morf" else -attribution).view(n, h, w).cpu().numpy()
     images = x.detach().double().cpu().numpy()
@@ -107,13 +118,12 @@ def road(model, x, target, attribution, seeds=None, *, fractions=FRACTIONS, orde
 
 
 @uni_lab.metric("pixel_flipping")
-def pixel_flipping(model, x, target, attribution, seeds=None, *, n_steps: int = 32, replacement: str = "uniform",
-                   internal_batch_size: int = 64):
+def pixel_flipping(model, x, target, attribution, seeds=None, *, n_steps: Count = 32,
+                   replacement: Literal["uniform", "black"] = "uniform", internal_batch_size: Count = 64):
     """Pixel flipping (Bach et al. 2015; Samek et al. 2017): F_c as top-ranked pixels are replaced by noise; area, lower is better."""
     h, w = x.shape[2:]
-    if replacement not in ("uniform", "black") or not 1 <= int(n_steps) <= h * w:
-        raise InputError(f"pixel_flipping needs replacement 'uniform' or 'black' and 1 <= n_steps <= {h * w}, got "
-                         f"'{replacement}' and {n_steps}.")
+    if int(n_steps) > h * w:  # the bound is the image's pixel count, known only here (>= 1 is declared)
+        raise InputError(f"pixel_flipping.n_steps must be at most {h * w} (the pixels), got {n_steps}.")
     end = torch.zeros_like(x) if replacement == "black" else draw(x, seeds, "rand", salt=FLIP_SALT)
     curve, fr = replacement_curve(model, x, end, pixel_order(attribution), target, int(n_steps), internal_batch_size)
     return {"pixel_flipping": _area(curve, fr),

@@ -17,6 +17,7 @@ import torch
 import xarray as xr
 
 import uni_lab
+from uni_lab.contracts import Count
 from uni_lab.errors import InputError
 
 from .metric_robustness import pixel_map, spearman_rows
@@ -52,7 +53,7 @@ def randomised_copy(model: torch.nn.Module, layers: list[str], seed: int) -> tor
 
 
 @uni_lab.metric("sanity")
-def sanity(model, x, target, attribution, explain, seeds=None, *, stages: int = 4, seed: int = 0):
+def sanity(model, x, target, attribution, explain, seeds=None, *, stages: Count = 4, seed: int = 0):
     """Cascading parameter randomisation (Adebayo et al. 2018): Spearman of A against A on a progressively random model."""
     layers = parametrised_layers(model)
     counts = cascade_counts(len(layers), int(stages))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 import uni_lab
-from uni_lab.errors import InputError
+from uni_lab.contracts import Count, Positive
 from uni_lab.seeding import derived_seeds, draw
 
 NOISE_SALT = 37
@@ -36,8 +36,6 @@ def perturbation(x: torch.Tensor, seeds, stream: str, sample: int, kind: str, sc
 
 def perturbed_maps(model, x, target, explain, seeds, stream: str, n_samples: int, kind: str, scale: float):
     """Yields ``(δ, Φ(x + δ))`` for ``n_samples`` seeded perturbations, one explanation call each."""
-    if int(n_samples) < 1 or scale <= 0:
-        raise InputError(f"{stream} needs n_samples >= 1 and a positive perturbation size, got {n_samples} and {scale}.")
     for s in range(int(n_samples)):
         delta = perturbation(x, seeds, stream, s, kind, scale)
         yield delta, explain(model, x + delta, target, seeds).attribution.detach()
@@ -53,7 +51,7 @@ def sensitivities(model, x, target, attribution, explain, seeds, n_samples, radi
 
 
 @uni_lab.metric("max_sensitivity")
-def max_sensitivity(model, x, target, attribution, explain, seeds=None, *, n_samples: int = 10, radius: float = 0.02,
+def max_sensitivity(model, x, target, attribution, explain, seeds=None, *, n_samples: Count = 10, radius: Positive = 0.02,
                     normalize: bool = True):
     """Max-sensitivity (Yeh et al. 2019): the largest relative change of the map under U(±r) input noise; lower is better."""
     return {"max_sensitivity": sensitivities(model, x, target, attribution, explain, seeds, n_samples, radius,
@@ -61,7 +59,7 @@ def max_sensitivity(model, x, target, attribution, explain, seeds=None, *, n_sam
 
 
 @uni_lab.metric("avg_sensitivity")
-def avg_sensitivity(model, x, target, attribution, explain, seeds=None, *, n_samples: int = 10, radius: float = 0.02,
+def avg_sensitivity(model, x, target, attribution, explain, seeds=None, *, n_samples: Count = 10, radius: Positive = 0.02,
                     normalize: bool = True):
     """Average sensitivity (Yeh et al. 2019): the mean relative change of the map under U(±r) input noise; lower is better."""
     return {"avg_sensitivity": sensitivities(model, x, target, attribution, explain, seeds, n_samples, radius,
@@ -69,7 +67,7 @@ def avg_sensitivity(model, x, target, attribution, explain, seeds=None, *, n_sam
 
 
 @uni_lab.metric("local_lipschitz")
-def local_lipschitz(model, x, target, attribution, explain, seeds=None, *, n_samples: int = 10, sigma: float = 0.1):
+def local_lipschitz(model, x, target, attribution, explain, seeds=None, *, n_samples: Count = 10, sigma: Positive = 0.1):
     """Local Lipschitz estimate (Alvarez-Melis & Jaakkola 2018): max ‖ΔΦ‖₂/‖δ‖₂ over N(0, σ²) input noise; lower is better."""
     a = attribution.detach().flatten(1).double()
     ratios = [(m.flatten(1).double().to(a) - a).norm(dim=1) / d.flatten(1).double().to(a).norm(dim=1)

@@ -9,18 +9,21 @@ arithmetic and averaging); forward passes run through the model's fast view.
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
 import uni_lab
-from uni_lab.engine import DEFAULT_INTERNAL_BATCH, check_input, resolve_baseline
+from uni_lab.contracts import BatchSize, Count
+from uni_lab.engine import DEFAULT_INTERNAL_BATCH, OUTPUTS, check_input, resolve_baseline
 from uni_lab.errors import InputError
 from uni_lab.explanation import Explanation
 from uni_lab.fastview import fast_view
 
 
 @uni_lab.explainer("occlusion")
-def occlusion(model, x, target, seeds=None, *, window: int | None = None, stride: int | None = None, baseline="black",
-              output: str = "prob", internal_batch_size: int | None = None):
+def occlusion(model, x, target, seeds=None, *, window: Count | None = None, stride: Count | None = None,
+              baseline="black", output: Literal[OUTPUTS] = "prob", internal_batch_size: BatchSize = None):
     """Occlusion (Zeiler & Fergus 2014) via Captum: mean output drop under a sliding baseline window."""
     from captum.attr import Occlusion
 
@@ -30,7 +33,7 @@ def occlusion(model, x, target, seeds=None, *, window: int | None = None, stride
     h, w = x.shape[2:]
     window = max(1, round(min(h, w) / 7)) if window is None else window
     stride = max(1, int(window) // 2) if stride is None else stride
-    if not (1 <= int(stride) <= int(window) <= min(h, w)):
+    if not (1 <= int(stride) <= int(window) <= min(h, w)):  # the image side bounds them, and the defaults need it
         raise InputError(f"occlusion needs 1 <= stride <= window <= {min(h, w)} (the image side), got window={window}, "
                          f"stride={stride}; e.g. --set occlusion.window=16 --set occlusion.stride=8.")
     xb = resolve_baseline(baseline, x, model, target, seeds)

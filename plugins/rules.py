@@ -38,6 +38,7 @@ import copy
 import itertools
 import warnings
 from collections import Counter
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +46,8 @@ from torch import nn
 
 import uni_lab
 from uni_lab.accel import probe_forward
-from uni_lab.engine import (DEFAULT_INTERNAL_BATCH, check_input, check_output, completeness_error,
+from uni_lab.contracts import BatchSize
+from uni_lab.engine import (DEFAULT_INTERNAL_BATCH, OUTPUTS, check_input, completeness_error,
                             resolve_baseline, scores)
 from uni_lab.errors import InputError
 from uni_lab.explanation import Explanation
@@ -184,12 +186,11 @@ def _chunks(n: int, size: int):
 
 
 @uni_lab.explainer("guided_backprop")
-def guided_backprop(model, x, target, seeds=None, *, unsupported: str = "error", output: str = "prob",
-                    internal_batch_size: int | None = None):
+def guided_backprop(model, x, target, seeds=None, *, unsupported: Literal[UNSUPPORTED] = "error",
+                    output: Literal[OUTPUTS] = "prob", internal_batch_size: BatchSize = None):
     """Guided Backprop (Springenberg et al. 2014) via Captum's guided rule on ReLU and ReLU6."""
     from captum.attr import GuidedBackprop
 
-    check_output(output)
     check_input(x)
     net = rule_model(model, x, "guided_backprop", output == "prob", unsupported)
     gbp = GuidedBackprop(net)
@@ -200,12 +201,11 @@ def guided_backprop(model, x, target, seeds=None, *, unsupported: str = "error",
 
 
 @uni_lab.explainer("deeplift")
-def deeplift(model, x, target, seeds=None, *, baseline="black", unsupported: str = "error", output: str = "prob",
-             internal_batch_size: int | None = None):
+def deeplift(model, x, target, seeds=None, *, baseline="black", unsupported: Literal[UNSUPPORTED] = "error",
+             output: Literal[OUTPUTS] = "prob", internal_batch_size: BatchSize = None):
     """DeepLIFT, rescale rule (Shrikumar et al. 2017) via Captum, from a reference image (default black)."""
     from captum.attr import DeepLift
 
-    check_output(output)
     check_input(x)
     xb = resolve_baseline(baseline, x, model, target, seeds)
     net = rule_model(model, x, "deeplift", output == "prob", unsupported)

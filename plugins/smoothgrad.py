@@ -12,11 +12,13 @@ maps explain, ``(1/n) Σ_s (F_c(x + ε_s) − F_c(x'_s))``: the mean of complete
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
 import uni_lab
-from uni_lab.engine import check_input, check_output, completeness_error
-from uni_lab.errors import InputError
+from uni_lab.contracts import Count, NonNegative
+from uni_lab.engine import OUTPUTS, check_input, completeness_error
 from uni_lab.explanation import Explanation
 from uni_lab.seeding import derived_seeds, draw
 
@@ -38,14 +40,11 @@ def noise(x: torch.Tensor, seeds, samples: int, noise_level: float) -> torch.Ten
     return eps * sigma.view(1, -1, 1, 1, 1)
 
 
-@uni_lab.explainer("smoothgrad")
-def smoothgrad(model, x, target, seeds=None, *, inner="saliency", samples: int = 50, noise_level: float = 0.15,
-               output: str = "prob"):
+@uni_lab.explainer("smoothgrad", random=True)
+def smoothgrad(model, x, target, seeds=None, *, inner="saliency", samples: Count = 50,
+               noise_level: NonNegative = 0.15, output: Literal[OUTPUTS] = "prob"):
     """SmoothGrad noise tunnel: the mean of an inner method's maps over n noisy copies of the input."""
-    check_output(output)
     check_input(x)
-    if int(samples) < 1 or noise_level < 0:
-        raise InputError(f"smoothgrad needs samples >= 1 and noise_level >= 0, got {samples} and {noise_level}.")
     if isinstance(inner, str):
         from uni_lab.methods import resolve
 

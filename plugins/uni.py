@@ -11,14 +11,18 @@
 from __future__ import annotations
 
 import copy
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge
 from torch.func import functional_call, grad, vmap
 
 import uni_lab
 from uni_lab.accel import activation_bytes, fit_batch
+from uni_lab.contracts import BatchSize, Count, NonNegative, Positive
 from uni_lab.defaults import DEFAULT_STEPS
+from uni_lab.engine import OUTPUTS
 from uni_lab.errors import InputError
 from uni_lab.fastview import fast_view
 from uni_lab.persample import dense, per_image_forward, per_sample_grads
@@ -177,15 +181,11 @@ def restart_seeds(seeds, r: int):
     return repeat_seeds(seeds, "uni:restart", r)
 
 
-def _check_uni_baseline(*, eta=1.0, eps=0.025, pgd_steps=10, step_size=0.005, norm="l2", start="zero",
-                        step_rule="auto", kl_tol=0.0, unlearn_chunk=None) -> None:
-    _check_uni_params(norm, eps, step_size, pgd_steps, unlearn_chunk, start, step_rule, kl_tol)
-
-
-@uni_lab.baseline("uni", check=_check_uni_baseline)
-def uni_baseline(x, model, target, seeds=None, *, eta: float = 1.0, eps: float = 0.025, pgd_steps: int = 10,
-                 step_size: float = 0.005, norm: str = "l2", start: str = "zero", step_rule: str = "auto",
-                 kl_tol: float = 0.0, unlearn_chunk: int | None = None):
+@uni_lab.baseline("uni", random=lambda p: p["start"] == "uniform")
+def uni_baseline(x, model, target, seeds=None, *, eta: float = 1.0, eps: Positive = 0.025,
+                 pgd_steps: Annotated[int, Ge(0)] = 10, step_size: Positive = 0.005, norm: Literal[NORMS] = "l2",
+                 start: Literal[STARTS] = "zero", step_rule: Literal[STEP_RULES] = "auto", kl_tol: NonNegative = 0.0,
+                 unlearn_chunk: Count | None = None):
     """Unlearned baseline: one unlearning step in weight space, then PGD activation matching in the ε-ball.
 
     The defaults (L2 ball of RMS radius 0.025, normalised-gradient steps of RMS 0.005, from
@@ -193,7 +193,6 @@ def uni_baseline(x, model, target, seeds=None, *, eta: float = 1.0, eps: float =
     ``figures/fig_uni_ablation.py``; the first default (``norm="linf", start="uniform",
     eps=0.05, step_size=0.01``) stays reachable by these parameters.
     """
-    _check_uni_params(norm, eps, step_size, pgd_steps, unlearn_chunk, start, step_rule, kl_tol)
     target_lp = unlearned_log_probs(model, x, target, eta, chunk=unlearn_chunk)
     return match_activations(model, x, target_lp, seeds, eps=eps, steps=pgd_steps, step_size=step_size, norm=norm,
                              start=start, step_rule=step_rule, kl_tol=kl_tol)
@@ -241,16 +240,10 @@ def _check_uni_params(norm, eps, step_size, pgd_steps, unlearn_chunk, start="uni
         raise InputError("uni.unlearn_chunk must be a positive number of images, or None to fit the memory budget.")
 
 
-def _check_uni(*, restarts=1, **_):
-    if int(restarts) < 1:
-        raise InputError(f"uni.restarts must be a positive number of PGD starts, got {restarts}.")
-
-
-@uni_lab.explainer("uni", check=_check_uni)
-def uni(model, x, target, seeds=None, *, baseline="uni", path="straight", steps: int = DEFAULT_STEPS, restarts: int = 1,
-        output: str = "prob", internal_batch_size: int | None = None):
+@uni_lab.explainer("uni")
+def uni(model, x, target, seeds=None, *, baseline="uni", path="straight", steps: Count = DEFAULT_STEPS,
+        restarts: Count = 1, output: Literal[OUTPUTS] = "prob", internal_batch_size: BatchSize = None):
     """UNI: Integrated Gradients from the unlearned baseline, averaged over `restarts` seeded PGD starts."""
-    _check_uni(restarts=restarts)
     n = x.shape[0]
     parts = []
     for r in range(int(restarts)):

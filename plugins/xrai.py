@@ -13,12 +13,15 @@ The inner method's baseline and trace are not XRAI's and are not kept.
 """
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import numpy as np
 import torch
+from annotated_types import Interval
 
 import uni_lab
-from uni_lab.engine import check_input, check_output
-from uni_lab.errors import InputError
+from uni_lab.contracts import Count
+from uni_lab.engine import OUTPUTS, check_input
 from uni_lab.explanation import Explanation
 
 ALGORITHMS = ("full", "fast")
@@ -39,14 +42,11 @@ def xrai_map(image: np.ndarray, attribution: np.ndarray, algorithm: str = "full"
 
 
 @uni_lab.explainer("xrai")
-def xrai(model, x, target, seeds=None, *, inner="ig:black", algorithm: str = "full", area_threshold: float = 1.0,
-         min_pixel_diff: int = 50, output: str = "prob"):
+def xrai(model, x, target, seeds=None, *, inner="ig:black", algorithm: Literal[ALGORITHMS] = "full",
+         area_threshold: Annotated[float, Interval(gt=0, le=1)] = 1.0, min_pixel_diff: Count = 50,
+         output: Literal[OUTPUTS] = "prob"):
     """XRAI (Kapishnikov et al. 2019) via PAIR's saliency: region ranking of any method's map (xrai(ig:black), xrai(uni))."""
-    check_output(output)
     check_input(x)
-    if algorithm not in ALGORITHMS or not 0 < area_threshold <= 1 or int(min_pixel_diff) < 1:
-        raise InputError(f"xrai needs algorithm in {ALGORITHMS}, 0 < area_threshold <= 1 and min_pixel_diff >= 1, got "
-                         f"'{algorithm}', {area_threshold} and {min_pixel_diff}.")
     if isinstance(inner, str):
         from uni_lab.methods import resolve
 

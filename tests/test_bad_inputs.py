@@ -174,7 +174,7 @@ CASES = [
     Case("--set float parameter given text", good_then("--methods", "uni", "--set", "uni.eps=abc"),
          r"uni\.eps must be a float, got 'abc'"),
     Case("--set NaN", good_then("--methods", "uni", "--set", "uni.eps=nan"), r"uni\.eps must be a float, got 'nan'"),
-    Case("--set value out of range", good_then("--methods", "uni", "--set", "uni.eps=-1"), r"uni needs eps > 0"),
+    Case("--set value out of range", good_then("--methods", "uni", "--set", "uni.eps=-1"), r"uni\.eps must be > 0, got -1"),
     Case("--set choice not offered", good_then("--set", "ig.rule=mid"), r"rule must be one of \('right', 'left'\)"),
     Case("unknown metric", good_then("--metrics", "nosuchmetric"), r"unknown metric 'nosuchmetric'\. Available metrics:"),
     Case("metric parameter of the wrong type", good_then("--metrics", "deletion", "--set", "deletion.n_steps=many"),

@@ -156,9 +156,9 @@ def test_left_rule_ig_on_a_linear_model_is_the_closed_form():
     ("ig", {"rule": "middle"}, "rule must be one of"),
     ("guided_ig", {"rule": "trapezoid"}, "rule must be one of"),
     ("blur_ig", {"rule": "Left"}, "rule must be one of"),
-    ("blur_ig", {"blur": "zeros4"}, "blur_ig needs blur in"),
-    ("blur_ig", {"derivative": "central"}, "derivative in"),
-    ("blur_ig", {"grad_step": 0.0}, "grad_step > 0"),
+    ("blur_ig", {"blur": "zeros4"}, r"blur_ig\.blur must be one of \('reflect3', 'pair'\)"),
+    ("blur_ig", {"derivative": "central"}, "derivative must be one of"),
+    ("blur_ig", {"grad_step": 0.0}, "grad_step must be > 0"),
 ])
 def test_bad_rule_and_blur_settings_are_one_clear_line(method, params, message):
     model = uni_lab.wrap(nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 2)), mean=(0.0,) * 3, std=(1.0,) * 3,

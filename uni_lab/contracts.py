@@ -8,16 +8,30 @@ How each kind is called (this is what :mod:`uni_lab.registry` and the engine do)
   are left out, so a baseline without ``seeds`` is fine);
 - then the user's parameters, by keyword: every other parameter must be keyword-passable and
   should have a default (one without is required from ``--set``).
+
+A user parameter declares what it accepts in its annotation, checked before anything is computed
+(:meth:`uni_lab.registry.Plugin.validate`): ``int``, ``float | None``, ``Literal["a", "b"]``, and
+ranges as ``Annotated[float, Gt(0)]`` with ``annotated_types``' markers; the aliases below name
+the common ones.
 """
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Annotated, Protocol, runtime_checkable
+
+from annotated_types import Ge, Gt
 
 from .errors import PluginError
 
 if TYPE_CHECKING:  # the annotations only: registering a plugin must not import torch
     import torch
+
+
+# Parameter declarations most plugins share.
+Count = Annotated[int, Ge(1)]  # steps, samples, images: at least one
+Positive = Annotated[float, Gt(0)]  # a radius, a σ, a step size
+NonNegative = Annotated[float, Ge(0)]  # a noise level or tolerance where 0 turns it off
+BatchSize = Annotated[int, Ge(1)] | None  # None: sized to the memory budget
 
 
 @runtime_checkable

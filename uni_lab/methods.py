@@ -21,8 +21,6 @@ from .registry import Plugin, get, registry
 
 # Parameters that change speed or memory, not results: never part of a run's identity.
 NON_SEMANTIC = {"internal_batch_size", "unlearn_chunk"}
-# Built-ins whose maps depend on the seed (UNI only with its uniform PGD start).
-RANDOM_PARTS = {"explainer": {"smoothgrad", "lime", "kernel_shap", "gradient_shap"}, "baseline": {"uniform", "gaussian"}}
 _SPEC = re.compile(r"^\s*([A-Za-z_][\w.\-]*)\s*(?::\s*([A-Za-z_][\w.\-]*)\s*)?(?:\((.*)\))?\s*$")
 
 
@@ -110,16 +108,11 @@ class Method:
         return self.explainer(model, x, target, seeds=seeds, **kwargs)
 
     def has_random_part(self) -> bool:
-        """Whether the map depends on the seed: a random baseline, a random PGD start, a noise
-        tunnel. Known by name (:data:`RANDOM_PARTS`); a user plugin with a random part is measured
-        only when asked (``--metrics seed_stability``)."""
-        if self.explainer.name in RANDOM_PARTS["explainer"]:
-            return True
-        if self.baseline is not None and (self.baseline.name in RANDOM_PARTS["baseline"] or (
-                self.baseline.name == "uni" and self.baseline_params.get("start") == "uniform")):
-            return True
-        references = str(self.params.get("baselines", "")).split(",")  # deeplift_shap's reference distribution
-        if any(r.strip() in RANDOM_PARTS["baseline"] for r in references):
+        """Whether the map depends on the seed: a plugin it calls (explainer, baseline, path, inner
+        method) declared ``random`` at registration, for these parameters (a noise tunnel, a random
+        baseline, UNI's uniform PGD start); such methods get ``seed_stability`` in a run."""
+        parts = ((self.explainer, self.params), (self.baseline, self.baseline_params), (self.path, self.path_params))
+        if any(plugin is not None and plugin.is_random(params) for plugin, params in parts):
             return True
         return self.inner is not None and self.inner.has_random_part()
 

@@ -10,6 +10,13 @@ origin is refused, naming both. pluggy is the published contract for third-party
 first lookup; the built-ins in ``plugins/`` arrive that way too) and modules given to
 :meth:`Registry.register_module`, validates their ``@hookimpl`` functions, and their hooks are
 called once into the same table. :meth:`Registry.unregister` takes one plugin out again.
+
+A plugin's parameters are declared once, in its signature, and checked by :meth:`Plugin.validate`
+before anything is computed: the type (``int``, ``float | None``), the choices (``Literal[...]``)
+and the range (``Annotated[int, Ge(1)]``, ``Annotated[float, Interval(gt=0, le=1)]`` with the
+markers of ``annotated_types``). Checks that relate several parameters go in the registration's
+``check=``; checks that need the input (a size up to the image's pixel count) stay in the body.
+Whether the output depends on the seed is declared too: ``@uni_lab.explainer("x", random=True)``.
 """
 from __future__ import annotations
 
@@ -19,23 +26,52 @@ import importlib.metadata
 import inspect
 import math
 import numbers
+import operator
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
+import annotated_types as at
 import numpy as np
 import pluggy
 
 from . import hookspecs
 from .contracts import call_args, check_signature
-from .errors import PluginError
+from .errors import InputError, PluginError
 from .hookspecs import HOOK_OF_KIND, KINDS, hookimpl
 
 # Arguments the caller supplies (uni_lab.contracts); everything else in a signature is a user parameter.
 CALL_ARGS = {kind: call_args(kind) for kind in KINDS}
 REQUIRED = inspect.Parameter.empty
+
+
+@dataclass(frozen=True)
+class Accepts:
+    """What one parameter accepts, read from its annotation: types, ``Literal`` choices, and the
+    ``annotated_types`` bounds (``Ge``, ``Gt``, ``Le``, ``Lt``, ``Interval``) of ``Annotated``."""
+
+    types: tuple = ()  # empty: any type (only the choices or bounds speak)
+    choices: tuple | None = None
+    bounds: tuple = ()
+
+    def problem(self, value) -> tuple[type, str] | None:
+        """``(error class, what it must be)`` when ``value`` is refused, else None."""
+        if self.choices is not None and any(_same_choice(value, c) for c in self.choices):
+            return None
+        if self.types and not _is_instance(value, self.types) or not self.types and self.choices is not None:
+            return (InputError if self.choices is not None else PluginError), self._what()  # a value, or a type
+        if self.bounds and isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
+            if isinstance(value, float) and math.isnan(value) or not all(_within(value, b) for b in self.bounds):
+                return InputError, " and ".join(_bound_text(b) for b in self.bounds)
+        return None
+
+    def _what(self) -> str:
+        parts = [f"one of {tuple(self.choices)!r}"] if self.choices else []
+        names = {float: "a float", int: "an int", bool: "True or False", str: "a string", type(None): "None"}
+        parts += [names.get(t, t.__name__) for t in self.types]
+        return " or ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -48,11 +84,12 @@ class Plugin:
     origin: str
     params: dict = field(default_factory=dict)  # parameter -> default (REQUIRED if none)
     description: str = ""
-    types: dict = field(default_factory=dict)  # parameter -> accepted types (from annotation or default)
-    check: Callable | None = None  # value checks beyond types, run before anything is computed
+    declared: dict = field(default_factory=dict)  # parameter -> Accepts, from its annotation (or default's type)
+    check: Callable | None = None  # checks relating several parameters, run before anything is computed
+    random: bool | Callable = False  # draws random numbers (the map depends on the seed); or params -> bool
 
     def check_params(self, params: dict) -> dict:
-        """Validate user parameters by name and type; unknown ones are an error listing the valid ones."""
+        """Check parameters by name, type, choice and range; an unknown name is an error listing the valid ones."""
         unknown = sorted(set(params) - set(self.params))
         if unknown and not self._takes_var_kwargs():
             valid = ", ".join(sorted(self.params)) or "(none)"
@@ -61,13 +98,17 @@ class Plugin:
                 f"its parameters are: {valid}."
             )
         for key, value in params.items():
-            accepted = self.types.get(key)
-            if accepted and not _is_instance(value, accepted):
-                raise PluginError(f"{self.name}.{key} must be {_describe(accepted)}, got {value!r}.")
+            accepts = self.declared.get(key)
+            problem = accepts.problem(value) if accepts else None
+            if problem:
+                error, what = problem
+                default = self.params.get(key, REQUIRED)
+                hint = "" if default is REQUIRED or default is None else f"; e.g. --set {self.name}.{key}={default!r}"
+                raise error(f"{self.name}.{key} must be {what}, got {value!r}{hint}.")
         return dict(params)
 
     def validate(self, params: dict) -> dict:
-        """Types, then the plugin's own ``check`` on the full parameter set (ranges, choices)."""
+        """Names, types, choices and ranges, then the plugin's own ``check`` on the full parameter set."""
         params = self.check_params(params)
         if self.check is not None:
             self.check(**params)
@@ -78,6 +119,12 @@ class Plugin:
         out = {k: v for k, v in self.params.items() if v is not REQUIRED}
         out.update(self.check_params(params or {}))
         return out
+
+    def is_random(self, params: dict | None = None) -> bool:
+        """Whether its output depends on the seed, with these (validated) parameters over the defaults."""
+        if not callable(self.random):
+            return bool(self.random)
+        return bool(self.random({**{k: v for k, v in self.params.items() if v is not REQUIRED}, **(params or {})}))
 
     def _takes_var_kwargs(self) -> bool:
         sig = _signature(self.obj)
@@ -99,35 +146,69 @@ def _signature(obj) -> inspect.Signature:
     return inspect.signature(obj.__init__ if inspect.isclass(obj) else obj)
 
 
-_SCALARS = {"float": float, "int": int, "bool": bool, "str": str, "None": type(None)}
+_SCALARS = (float, int, bool, str, type(None))
+_BOUNDS = {at.Gt: ("gt", ">", operator.gt), at.Ge: ("ge", ">=", operator.ge), at.Lt: ("lt", "<", operator.lt),
+           at.Le: ("le", "<=", operator.le)}
 
 
-def _accepted_types(annotation, default) -> tuple | None:
-    """The types a parameter accepts, from ``float``, ``int | None``, ``Optional[str]``, ``Literal``
-    annotations (or the default's type when there is none); None where it cannot be told."""
-    if isinstance(annotation, str):  # `from __future__ import annotations` in the plugin's module
-        parts = [a.strip() for a in annotation.split("|")]
-        if all(a in _SCALARS for a in parts):
-            return tuple(_SCALARS[a] for a in parts)
-        return None
+def _within(value, bound) -> bool:
+    attr, _, op = _BOUNDS[type(bound)]
+    return op(value, getattr(bound, attr))
+
+
+def _bound_text(bound) -> str:
+    attr, sign, _ = _BOUNDS[type(bound)]
+    return f"{sign} {getattr(bound, attr)}"
+
+
+def _same_choice(value, choice) -> bool:
+    """``Literal`` membership without Python's ``True == 1`` and ``1.0 == 1``: a choice is matched in kind."""
+    if isinstance(value, (bool, np.bool_)) or isinstance(choice, bool):
+        return type(value) is type(choice) and value == choice
+    if isinstance(choice, numbers.Integral):
+        return isinstance(value, numbers.Integral) and value == choice
+    return type(value) is type(choice) and value == choice
+
+
+def _accepts(annotation, default) -> Accepts | None:
+    """What a parameter accepts, from a resolved annotation (``float``, ``int | None``, ``Literal``,
+    ``Annotated[int, Ge(1)]`` and their unions), or the default's type when there is none; None
+    where it cannot be told (``Callable``, a class of the plugin's own)."""
     if annotation is inspect.Parameter.empty:
-        if default is REQUIRED or default is None or type(default) not in _SCALARS.values():
+        if default is REQUIRED or default is None or type(default) not in _SCALARS:
             return None
-        return (type(default),) if type(default) is not float else (float,)
+        return Accepts((type(default),))
     origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        inner = _accepts(annotation.__origin__, REQUIRED) or Accepts()
+        return replace(inner, bounds=inner.bounds + _bounds(annotation.__metadata__))
     if origin is typing.Literal:
-        return ("literal",) + typing.get_args(annotation)
+        return Accepts(choices=typing.get_args(annotation))
     if origin in (typing.Union, types.UnionType):
-        args = [_accepted_types(a, REQUIRED) for a in typing.get_args(annotation)]
-        return None if any(a is None or a[0] == "literal" for a in args) else sum(args, ())
-    if annotation in _SCALARS.values():
-        return (annotation,)
+        parts = [_accepts(a, REQUIRED) for a in typing.get_args(annotation)]
+        if any(p is None or (not p.types and p.choices is None) for p in parts):
+            return None
+        choices = [c for p in parts for c in (p.choices or ())]
+        return Accepts(sum((p.types for p in parts), ()), tuple(choices) if choices else None,
+                       sum((p.bounds for p in parts), ()))
+    if annotation in _SCALARS:
+        return Accepts((annotation,))
     return None
 
 
+def _bounds(metadata) -> tuple:
+    out = []
+    for m in metadata:
+        if isinstance(m, at.GroupedMetadata):  # Interval(gt=0, le=1) -> Gt(0), Le(1)
+            out += _bounds(tuple(m))
+        elif type(m) in _BOUNDS:
+            out.append(m)
+        elif isinstance(m, at.BaseMetadata):  # declared, but nothing here would check it: refuse, not ignore
+            raise TypeError(f"{m!r} is not checked by uni_lab; use Ge, Gt, Le, Lt or Interval, or a check= hook")
+    return tuple(out)
+
+
 def _is_instance(value, accepted: tuple) -> bool:
-    if accepted[0] == "literal":
-        return value in accepted[1:]
     if isinstance(value, (bool, np.bool_)):  # bool is an int subclass; `eps=True` is a typo, not 1.0
         return bool in accepted
     if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and math.isnan(value):
@@ -139,28 +220,58 @@ def _is_instance(value, accepted: tuple) -> bool:
     return isinstance(value, tuple(t for t in accepted if t not in (int, float)))
 
 
-def _describe(accepted: tuple) -> str:
-    if accepted[0] == "literal":
-        return "one of " + ", ".join(map(repr, accepted[1:]))
-    names = {float: "a float", int: "an int", bool: "True or False", str: "a string", type(None): "None"}
-    return " or ".join(names.get(t, t.__name__) for t in accepted)
+def _hints(label: str, fn, names) -> dict:
+    """The resolved annotations of ``names``: ``typing.get_type_hints``, so the strings of
+    ``from __future__ import annotations`` work; where it fails on a call argument (a type imported
+    for type checkers only), the user parameters one by one, and one of those failing is refused."""
+    try:
+        return typing.get_type_hints(fn, include_extras=True)
+    except Exception:
+        pass
+    raw = getattr(fn, "__annotations__", None) or {}
+    target = getattr(fn, "func", fn)  # a functools.partial
+    globalns = getattr(inspect.unwrap(target), "__globals__", None) or {}
+    out = {}
+    for name in names:
+        if name not in raw:
+            continue
+        try:
+            out[name] = typing.get_type_hints(types.SimpleNamespace(__annotations__={name: raw[name]}),
+                                              globalns=globalns, include_extras=True)[name]
+        except Exception as exc:
+            raise PluginError(f"{label}: the annotation of parameter '{name}' ({raw[name]!r}) cannot be resolved "
+                              f"({exc}); import what it names at the module's top level.") from exc
+    return out
 
 
-def _make_plugin(kind: str, name: str, obj: Callable, origin: str, check: Callable | None = None) -> Plugin:
+def _make_plugin(kind: str, name: str, obj: Callable, origin: str, check: Callable | None = None,
+                 random: bool | Callable | None = None) -> Plugin:
     if not callable(obj):
         raise PluginError(f"{kind} '{name}' from {origin} is not callable (got {type(obj).__name__}).")
     check_signature(kind, name, obj)  # refused here, at registration, not when first called
-    params, types_ = {}, {}
-    for p in _signature(obj).parameters.values():
-        if p.name in ("self",) + CALL_ARGS[kind] or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-            continue
+    user = [p for p in _signature(obj).parameters.values()
+            if p.name not in ("self",) + CALL_ARGS[kind] and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    fn = obj.__init__ if inspect.isclass(obj) else obj
+    hints = _hints(f"{kind} '{name}'", fn if inspect.isroutine(fn) or hasattr(fn, "func") else type(fn).__call__,
+                   [p.name for p in user])
+    params, accepts = {}, {}
+    for p in user:
         params[p.name] = p.default
-        accepted = _accepted_types(p.annotation, p.default)
-        if accepted:
-            types_[p.name] = accepted
+        try:
+            declared = _accepts(hints.get(p.name, p.annotation if not isinstance(p.annotation, str) else
+                                           inspect.Parameter.empty), p.default)
+        except TypeError as exc:
+            raise PluginError(f"{kind} '{name}' parameter '{p.name}': {exc}.") from exc
+        if declared:
+            accepts[p.name] = declared
+            problem = declared.problem(p.default) if p.default is not REQUIRED else None
+            if problem:  # a default its own declaration refuses would fail every run that keeps it
+                raise PluginError(f"{kind} '{name}' from {origin}: the default {p.name}={p.default!r} is not "
+                                  f"{problem[1]}, as its annotation declares.")
     doc = inspect.getdoc(obj) or ""
-    return Plugin(kind, name, obj, origin, params, doc.strip().splitlines()[0] if doc else "", types_,
-                  check or getattr(obj, "uni_lab_check", None))  # the attribute: a raw hookimpl's way to set it
+    return Plugin(kind, name, obj, origin, params, doc.strip().splitlines()[0] if doc else "", accepts,
+                  check or getattr(obj, "uni_lab_check", None),  # the attributes: a raw hookimpl's way to set them
+                  random if random is not None else getattr(obj, "uni_lab_random", False))
 
 
 def _origin(obj) -> str:
@@ -302,10 +413,10 @@ registry = Registry()
 
 
 def _decorator(kind: str):
-    def register(name: str | None = None, *, check: Callable | None = None):
+    def register(name: str | None = None, *, check: Callable | None = None, random: bool | Callable = False):
         def wrap(obj):
             label = name or obj.__name__
-            registry._add([_make_plugin(kind, label, obj, _origin(obj), check)])
+            registry._add([_make_plugin(kind, label, obj, _origin(obj), check, random)])
             return obj
 
         if callable(name):  # bare @uni_lab.baseline
@@ -315,7 +426,10 @@ def _decorator(kind: str):
 
     register.__name__ = kind
     register.__doc__ = (f"Register a {kind} under ``name`` (default: the function's name). ``check``: called with "
-                        "the resolved parameters by name before anything is computed; raise InputError on bad values.")
+                        "the resolved parameters by name before anything is computed; raise InputError on bad values "
+                        "(for what relates several parameters: single ones are declared in the signature). "
+                        "``random``: True if the output depends on the seed, or a function of the resolved "
+                        "parameters telling whether it does.")
     return register
 
 
