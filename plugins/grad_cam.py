@@ -62,6 +62,7 @@ def grad_cam(model, x, target, seeds=None, *, layer: str = "auto", relu: bool = 
 
     from uni_lab.captum import Scores, spread
 
+    uni_lab.models.require_weights(model, "grad_cam", "layers")
     check_input(x)
     if interpolation not in INTERPOLATION:
         raise InputError(f"grad_cam.interpolation must be one of {INTERPOLATION}, got '{interpolation}'.")

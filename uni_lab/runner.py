@@ -133,7 +133,7 @@ def run(models=DEFAULT_MODEL, images=None, methods=DEFAULT_METHODS, *, steps: in
     if len(set(specs)) != len(specs):
         raise InputError(f"a method is listed twice in {specs}.")
 
-    clfs = [_model(m, weights) for m in _as_list(models)]
+    clfs = [create_model(m, weights=weights, seed=seed) if isinstance(m, str) else _model(m, weights) for m in _as_list(models)]
     clfs = [accelerate(c.to(dev), precision, channels_last) for c in clfs]
     names = [c.name for c in clfs]
     if len(set(names)) != len(names):

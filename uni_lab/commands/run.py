@@ -64,7 +64,7 @@ def main(args) -> int:
     # a typo in a metric name must not cost the whole run first; without evaluation flags a metric's
     # --set would change nothing, and the plan of nothing says so
     plan_from_args(args, args.output)
-    models = [m.strip() for m in args.model.split(",") if m.strip()]
+    models = [m.strip() for m in args.model.split(",") if m.strip()] or [args.model]  # "" is named, not a traceback
     methods = [m.strip() for m in split_methods(args.methods)]
     result = run(models=models, images=names(args.images) or None, methods=methods, steps=args.steps, batch_size=args.batch_size,
                  device=args.device, seed=args.seed, out=args.out, sets=args.sets, weights=args.weights,
