@@ -117,6 +117,10 @@ def files(tmp_path_factory):
     (d / "empty.pt").write_bytes(b"")
     (d / "text.pt").write_text("hello, not weights\n")
     (d / "folder.pt").mkdir()
+    from safetensors.torch import save_file
+
+    save_file(state, d / "good.safetensors")
+    (d / "bad.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
     os.mkfifo(d / "fifo.pt")  # opening it would block: it must be refused without reading
     return d
 
@@ -139,7 +143,14 @@ CASES = [  # (--model, --weights relative to the files fixture or None, the one 
     (ARCH, "folder.pt", r"weights file '.*folder\.pt' is a folder"),
     (ARCH, "fifo.pt", r"weights file '.*fifo\.pt' is not a regular file"),
     (ARCH, "missing.pt", r"weights file '.*missing\.pt' does not exist"),
+    (ARCH, "bad.safetensors", r"weights file '.*bad\.safetensors' is not a readable \.safetensors file"),
 ]
+
+
+def test_safetensors_weights_load_like_a_state_dict(files):
+    a = uni_lab.create_model(ARCH, weights=str(files / "good.pt"))
+    b = uni_lab.create_model(ARCH, weights=str(files / "good.safetensors"))
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
 
 
 @pytest.mark.parametrize("model,weights,message", CASES, ids=[f"{m or repr(m)}-{w}" for m, w, _ in CASES])

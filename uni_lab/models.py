@@ -342,14 +342,15 @@ def check_logits(clf: Classifier) -> None:
 
 def create_model(name: str = "efficientnet_lite0", weights: str | None = None, device: str | torch.device = "cpu",
                  num_classes: int | None = None, input_size: Sequence[int] | None = None,
-                 seed: int = 0) -> Classifier:
+                 seed: int | None = 0) -> Classifier:
     """The one door to a model: a registered uni_lab model, or any torchvision/timm architecture.
 
     ``weights`` is a local state-dict path, ``"random"`` for untrained weights (tests,
     smoke runs), or ``None`` for a registered model's embedded weights. Architectures
     without embedded weights need a path: nothing is downloaded. Random weights are drawn
     from ``seed`` (``uni-lab run`` passes its ``--seed``), recorded in :meth:`Classifier.describe`,
-    so the same command builds the same network and ``uni-lab evaluate`` can rebuild it. The
+    so the same command builds the same network and ``uni-lab evaluate`` can rebuild it
+    (``seed=None``: a fresh draw from torch's generator, which no store can rebuild). The
     model is probed once: it must return ``(images, classes)`` logits.
     """
     from .registry import registry
@@ -371,7 +372,7 @@ def create_model(name: str = "efficientnet_lite0", weights: str | None = None, d
             n_out = num_classes or 1000
             clf = Classifier(net, name=name, weights=str(weights),
                              class_names=imagenet_class_names() if n_out == 1000 and not random else None, **cfg)
-    if random:
+    if random and seed is not None:
         clf.seed = int(seed)
     if input_size is not None:
         clf.input_size = tuple(int(s) for s in input_size)
