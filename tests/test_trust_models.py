@@ -143,6 +143,7 @@ CASES = [  # (--model, --weights relative to the files fixture or None, the one 
     (ARCH, "folder.pt", r"weights file '.*folder\.pt' is a folder"),
     (ARCH, "fifo.pt", r"weights file '.*fifo\.pt' is not a regular file"),
     (ARCH, "missing.pt", r"weights file '.*missing\.pt' does not exist"),
+    (ARCH, "", r"the weights path is empty"),
     (ARCH, "bad.safetensors", r"weights file '.*bad\.safetensors' is not a readable \.safetensors file"),
 ]
 
@@ -160,7 +161,7 @@ def test_bad_models_and_weights_are_one_line_before_anything_is_written(model, w
     args = ["run", "--model", model, "--images", str(tmp_path / "i.png"), "--methods", "saliency", "--out",
             str(tmp_path / "s.zarr"), "--no-progress"]
     if weights is not None:
-        args += ["--weights", weights if weights == "random" else str(files / weights)]
+        args += ["--weights", weights if weights in ("random", "") else str(files / weights)]
     capsys.readouterr()
     code = cli.main(args)
     err = capsys.readouterr().err

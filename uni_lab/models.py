@@ -156,6 +156,9 @@ SAVE_HINT = "save the weights alone with torch.save(model.state_dict(), path)"
 def load_state_dict(path: str | os.PathLike) -> dict:
     """Read a local weights file (``torch.save`` of a state dict, or ``.safetensors``) into a state
     dict, with a one-line error naming what the file is instead. Nothing is unpickled but tensors."""
+    if not str(path).strip():  # Path("") is the current folder
+        raise InputError("the weights path is empty; pass --weights PATH to a local state dict (.pth/.pt), or "
+                         "--weights random.")
     path = Path(path)
     what = _not_a_file(path)
     if what:
