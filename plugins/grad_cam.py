@@ -65,6 +65,7 @@ def grad_cam(model, x, target, seeds=None, *, layer: str = "auto", relu: bool = 
 
     from uni_lab.captum import Scores, spread
 
+    uni_lab.models.require_weights(model, "grad_cam", "layers")
     check_input(x)
     shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
     copy_ = copy.deepcopy(model, shared)

@@ -147,6 +147,7 @@ def _replace(root: nn.Module, mapping: dict) -> None:
 
 def rule_model(model: nn.Module, x: torch.Tensor, method: str, prob: bool, unsupported: str = "error") -> RuleNet:
     """A copy of ``model`` (parameters shared, never written) ready for Captum's ``method`` rules."""
+    uni_lab.models.require_weights(model, method, "modules (Captum's rules hook its activations)")
     if unsupported not in UNSUPPORTED:
         raise InputError(f"{method}.unsupported must be one of {UNSUPPORTED}, got '{unsupported}'.")
     shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}

@@ -193,6 +193,7 @@ def uni_baseline(x, model, target, seeds=None, *, eta: float = 1.0, eps: Positiv
     ``figures/fig_uni_ablation.py``; the first default (``norm="linf", start="uniform",
     eps=0.05, step_size=0.01``) stays reachable by these parameters.
     """
+    uni_lab.models.require_weights(model, "uni", "weights (it unlearns them)")
     target_lp = unlearned_log_probs(model, x, target, eta, chunk=unlearn_chunk)
     return match_activations(model, x, target_lp, seeds, eps=eps, steps=pgd_steps, step_size=step_size, norm=norm,
                              start=start, step_rule=step_rule, kl_tol=kl_tol)

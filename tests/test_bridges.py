@@ -93,8 +93,10 @@ def test_quantus_scores_any_uni_lab_method_through_explain_func(setup):
 
     net, x, t = setup
     clf = uni_lab.wrap(net, mean=(0, 0, 0), std=(1, 1, 1))
-    a = explain_func(clf, x.numpy(), t.numpy(), method="ig:black", steps=4)
-    torch.testing.assert_close(torch.from_numpy(a), IG(net).attribute(x, target=t, n_steps=4, output="prob"),
+    a = explain_func(clf, x.numpy(), t.numpy(), method="ig:black", steps=4)  # the raw output, as Quantus scores it
+    torch.testing.assert_close(torch.from_numpy(a), IG(net).attribute(x, target=t, n_steps=4), rtol=1e-5, atol=1e-8)
+    prob = explain_func(clf, x.numpy(), t.numpy(), method="ig:black", steps=4, softmax=True)
+    torch.testing.assert_close(torch.from_numpy(prob), IG(net).attribute(x, target=t, n_steps=4, output="prob"),
                                rtol=1e-5, atol=1e-8)
     scores = quantus.MaxSensitivity(nr_samples=2, disable_warnings=True)(
         model=clf, x_batch=x.numpy(), y_batch=t.numpy(), a_batch=None, explain_func=explain_func,

@@ -94,7 +94,7 @@ def test_sensitivities_match_quantus_through_the_explain_func_bridge(grey, name)
         kwargs["perturb_std"] = 0.1
     metric = getattr(quantus, name)(**kwargs)
     ref = metric(model=model, x_batch=x.numpy(), y_batch=t.numpy(), a_batch=a.numpy(), explain_func=explain_func,
-                 explain_func_kwargs={"method": "saliency"}, device="cpu", batch_size=2)
+                 explain_func_kwargs={"method": "saliency", "output": "prob"}, device="cpu", batch_size=2)
     np.testing.assert_allclose(ours.numpy(), np.asarray(ref, dtype=float), rtol=1e-4)
 
 

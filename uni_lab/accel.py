@@ -156,7 +156,7 @@ class AcceleratedClassifier(Classifier):
     def __init__(self, clf: Classifier, precision: str = "fp32", channels_last: bool = False):
         super().__init__(clf.net, mean=clf.mean.flatten().tolist(), std=clf.std.flatten().tolist(),
                          input_size=clf.input_size, name=clf.name, class_names=clf.class_names,
-                         crop_pct=clf.crop_pct, weights=clf.weights)
+                         crop_pct=clf.crop_pct, weights=clf.weights, seed=clf.seed)
         self.to(clf.mean.device)
         self.precision = check_precision(precision)
         self.channels_last = bool(channels_last)

@@ -87,8 +87,9 @@ class MethodAttribution(GradientAttribution):
     explains ``forward_func(inputs)[:, target]`` as Captum's attribution classes do: the
     function's own input space (no normalisation is added) and its raw output (uni_lab's
     ``output="logit"``; give ``output="prob"`` to explain its softmax instead). ``forward_func``
-    should return logits; methods that change weights (UNI's unlearning) need it to be an
-    ``nn.Module``, whose parameters are never written. ``n_steps`` is the method's ``steps``;
+    should return logits; methods that read or change weights or modules (UNI's unlearning,
+    Guided Backprop, DeepLIFT, Grad-CAM) need the ``nn.Module`` itself and refuse a plain
+    function; its parameters and train/eval flags are never changed. ``n_steps`` is the method's ``steps``;
     other keywords are method parameters (``eps=0.03``) or ``sets`` routes (``{"uni.eps": 0.03}``).
     Random parts are seeded per image from ``seed`` and the image's pixels. Captum's
     ``NoiseTunnel``, ``sensitivity_max`` and ``infidelity`` take it like any attribution class.
@@ -103,20 +104,21 @@ class MethodAttribution(GradientAttribution):
         self.seed, self.sets, self.params = seed, dict(sets or {}), params
         net = forward_func if isinstance(forward_func, nn.Module) else _Function(forward_func)
         self._net = net
+        # the name errors give: the network's class, or the function's own name
+        self._name = type(net).__name__ if net is forward_func else getattr(forward_func, "__name__", "forward_func")
 
     def _classifier(self, x):
         from .models import wrap
 
         c = x.shape[1]
-        return wrap(self._net, mean=(0.0,) * c, std=(1.0,) * c, input_size=tuple(x.shape[2:]), name=self.spec)
+        return wrap(self._net, mean=(0.0,) * c, std=(1.0,) * c, input_size=tuple(x.shape[2:]), name=self._name)
 
     @log_usage()  # NoiseTunnel calls attribute.__wrapped__, as Captum's own classes provide
     def attribute(self, inputs, target=None, n_steps: int | None = None, additional_forward_args=None,
                   internal_batch_size: int | None = None, **params):
         """Attributions shaped like ``inputs`` (a tensor, or a 1-tuple of one, as given)."""
         from .errors import InputError
-        from .methods import explain
-        from .seeding import content_seeds
+        from .models import restoring_modes
 
         if additional_forward_args is not None:
             raise InputError(f"{type(self).__name__}: additional_forward_args are not supported; close over them in "
@@ -125,6 +127,14 @@ class MethodAttribution(GradientAttribution):
         if is_tuple and len(inputs) != 1:
             raise InputError(f"{type(self).__name__} explains one input tensor, got a tuple of {len(inputs)}.")
         x = inputs[0] if is_tuple else inputs
+        with restoring_modes(self._net):  # wrapping sets eval mode; the caller's flags come back
+            a = self._attribute(x, target, n_steps, internal_batch_size, params)
+        return (a,) if is_tuple else a
+
+    def _attribute(self, x, target, n_steps, internal_batch_size, params):
+        from .methods import explain
+        from .seeding import content_seeds
+
         clf = self._classifier(x)
         if target is None:
             with torch.no_grad():
@@ -139,8 +149,7 @@ class MethodAttribution(GradientAttribution):
             kwargs["internal_batch_size"] = int(internal_batch_size)
         seeds = None if self.seed is None else content_seeds(x, int(self.seed))
         with torch.enable_grad():  # Captum's wrappers may call under no_grad; gradients are w.r.t. the input only
-            a = explain(self.spec, clf, x.detach(), target=target, seeds=seeds, sets=self.sets, **kwargs).attribution
-        return (a,) if is_tuple else a
+            return explain(self.spec, clf, x.detach(), target=target, seeds=seeds, sets=self.sets, **kwargs).attribution
 
     def has_convergence_delta(self) -> bool:
         return False

@@ -21,7 +21,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def _commas(text: str) -> list[str]:
-    return [v.strip() for v in text.split(",") if v.strip()]
+    return [v.strip() for v in text.split(",") if v.strip()] or [text]  # `--model ""` is named, not dropped
 
 
 def _methods(text: str) -> list[str]:

@@ -91,9 +91,12 @@ def load_model(name: str, described: dict, given: dict) -> Classifier:
         return given[name]
     weights = described.get("weights")
     fix = f"pass it in: uni_lab.evaluate(store, models=[classifier]) with classifier.name == '{name}'."
-    if weights == "random":
-        raise StoreError(f"model '{name}' in this store has random weights, which cannot be rebuilt; {fix}")
-    if weights and Path(weights).is_file():
+    if weights == "random" and "seed" in described:  # drawn from the run's seed: rebuilt, then verified
+        clf = create_model(name, weights="random", seed=described["seed"])
+    elif weights == "random":
+        raise StoreError(f"model '{name}' in this store has random weights of an unrecorded draw, which cannot be "
+                         f"rebuilt; {fix}")
+    elif weights and Path(weights).is_file():
         clf = create_model(name, weights=weights)
     elif name in registry.index()["model"]:
         clf = create_model(name)
