@@ -166,8 +166,8 @@ def test_memory_budget_parsing_and_bad_chunk():
     with pytest.raises(InputError, match="not a size"):
         parse_bytes("lots")
     assert fit_batch(10**18, "cpu", cap=8) == 1
-    with pytest.raises(InputError, match="unlearn_chunk"):
-        uni_baseline(torch.rand(1, 3, 16, 16), None, torch.zeros(1, dtype=torch.long), unlearn_chunk=0)
+    with pytest.raises(InputError, match="unlearn_chunk"):  # declared in the signature, refused before any compute
+        uni_lab.get("baseline", "uni").validate({"unlearn_chunk": 0})
 
 
 def test_unlearning_never_writes_the_model(bn_model, tiny_batch):

@@ -59,6 +59,7 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     # a warning is one line a user reads, not a source location plus the line of code that raised it
+    formatwarning = warnings.formatwarning
     warnings.formatwarning = lambda message, *_, **__: f"uni-lab {args.command}: warning: {one_line(str(message))}\n"
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
@@ -83,6 +84,7 @@ def main(argv=None) -> int:
         return _unexpected(args, exc)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        warnings.formatwarning = formatwarning  # main() called in-process (tests, notebooks) leaves Python's own
 
 
 def _unexpected(args, exc: BaseException) -> int:
