@@ -200,3 +200,19 @@ def test_unreadable_file_is_named(tmp_path, monkeypatch):
     one_line(exc)
     with pytest.warns(UserWarning, match="skipped 1 bad image files"):
         assert [e.ref for e in list_images([tmp_path / "d"], skip_bad=True)[0]] == [str(good)]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder", "empty"])
+def test_labels_and_synsets_paths_that_are_no_file(tmp_path, kind):
+    from uni_lab.labels import read_labels
+
+    target = {"fifo": tmp_path / "l.fifo", "folder": tmp_path, "empty": ""}[kind]
+    if kind == "fifo":
+        os.mkfifo(target)
+    message = {"fifo": "not a regular file", "folder": "is a folder", "empty": "empty path"}[kind]
+    with pytest.raises(uni_lab.InputError, match=message):  # never opened: a FIFO would block the run forever
+        read_labels(str(target), [], 4, None)
+    good = tmp_path / "ok.csv"
+    good.write_text("a.png,1\n")
+    with pytest.raises(uni_lab.InputError, match=message):
+        read_labels(str(good), [], 4, str(target))

@@ -103,11 +103,21 @@ def _rows(path: Path) -> list[_Row]:
     return out
 
 
+def _check_file(path: Path, what: str, flag: str) -> None:
+    """A readable regular file, or one line saying what it is instead (a FIFO is never opened)."""
+    if not str(path).strip() or str(path) == ".":
+        raise InputError(f"{flag} got an empty path; give the {what} file.")
+    if not path.exists():
+        raise InputError(f"{what} file '{path}' does not exist.")
+    if not path.is_file():
+        kind = "a folder" if path.is_dir() else "not a regular file (a pipe or device?)"
+        raise InputError(f"{what} file '{path}' is {kind}; give the {what} file itself.")
+
+
 def _synset_index(path: str | None) -> dict[str, int]:
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise InputError(f"synsets file '{path}' does not exist.")
+        _check_file(p, "synsets", "--synsets")
         names = [line.split()[0] for line in p.read_text().splitlines() if line.strip()]
         bad = [s for s in names if not SYNSET.match(s)]
         if bad:
@@ -169,8 +179,9 @@ def read_labels(path: str | Path, entries, num_classes: int, synsets: str | None
     ``kind``), refused in one line when an image has no row, rows for one image disagree, or a
     row fits several images."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"labels file '{path}' does not exist.")
+    _check_file(path, "labels", "--labels")
+    if synsets is not None:  # checked whether or not the rows turn out to need it
+        _check_file(Path(synsets), "synsets", "--synsets")
     rows = _rows(path)
     index = None
 
