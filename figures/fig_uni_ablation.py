@@ -117,6 +117,20 @@ def compute_setting(path: Path, name: str, params: dict, model, images, steps: i
         tmp.rename(path)
 
 
+def _remove_own_cache(path: Path) -> None:
+    """Remove a study store this script wrote (its attributes say so); anything else is refused."""
+    import shutil
+
+    try:
+        attrs = json.loads((path / ".zattrs").read_text())
+    except (OSError, ValueError):
+        attrs = None
+    if path.is_symlink() or not isinstance(attrs, dict) or not {"setting", "seeds_compared", "params"} <= set(attrs):
+        raise SystemExit(f"fig_uni_ablation: '{path}' is not a study store this script wrote; move it away "
+                         "or choose another --cache.")
+    shutil.rmtree(path)
+
+
 def compute(args) -> Path:
     import uni_lab
     from uni_lab.data import SKIMAGE_PHOTOS, load_images
@@ -129,8 +143,7 @@ def compute(args) -> Path:
         if path.exists() and not args.recompute:
             continue
         if path.exists():
-            import shutil
-            shutil.rmtree(path)
+            _remove_own_cache(path)
         t0 = time.perf_counter()
         compute_setting(path, name, params, model, images, args.steps)
         print(f"computed {name} in {time.perf_counter() - t0:.0f} s -> {path}", flush=True)
