@@ -10,7 +10,9 @@
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import time
 from typing import Annotated, Literal
 
 import torch
@@ -92,16 +94,25 @@ PARAM_COPIES, ACTIVATION_COPIES = 3, 4
 
 
 # Images unlearned at once at most. Chunks are padded to their size, so a batch of one image
-# pays for this many: small enough for interactive calls, a divisor of the default batch (8).
-UNLEARN_CAP = 4
+# pays for this many; a divisor of the default batches (8, and the bench's 16).
+UNLEARN_CAP = 16
+# Activation bytes a chunk is sized to hold. Per-op overhead dominates small chunks of small
+# images (Lite0 at 64², 16 images: 9 floor passes in chunks of 4, 4 in one chunk of 16), while
+# at 224² chunks of 4 cost no more than larger ones: a chunk holds about this much work, so the
+# padding a lone image pays for stays about the same time whatever the image size.
+UNLEARN_WORK = {"cpu": 512 * 2**20, "cuda": 16 * 2**30}
 
 
 def unlearn_chunk_size(model, x) -> int:
-    """Images unlearned at once: as many as the plan holds, at most :data:`UNLEARN_CAP`; a
-    function of the model and the image shape, never of the batch."""
+    """Images unlearned at once: about :data:`UNLEARN_WORK` of activations, as many as the plan
+    holds, at most :data:`UNLEARN_CAP`, rounded down to a power of two (it then divides the
+    usual batches, which leaves no padded images); a function of the model, the image shape and
+    the device type, never of the batch."""
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    per_image = PARAM_COPIES * param_bytes + ACTIVATION_COPIES * activation_bytes(model, x[:1])
-    return fit_batch(per_image, x.device, cap=UNLEARN_CAP)
+    act = activation_bytes(model, x[:1])
+    fits = fit_batch(PARAM_COPIES * param_bytes + ACTIVATION_COPIES * act, x.device, cap=UNLEARN_CAP)
+    chunk = max(1, min(fits, UNLEARN_WORK.get(x.device.type, UNLEARN_WORK["cpu"]) // act))
+    return 1 << (chunk.bit_length() - 1)
 
 
 def unlearned_log_probs_reference(model, x, target, eta: float = 1.0) -> torch.Tensor:
@@ -194,9 +205,47 @@ def uni_baseline(x, model, target, seeds=None, *, eta: float = 1.0, eps: Positiv
     eps=0.05, step_size=0.01``) stays reachable by these parameters.
     """
     uni_lab.models.require_weights(model, "uni", "weights (it unlearns them)")
-    target_lp = unlearned_log_probs(model, x, target, eta, chunk=unlearn_chunk)
-    return match_activations(model, x, target_lp, seeds, eps=eps, steps=pgd_steps, step_size=step_size, norm=norm,
-                             start=start, step_rule=step_rule, kl_tol=kl_tol)
+    with _phase("unlearn", x):
+        target_lp = unlearned_log_probs(model, x, target, eta, chunk=unlearn_chunk)
+    with _phase("match", x):
+        return match_activations(model, x, target_lp, seeds, eps=eps, steps=pgd_steps, step_size=step_size,
+                                 norm=norm, start=start, step_rule=step_rule, kl_tol=kl_tol)
+
+
+_CLOCKS: list[dict] = []  # the innermost timed_phases() block's record
+
+
+@contextlib.contextmanager
+def timed_phases():
+    """Inside the block, every UNI baseline adds the seconds of its phases (``unlearn``,
+    ``match``) to the yielded dict: ``uni-lab bench`` splits the very calls it times, so the
+    split and the ratio agree. Devices are synchronised at phase borders only inside it."""
+    record: dict = {}
+    _CLOCKS.append(record)
+    try:
+        yield record
+    finally:
+        _CLOCKS.pop()
+
+
+@contextlib.contextmanager
+def _phase(name: str, x: torch.Tensor):
+    if not _CLOCKS:
+        yield
+        return
+    record = _CLOCKS[-1]
+    _sync(x.device)
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        _sync(x.device)
+        record[name] = record.get(name, 0.0) + time.perf_counter() - t0
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def uni_baseline_reference(x, model, target, seeds=None, *, eta: float = 1.0, eps: float = 0.025,
@@ -221,7 +270,7 @@ def uni_baseline_reference(x, model, target, seeds=None, *, eta: float = 1.0, ep
 
 # What `uni-lab bench` times (the phases, and the naive loop batching replaces), reached through the
 # registered baseline, so the core never imports a plugin's module.
-uni_baseline.phases = {"unlearn": unlearned_log_probs, "match": match_activations}
+uni_baseline.timed_phases = timed_phases
 uni_baseline.reference = uni_baseline_reference
 
 

@@ -150,7 +150,7 @@ def test_chunking_and_memory_budget_do_not_change_results(bn_model, tiny_batch, 
     full = unlearned_log_probs(bn_model, x, target, chunk=4)
     for chunk in (1, 3):
         assert torch.allclose(unlearned_log_probs(bn_model, x, target, chunk=chunk), full, atol=1e-6)
-    assert unlearn_chunk_size(bn_model, x) == 4  # a tiny model fits the default plan whole
+    assert unlearn_chunk_size(bn_model, x) == 16  # a tiny model fits the default plan whole
     monkeypatch.setitem(accel.PLAN_BYTES, "cpu", 1024)
     assert unlearn_chunk_size(bn_model, x) == 1
     assert pass_size(bn_model, x, 64) == 1

@@ -13,7 +13,7 @@ import xarray as xr
 
 import uni_lab
 from uni_lab import cli
-from uni_lab.bench import GOALS, bench, bench_batch, measure
+from uni_lab.bench import GOALS, bench, bench_batch, measure, phase_split
 from uni_lab.errors import InputError, StoreError
 from uni_lab.writer import StoreWriter
 
@@ -55,7 +55,22 @@ def test_bench_on_tiny_model(tiny_model, one_thread, monkeypatch):
     assert res["ig_vs_captum_max_rel_diff"] < 1e-4
     assert res["uni_batched_vs_naive_map_max_rel_diff"] < 1e-3
     assert set(res["uni_phases_s"]) == {"unlearn", "match", "integrate"}
+    # the split comes from the reps that give the ratio, so they agree
+    passes = res["uni_phases_in_floor_passes"]
+    assert all(_finite_positive(v) for v in passes.values()), passes
+    assert sum(passes.values()) == pytest.approx(res["uni_vs_floor"] * (1 + 1 + 2), rel=1e-9)
+    assert "score_and_grad" in res["floor_counts"]
     json.dumps(res)  # JSON-ready as returned
+
+
+def test_phase_split_is_the_median_reps_split():
+    walls = [3.0, 1.0, 2.0, 10.0]
+    splits = [{"unlearn": 1.0, "match": 1.0}, {"unlearn": 0.2, "match": 0.3},
+              {"unlearn": 0.6, "match": 0.4}, {"unlearn": 5.0, "match": 1.0}]
+    got = phase_split(walls, splits)  # the middle two reps: 2.0 and 3.0 s
+    assert got == pytest.approx({"unlearn": 0.8, "match": 0.7, "integrate": 1.0})
+    assert sum(got.values()) == pytest.approx(2.5)
+    assert phase_split(walls[:3], splits[:3]) == pytest.approx({"unlearn": 0.6, "match": 0.4, "integrate": 1.0})
 
 
 def test_bench_cli_json(capsys, one_thread):

@@ -13,6 +13,9 @@ work. Ratios (goals in :data:`GOALS`):
   per-image gradients w.r.t. every parameter plus a forward under per-image weights, and
   the engine also evaluates the baseline point (``B + 1`` points: F_c(x') for completeness
   and the trace). ``uni_vs_floor_incl_baseline_point`` divides by ``2 + T + B`` passes instead.
+  ``uni_phases_s`` splits the very UNI calls that give the ratio (unlearning and matching
+  clocked inside them, integration the rest), so in floor passes the phases sum to
+  ``uni_vs_floor · (1 + T + B)``.
 - ``uni_batched_vs_naive``: per-image UNI (copy the model, unlearn, match and integrate one
   image at a time) / batched UNI, at the bench batch.
 - ``ig_vs_captum``: our IG / Captum's ``IntegratedGradients`` (right Riemann, same steps,
@@ -115,8 +118,9 @@ def _uni_parts():
     from .registry import get
 
     uni = get("baseline", "uni")
-    if not all(hasattr(uni.obj, a) for a in ("phases", "reference")):
-        raise InputError(f"the registered baseline 'uni' ({uni.origin}) exposes no `phases` and `reference` to time; "
+    if not all(hasattr(uni.obj, a) for a in ("timed_phases", "reference")):
+        raise InputError(f"the registered baseline 'uni' ({uni.origin}) exposes no `timed_phases` and `reference` to "
+                         "time; "
                          "`uni-lab bench` times the built-in one.")
     return uni, get("explainer", "ig")
 
@@ -134,28 +138,26 @@ def _naive_uni(clf, x, target, seeds, steps: int, pgd_steps: int):
     return torch.cat(maps), torch.cat(baselines)
 
 
-def _uni_phases(clf, x, target, seeds, steps: int, pgd_steps: int) -> dict:
-    """The batched UNI pipeline phase by phase, each timed (evidence for where UNI's time goes)."""
-    uni, ig = _uni_parts()
-    unlearned_log_probs, match_activations = uni.obj.phases["unlearn"], uni.obj.phases["match"]
-    p = uni.resolved_params({"pgd_steps": pgd_steps})
-    dev = x.device
+def _timed_uni(method, clf, x, target, seeds, splits: list):
+    """The UNI explainer as users call it, with the seconds of its baseline's phases appended to
+    ``splits`` (integration is the rest: :func:`phase_split` takes it from the same rep's wall time)."""
+    uni, _ = _uni_parts()
+    with uni.obj.timed_phases() as phases:
+        res = method(clf, x, target, seeds=seeds)
+    splits.append(dict(phases))
+    return res
+
+
+def phase_split(walls: list[float], splits: list[dict]) -> dict:
+    """UNI's phases in the very reps whose median is its time: the middle rep's split (the mean of
+    the middle two for an even count), integration being the rest of each rep's wall time, so the
+    phases sum to the median exactly."""
+    order = sorted(range(len(walls)), key=walls.__getitem__)
+    mid = order[(len(order) - 1) // 2:len(order) // 2 + 1]
     out = {}
-    _sync(dev)
-    t0 = time.perf_counter()
-    lp = unlearned_log_probs(clf, x, target, p["eta"], chunk=p["unlearn_chunk"])
-    _sync(dev)
-    out["unlearn"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    xb = match_activations(clf, x, lp, seeds, eps=p["eps"], steps=pgd_steps, step_size=p["step_size"], norm=p["norm"],
-                           start=p["start"], step_rule=p["step_rule"],
-                           kl_tol=p["kl_tol"])
-    _sync(dev)
-    out["match"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    ig(clf, x, target, baseline=xb, steps=steps)
-    _sync(dev)
-    out["integrate"] = time.perf_counter() - t0
+    for k in ("unlearn", "match"):
+        out[k] = statistics.fmean(splits[i].get(k, 0.0) for i in mid)
+    out["integrate"] = statistics.fmean(walls[i] for i in mid) - out["unlearn"] - out["match"]
     return out
 
 
@@ -171,6 +173,11 @@ def _floor(clf, x, target, passes: int) -> None:
     view = fast_view(clf, x)  # resolved once, as the engine does per call
     for _ in range(passes):
         score_and_grad(view, x, target)
+
+
+def floor_definition(T: int, B: int, batch: int) -> str:
+    return (f"1+T+B = {1 + T + B} passes, each a forward and input gradient (engine.score_and_grad) through "
+            f"the fast view at batch {batch}")
 
 
 def _max_rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -207,11 +214,11 @@ def bench(model: str | Classifier = DEFAULTS["model"], *, weights: str | None = 
     uni_light, ig_light = _method("uni", 3, 1), _method("ig:black", 3, T)
     view = fast_view(clf, x)  # the graph our passes run: Captum on it isolates the integration loop
     ibs = DEFAULT_INTERNAL_BATCH
+    splits: list[dict] = []
     cases = {
-        "uni": lambda: uni(clf, x, target, seeds=seeds),
+        "uni": lambda: _timed_uni(uni, clf, x, target, seeds, splits),
         "floor": lambda: _floor(clf, x, target, 1 + T + B),
         "uni_naive": lambda: _naive_uni(clf, x, target, seeds, B, T),
-        "uni_phases": lambda: _uni_phases(clf, x, target, seeds, B, T),
         "ig": lambda: ig(clf, x, target, seeds=seeds),
         "captum_ig": lambda: _captum_ig(clf, x, target, B, ibs, delta=False),
         "captum_ig_delta": lambda: _captum_ig(clf, x, target, B, ibs, delta=True),
@@ -222,7 +229,6 @@ def bench(model: str | Classifier = DEFAULTS["model"], *, weights: str | None = 
         "uni": lambda: uni_light(clf, x, target, seeds=seeds),
         "floor": lambda: _floor(clf, x, target, 1),
         "uni_naive": lambda: _naive_uni(clf, x[:2], target[:2], seeds[:2], 3, 1),
-        "uni_phases": lambda: _uni_phases(clf, x, target, seeds, 3, 1),
         "ig": lambda: ig_light(clf, x, target, seeds=seeds),
         "captum_ig": lambda: _captum_ig(clf, x, target, 3, ibs, delta=False),
         "captum_ig_delta": lambda: _captum_ig(clf, x, target, 3, ibs, delta=True),
@@ -234,7 +240,7 @@ def bench(model: str | Classifier = DEFAULTS["model"], *, weights: str | None = 
     cpu = {k: v["cpu"] for k, v in m.items()}
     batched, (naive_maps, naive_baselines) = m["uni"]["result"], m["uni_naive"]["result"]
     ours, theirs = m["ig"]["result"].attribution, m["captum_ig"]["result"]
-    phases = m["uni_phases"]["result"]  # last repetition's split
+    phases = phase_split(m["uni"]["all"], splits)
     pass_s = wall["floor"] / (1 + T + B)
 
     out = {
@@ -244,7 +250,7 @@ def bench(model: str | Classifier = DEFAULTS["model"], *, weights: str | None = 
         "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
         "uni_vs_floor": wall["uni"] / wall["floor"],
         "uni_vs_floor_incl_baseline_point": wall["uni"] / (pass_s * (2 + T + B)),
-        "floor_counts": f"1+T+B = {1 + T + B} passes of forward + input gradient (score_and_grad) at batch {batch_size}",
+        "floor_counts": floor_definition(T, B, batch_size),
         "uni_batched_vs_naive": wall["uni_naive"] / wall["uni"],
         "uni_batched_vs_naive_baseline_max_abs_diff": float((batched.baseline - naive_baselines).abs().max()),
         "uni_batched_vs_naive_map_max_rel_diff": _max_rel_diff(batched.attribution, naive_maps),
@@ -346,8 +352,9 @@ def format_table(res: dict) -> str:
             lines.append(f"{key:<34}{res[key]:>10.3f}  {goal:<8} {met}")
     lines.append(f"{'ig_vs_captum_max_rel_diff':<34}{res['ig_vs_captum_max_rel_diff']:>10.2e}")
     lines.append(f"{'uni batched-vs-naive map diff':<34}{res['uni_batched_vs_naive_map_max_rel_diff']:>10.2e}")
-    lines += ["", "UNI phases (seconds, floor passes): " + ", ".join(
-        f"{k} {v:.2f}s ({res['uni_phases_in_floor_passes'][k]:.1f})" for k, v in res["uni_phases_s"].items())]
+    lines += ["", f"floor: {res['floor_counts']}",
+              "UNI phases, same reps as uni_vs_floor (seconds, floor passes): " + ", ".join(
+                  f"{k} {v:.2f}s ({res['uni_phases_in_floor_passes'][k]:.1f})" for k, v in res["uni_phases_s"].items())]
     lines += ["", f"{'method':<34}{'images/s':>10}"]
     lines += [f"{k:<34}{v:>10.2f}" for k, v in res["images_per_s"].items()]
     lines += [f"{k:<34}{'failed':>10}  {v[:80]}" for k, v in res.get("method_errors", {}).items()]

@@ -9,9 +9,11 @@ Here the same quantities come from ordinary batched kernels. The model's forward
 under a :class:`~torch.overrides.TorchFunctionMode` that records, for every ``conv2d``,
 ``linear`` and ``batch_norm`` call that uses a parameter, its input and output; one backward
 gives the gradient at each recorded output, and each layer's per-image weight gradient is a
-``bmm``/reduction of input and output gradient. The per-image forward runs the same ops with
-the images stacked along channels as groups (``conv2d(groups=N·g)``) or batched matrix
-products. Any other use of a parameter (layer norm, an attention bias, ``x * self.scale``),
+``bmm``/reduction of input and output gradient. Where that gradient is a sum of few outer
+products (linear layers, pointwise convs on small feature maps) it stays as its two factors
+(:class:`Outer`). The per-image forward runs the same ops with each image's own weights,
+the images stacked along channels as groups (``conv2d(groups=N·g)``) or as batched matrix
+products, or, for factored gradients, the ordinary op plus the factors' correction. Any other use of a parameter (layer norm, an attention bias, ``x * self.scale``),
 or an option the formulas below do not cover, makes both functions return ``None``, and the
 caller falls back to ``vmap``; ``tests/test_batched_uni.py`` checks both paths against the
 per-image reference.
@@ -36,25 +38,44 @@ class Unsupported(Exception):
 
 
 class Outer:
-    """A linear layer's per-image weight gradients ``gy_n ⊗ x_n``, kept as their two factors.
+    """Per-image weight gradients kept as their two factors: ``Σ_l gy_n[:, l] ⊗ x_n[:, l]``.
 
-    For a head such as EfficientNet's 1280→1000 the N dense gradients are N·1.3 M floats
-    (80 MB at N = 16) that the per-image forward only ever multiplies by a vector:
-    ``(gy_n ⊗ x_n) h = gy_n (x_n · h)``.
+    A linear layer's gradient is one outer product (factors ``(N, out)`` and ``(N, in)``); a
+    pointwise conv's is a sum of one per output position (factors ``(N, out, L)`` and
+    ``(N, in, L)``). For EfficientNet's 1280→1000 head the N dense gradients are N·1.3 M floats
+    (80 MB at N = 16), and late pointwise convs at small inputs (L = 4 positions, 1152×192
+    channels) cost more to materialise than the whole rest of the backward pass; the
+    per-image forward only ever multiplies them by its input:
+    ``(Σ_l gy_l ⊗ x_l) h = Σ_l gy_l (x_l · h)``.
     """
 
-    def __init__(self, gy: torch.Tensor, x: torch.Tensor):
+    def __init__(self, gy: torch.Tensor, x: torch.Tensor, shape: tuple | None = None):
         self.gy, self.x = gy, x
+        self.shape = tuple(shape) if shape is not None else (gy.shape[0], gy.shape[1], x.shape[1])
 
     def dense(self) -> torch.Tensor:
-        return torch.einsum("no,ni->noi", self.gy, self.x)
+        if self.gy.dim() == 2:
+            return torch.einsum("no,ni->noi", self.gy, self.x)
+        return torch.bmm(self.gy, self.x.transpose(1, 2)).view(self.shape)
 
     def to(self, dtype) -> "Outer":
-        return Outer(self.gy.to(dtype), self.x.to(dtype))
+        return Outer(self.gy.to(dtype), self.x.to(dtype), self.shape)
 
     def times(self, h: torch.Tensor) -> torch.Tensor:
-        """``(gy_n ⊗ x_n) h_n`` for every image ``n``."""
-        return self.gy * (self.x * h).sum(-1, keepdim=True)
+        """``(gy_n ⊗ x_n) h_n`` for every image ``n``: ``(N, in)`` → ``(N, out)``, or for the
+        pointwise conv ``(N, in, L')`` → ``(N, out, L')``."""
+        if self.gy.dim() == 2:
+            return self.gy * (self.x * h).sum(-1, keepdim=True)
+        return torch.bmm(self.gy, torch.bmm(self.x.transpose(1, 2), h))
+
+
+def _pointwise_factored(cin: int, cout: int, positions: int) -> bool:
+    """Whether a pointwise conv's per-image gradient is cheaper kept factored.
+
+    Dense: ``L·in·out`` to build and as much to apply; factored: ``L·L'·(in + out)`` to apply
+    (``L' = L``). Shapes only, never the batch, so an image's arithmetic does not depend on
+    its companions."""
+    return positions * (cin + cout) <= cin * cout
 
 
 def _bind(func, args, kwargs) -> dict:
@@ -110,20 +131,37 @@ class _Record(_ParamMode):
         self.calls = []
 
     def handle(self, func, a, args, kwargs):
-        out = func(*args, **kwargs)
+        out = _affine_batch_norm(a) if func is _BN else func(*args, **kwargs)
         self.calls.append((func, a, out))
         # The network gets a copy: an in-place op after the layer (timm's BatchNormAct2d runs
         # ReLU6 in place) would otherwise turn the recorded output into the activation's.
         return out.clone()
 
 
-def _conv_weight_grad(x, gy, w, stride, padding, dilation, groups) -> torch.Tensor:
+def _affine_batch_norm(a) -> torch.Tensor:
+    """Eval-mode batch norm as the per-channel affine map it is: its backward is then one
+    product, where ``native_batch_norm_backward`` cost a sixth of the recorded pass on CPU."""
+    x = a["input"]
+    with torch.no_grad():
+        scale = torch.rsqrt(a["running_var"] + a["eps"])
+        shift = -a["running_mean"] * scale
+        if a["weight"] is not None:
+            scale, shift = scale * a["weight"], shift * a["weight"]
+        if a["bias"] is not None:
+            shift = shift + a["bias"]
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    return torch.addcmul(shift.view(shape), x, scale.view(shape))
+
+
+def _conv_weight_grad(x, gy, w, stride, padding, dilation, groups, factored=False):
     """``(N, *w.shape)``: each image's gradient of a conv2d weight from its input and output gradient."""
     n, cin = x.shape[:2]
     cout, cin_g, kh, kw = w.shape
     lout = gy.shape[2] * gy.shape[3]
     if (kh, kw) == (1, 1) and padding == (0, 0) and groups == 1:
         cols = x[:, :, ::stride[0], ::stride[1]].reshape(n, cin, lout)
+        if factored and _pointwise_factored(cin, cout, lout):
+            return Outer(gy.reshape(n, cout, lout), cols, (n, *w.shape))
         return torch.bmm(gy.reshape(n, cout, lout), cols.transpose(1, 2)).view(n, *w.shape)
     if cin_g == 1:
         # Depthwise (any stride, dilation, channel multiplier): ∂L/∂w[t] = Σ_o gy[o]·xp[o·s + t·d]
@@ -194,7 +232,7 @@ def _layer_grads(func, a, gy, names, factored: bool = False):
     if func is _CONV:
         if wk:
             yield wk, _conv_weight_grad(x, gy, w, _pair(a["stride"]), _pair(a["padding"]), _pair(a["dilation"]),
-                                        int(a["groups"]))
+                                        int(a["groups"]), factored)
         if bk:
             yield bk, gy.sum((2, 3))
     elif func is _LINEAR:
@@ -215,9 +253,12 @@ def _layer_grads(func, a, gy, names, factored: bool = False):
 class _PerImage(_ParamMode):
     """Runs each recognised op with image ``i``'s weights ``θ + η·grads[name][i]``.
 
-    The shared part (``θ``) runs as the ordinary batched op; only the per-image change is a
-    batched product, so the per-image weights are never materialised (at small inputs,
-    moving N copies of the parameters through memory is what unlearning costs).
+    Where a gradient is kept factored (:class:`Outer`), the shared part (``θ``) runs as the
+    ordinary batched op and the per-image change as two small batched products, so those
+    per-image weights never exist (at small inputs, moving N copies of the large pointwise and
+    linear weights through memory was what unlearning cost). Depthwise kernels, which are
+    small, are built per image and run in one conv; other dense gradients run as θ's batched
+    op plus a batched correction.
     """
 
     def __init__(self, params, grads, eta: float):
@@ -231,32 +272,21 @@ class _PerImage(_ParamMode):
         x = a["input"]
         n = x.shape[0]
         gw, gb = self._delta(a["weight"]), self._delta(a["bias"])
-        if func is _BN:
-            y = F.batch_norm(x, a["running_mean"], a["running_var"], None, None, False, 0.0, a["eps"])
-            shape = (n, -1) + (1,) * (x.dim() - 2)
+        if func is _BN:  # each image's own affine map, in one pass over the activations
             w, b = a["weight"], a["bias"]
+            scale = torch.rsqrt(a["running_var"] + a["eps"]).expand(n, -1)
             if w is not None:
-                y = y * ((w + self.eta * gw) if gw is not None else w.expand(n, -1)).view(shape)
+                scale = scale * (w if gw is None else w + self.eta * gw)
+            shift = -a["running_mean"] * scale
             if b is not None:
-                y = y + ((b + self.eta * gb) if gb is not None else b.expand(n, -1)).view(shape)
-            return y
+                shift = shift + (b if gb is None else b + self.eta * gb)
+            shape = (n, -1) + (1,) * (x.dim() - 2)
+            return torch.addcmul(shift.view(shape), x, scale.view(shape))
         if gw is None:
             raise Unsupported(f"{func.__name__} without a parameter weight")
-        out = func(*args, **kwargs)  # θ's part, batched as usual
         if func is _CONV:
-            g = int(a["groups"])
-            cout = gw.shape[1]
-            if gw.shape[3:] == (1, 1) and _pair(a["padding"]) == (0, 0) and g == 1:
-                st = _pair(a["stride"])
-                xs = x[:, :, ::st[0], ::st[1]].reshape(n, x.shape[1], -1)
-                out = torch.baddbmm(out.reshape(n, cout, -1), gw.view(n, cout, -1), xs, alpha=self.eta).view(out.shape)
-            else:  # the images stacked along channels, one group each
-                d = torch.conv2d(x.reshape(1, n * x.shape[1], *x.shape[2:]), gw.reshape(n * cout, *gw.shape[2:]),
-                                 None, a["stride"], a["padding"], a["dilation"], n * g)
-                out = out + self.eta * d.view(out.shape)
-            if gb is not None:
-                out = out + self.eta * gb.view(n, cout, 1, 1)
-            return out
+            return self._conv(x, n, gw, gb, a, args, kwargs)
+        out = func(*args, **kwargs)  # θ's part, batched as usual
         if isinstance(gw, Outer):
             out = out + self.eta * gw.times(x)
         else:
@@ -264,6 +294,45 @@ class _PerImage(_ParamMode):
         if gb is not None:
             out = out + self.eta * gb.view(n, *([1] * (x.dim() - 2)), -1)
         return out
+
+
+    def _conv(self, x, n, gw, gb, a, args, kwargs):
+        w, b, g = a["weight"], a["bias"], int(a["groups"])
+        cout = w.shape[0]
+        if isinstance(gw, Outer):  # θ's part batched as usual (its bias included), plus the factored change
+            st = _pair(a["stride"])
+            out = torch.conv2d(*args, **kwargs)
+            xs = x[:, :, ::st[0], ::st[1]].reshape(n, x.shape[1], -1)
+            out = out + self.eta * gw.times(xs).view(out.shape)
+            return out if gb is None else out + self.eta * gb.view(n, cout, 1, 1)
+        elif w.shape[1] == 1:
+            # Depthwise: each image's own kernels θ + η·g_i are small, so they are built and run
+            # as one conv (the images stacked along channels, one group each) instead of θ's
+            # pass plus a second pass of the same size for the change.
+            wi = torch.add(w, gw, alpha=self.eta)
+            out = torch.conv2d(x.reshape(1, n * x.shape[1], *x.shape[2:]), wi.reshape(n * cout, *w.shape[1:]),
+                               None, a["stride"], a["padding"], a["dilation"], n * g)
+            out = out.view(n, cout, *out.shape[2:])
+            if b is not None and gb is None:
+                out = out + b.view(1, cout, 1, 1)
+        else:
+            # Dense kernels: per-image copies of θ would cost as much memory traffic as the
+            # gradients themselves (ResNet-18 unlearned 1.5x slower so), so θ runs batched and
+            # only the change per image.
+            out = torch.conv2d(*args, **kwargs)
+            if gw.shape[3:] == (1, 1) and _pair(a["padding"]) == (0, 0) and g == 1:
+                st = _pair(a["stride"])
+                xs = x[:, :, ::st[0], ::st[1]].reshape(n, x.shape[1], -1)
+                out = torch.baddbmm(out.reshape(n, cout, -1), gw.view(n, cout, -1), xs,
+                                    alpha=self.eta).view(out.shape)
+            else:  # the images stacked along channels, one group each
+                d = torch.conv2d(x.reshape(1, n * x.shape[1], *x.shape[2:]), gw.reshape(n * cout, *gw.shape[2:]),
+                                 None, a["stride"], a["padding"], a["dilation"], n * g)
+                out = out + self.eta * d.view(out.shape)
+            return out if gb is None else out + self.eta * gb.view(n, cout, 1, 1)
+        if gb is not None:
+            return out + (b + self.eta * gb).view(n, cout, 1, 1)
+        return out if b is None else out + b.view(1, cout, 1, 1)
 
 
 def per_image_forward(model, x: torch.Tensor, grads: dict[str, torch.Tensor], eta: float) -> torch.Tensor | None:

@@ -1,0 +1,97 @@
+"""UNI's per-image unlearning on a device, model by model (issue 25): which path it takes, its
+host syncs, torch.func's "performance drop" warnings, and its cost in floor passes.
+
+    python benchmarks/unlearn_check.py --device cuda --size 224 --batch 16 --models efficientnet_lite0,resnet18
+
+Per model, one JSON line: ``path`` (``persample``: ordinary batched kernels; ``vmap``: the
+torch.func fallback for layers persample does not cover, e.g. layer norm, layer scale,
+attention), ``host_syncs`` (CUDA only: warnings of ``torch.cuda.set_sync_debug_mode``),
+``vmap_fallbacks`` (ops whose batching rule is missing, so vmap loops over images),
+``unlearn_s`` and ``floor_pass_s`` (median of ``--reps``, same process) and their ratio.
+Models without embedded weights run with random weights; a model that fails reports its
+error and the others go on.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import time
+import warnings
+
+import torch
+
+from uni_lab.engine import score_and_grad
+from uni_lab.fastview import fast_view
+from uni_lab.models import create_model
+from uni_lab.persample import per_sample_grads
+from uni_lab.plugins.uni import unlearn_chunk_size, unlearned_log_probs
+
+DROP = re.compile(r"performance drop because we have not yet implemented the batching rule for ([\w:.]+?)\.(?:\s|$)")
+
+
+def _timed(fn, device, reps: int) -> float:
+    out = []
+    for _ in range(reps):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        out.append(time.perf_counter() - t0)
+    return statistics.median(out)
+
+
+def check(name: str, device: torch.device, size: int, batch: int, reps: int) -> dict:
+    try:
+        clf = create_model(name)
+    except Exception:
+        clf = create_model(name, weights="random")
+    clf = clf.to(device).eval()
+    x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+    with torch.no_grad():
+        target = clf(x).argmax(-1)
+    chunk = unlearn_chunk_size(clf, x)
+    path = "vmap" if per_sample_grads(clf, x[:1], target[:1], factored=True) is None else "persample"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if device.type == "cuda":
+            torch.cuda.set_sync_debug_mode("warn")
+        try:
+            unlearned_log_probs(clf, x, target)  # the warm-up is the call that is checked
+        finally:
+            if device.type == "cuda":
+                torch.cuda.set_sync_debug_mode("default")
+    messages = [str(w.message) for w in caught]
+    syncs = [m for m in messages if "synchroniz" in m]
+    drops = sorted({m2.group(1) for m in messages for m2 in [DROP.search(m)] if m2})
+    view = fast_view(clf, x)
+    score_and_grad(view, x, target)
+    floor = _timed(lambda: score_and_grad(view, x, target), device, reps)
+    unlearn = _timed(lambda: unlearned_log_probs(clf, x, target), device, reps)
+    return {"model": name, "device": str(device), "size": size, "batch": batch, "chunk": chunk, "path": path,
+            "host_syncs": len(syncs), "host_sync_examples": syncs[:3], "vmap_fallbacks": drops,
+            "unlearn_s": unlearn, "floor_pass_s": floor, "unlearn_in_floor_passes": unlearn / floor}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--models", default="efficientnet_lite0,resnet18,convnext_tiny,swin_t,vit_b_16")
+    a = p.parse_args()
+    device = torch.device(a.device)
+    for name in a.models.split(","):
+        try:
+            res = check(name, device, a.size, a.batch, a.reps)
+        except Exception as exc:  # one model that cannot run must not hide the others
+            res = {"model": name, "device": str(device), "error": f"{exc.__class__.__name__}: {str(exc)[:300]}"}
+        print(json.dumps(res), flush=True)
+
+
+if __name__ == "__main__":
+    main()
