@@ -54,8 +54,7 @@ def two_threads():
 
 
 def test_uni_on_the_embedded_model_beats_black_ig(real_model, two_threads):
-    """On every shipped photograph: x' in the ε-ball, weights bit-identical, F_c(x') ≤ 0.1·F_c(x) but on
-    the one photograph where it is documented not to hold.
+    """On every shipped photograph: x' in the ε-ball, weights bit-identical, F_c(x') ≤ 0.1·F_c(x).
     Averaged over the photographs, UNI's path is more monotone and its completeness error
     smaller than black-baseline IG at the same B = 15 (the seed paper's stability claim)."""
     images = load_images(SKIMAGE_PHOTOS, real_model.input_size)
@@ -72,11 +71,10 @@ def test_uni_on_the_embedded_model_beats_black_ig(real_model, two_threads):
     assert torch.all(delta.norm(dim=1) <= 0.025 * delta.shape[1] ** 0.5 + 1e-4)  # the default L2 ball, RMS 0.025
     f_x, f_base = uni.trace["prob"][:, -1], uni.trace["prob"][:, 0]
     ratio = {i.id: float(b / f) for i, b, f in zip(images, f_base, f_x)}
-    # Not featureless with today's code (docs/uni_ablation.md, re-check of 2026-12-05: 0.169 here, 0.089
-    # when the default was chosen); strict both ways, so a change that fixes it or breaks another shows.
-    known = {"hubble_deep_field"}
-    assert all(ratio[k] > 0.1 for k in known), ratio
-    assert all(r <= 0.1 for k, r in ratio.items() if k not in known), ratio
+    # Fragile by nature: PGD matching amplifies 1e-6 changes of the unlearned targets (another batch,
+    # kernel or thread count) into other baselines; hubble_deep_field read 0.169 before the unlearning
+    # of issue 25 and 0.003 after it (docs/uni_ablation.md, BENCHMARKS.md).
+    assert all(r <= 0.1 for r in ratio.values()), ratio
 
     def monotone(e):
         p = e.trace["prob"]
