@@ -21,11 +21,11 @@ import numpy as np
 import torch
 
 import uni_lab
+from uni_lab.defaults import SEVERITIES
 from uni_lab.errors import InputError
 
 FAMILIES = {"digital": ("brightness", "saturate"), "blur": ("gaussian_blur", "defocus_blur"),
             "noise": ("gaussian_noise", "shot_noise")}
-SEVERITIES = (1, 2, 3, 4, 5)
 
 
 @contextmanager

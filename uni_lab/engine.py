@@ -10,7 +10,7 @@ most ``internal_batch_size`` samples; nothing is copied per method.
 """
 from __future__ import annotations
 
-from typing import Callable, Generator, Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -22,7 +22,6 @@ from .fastview import fast_view
 DEFAULT_INTERNAL_BATCH = 64
 OUTPUTS = ("prob", "logit")
 
-PathGen = Generator[tuple[torch.Tensor, torch.Tensor], "tuple | None", None]
 
 
 def check_output(output: str) -> str:

@@ -22,7 +22,7 @@ from . import distributed, doubts, fastview, run_config
 from .accel import accelerate, check_precision, to_device
 from .data import ImageDataset, batches, collate, list_images
 from .engine import check_output, partition
-from .errors import InputError, StoreError, UniLabError
+from .errors import InputError, StoreError, UniLabError, named_failure
 from .labels import read_labels
 from .methods import Method, check_all_used, parse_sets, plugin_origins, resolve, route_params
 from .models import Classifier, create_model, preserving, resolve_device
@@ -371,13 +371,8 @@ def _write_inputs(store: Store, mi: int, clf: Classifier, x: torch.Tensor, idx: 
 
 def _run_batch(store, mi, mei, method: Method, clf, x, target, seeds, ids, idx) -> None:
     t0 = time.perf_counter()
-    try:
+    with named_failure(f"method '{method.spec}' failed on images {ids}", "no partial results were stored."):
         exp = method(clf, x, target, seeds=seeds)
-    except UniLabError:
-        raise
-    except Exception as exc:
-        raise UniLabError(f"method '{method.spec}' failed on images {ids} ({exc.__class__.__name__}: {exc}); "
-                          "no partial results were stored.") from exc
     if x.is_cuda:
         torch.cuda.synchronize()
     secs = (time.perf_counter() - t0) / len(idx)

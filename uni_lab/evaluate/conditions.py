@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import UniLabError
+from ..errors import UniLabError, named_failure
 from ..explanation import Explanation
 from ..registry import Plugin
 from ..schema import CONDITION_DIMS, MAP, input_flag, maps_flag, perturbed_variables, prefix
@@ -79,14 +79,10 @@ class Perturbation(Condition):
         """The plugin's perturbed inputs of ``sub``, checked to be pixels shaped like them."""
         params = dict(job.params[("attack", self.plugin.name)])
         params.update({k: v for k, v in self.labels if k == "severity"})
-        try:
+        with named_failure(f"{self.kind} '{self.plugin.name}' failed on images {sub.ids} of method '{job.method}'",
+                           "nothing was stored for them."):
             xp = self.plugin(model=job.model, x=sub.x, target=sub.target, seeds=sub.seeds,
                              explanation=sub.explanation, **params)
-        except UniLabError:
-            raise
-        except Exception as exc:
-            raise UniLabError(f"{self.kind} '{self.plugin.name}' failed on images {sub.ids} of method '{job.method}' "
-                              f"({exc.__class__.__name__}: {exc}); nothing was stored for them.") from exc
         if not torch.is_tensor(xp) or xp.shape != sub.x.shape or not torch.isfinite(xp).all() \
                 or xp.min() < -1e-6 or xp.max() > 1 + 1e-6:
             raise UniLabError(f"{self.kind} '{self.plugin.name}' must return finite pixels in [0, 1] shaped "
@@ -106,13 +102,9 @@ class Perturbation(Condition):
 
     def maps(self, job, xp: torch.Tensor, sub: Batch) -> list[dict]:
         """Per image: the method's explanation of the perturbed input, as stored values."""
-        try:
+        with named_failure(f"method '{job.method}' failed on the {self.kind}ed images {sub.ids}",
+                           "nothing was stored for them."):
             exp = job.call(job.model, xp, sub.target, sub.seeds)
-        except UniLabError:
-            raise
-        except Exception as exc:
-            raise UniLabError(f"method '{job.method}' failed on the {self.kind}ed images {sub.ids} "
-                              f"({exc.__class__.__name__}: {exc}); nothing was stored for them.") from exc
         steps = job.out.ds.sizes["step"]
         return [explanation_values(exp, j, steps, self.prefix) for j in range(len(sub.ids))]
 

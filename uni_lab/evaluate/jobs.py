@@ -10,7 +10,7 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from ..accessor import config_of
-from ..errors import PluginError, UniLabError
+from ..errors import PluginError, named_failure
 from ..models import Classifier
 from ..schema import ITEM, Variable, metric_flag, metric_variable
 from ..seeding import image_seed
@@ -74,16 +74,12 @@ class Job:
                 idx = [batch.ids.index(i) for i in todo]
                 x, exp = perturbed.x[idx], take(perturbed.explanation, idx)
             params = self.params[("metric", plugin.name)]
-            try:
+            with named_failure(f"metric '{plugin.name}' failed on method '{self.method}', images {todo} ({cond.kind})",
+                               "nothing was stored for them."):
                 out = plugin(model=self.model, x=x, target=sub.target, attribution=exp.attribution, explanation=exp,
                              seeds=sub.seeds, method=self.method, explain=self.call,
                              reference=sub.explanation.attribution if perturbed is not None else None,
                              x_reference=sub.x if perturbed is not None else None, **params)
-            except UniLabError:
-                raise
-            except Exception as exc:
-                raise UniLabError(f"metric '{plugin.name}' failed on method '{self.method}', images {todo} "
-                                  f"({cond.kind}) ({exc.__class__.__name__}: {exc}); nothing was stored for them.") from exc
             columns = _metric_columns(plugin.name, out, len(todo), cond.kind)
             meta = {"uni_lab_metric": plugin.name, "uni_lab_params": json.dumps(semantic(params), sort_keys=True)}
             specs = {name: Variable(ITEM + cond.dims + dims, "f8", plugin.description, meta=meta)
