@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import uni_lab
+from conftest import make_data
 from uni_lab import accel
 from uni_lab.accel import TOLERANCE, AcceleratedClassifier, accelerate, fit_batch, parse_bytes
 from uni_lab.engine import integrate, pass_size
@@ -221,3 +222,19 @@ def test_bf16_autocast_stays_within_stated_tolerance(tiny_model, tiny_batch):
     assert bf16.describe()["precision"] == "bf16"
     with pytest.raises(InputError, match="precision"):
         accelerate(tiny_model, "fp8")
+
+
+def test_uni_baseline_is_bitwise_the_same_in_any_batch(tiny_model):
+    """Matching runs in fixed-size padded chunks: an image's baseline does not depend on the batch it
+    arrives in (PGD amplifies a batched forward's rounding, which depends on the batch size)."""
+    x = make_data(n=7, seed=5)[0]
+    with torch.no_grad():
+        target = tiny_model(x).argmax(-1)
+    seeds = torch.arange(7) + 100
+    base = uni_lab.get("baseline", "uni")
+    params = {"start": "uniform", "pgd_steps": 6}
+    full = base(x, tiny_model, target, seeds=seeds, **params)
+    for sel in ([0], [4, 0], [6, 5, 4, 3, 2]):
+        part = base(x[sel], tiny_model, target[sel], seeds=seeds[sel], **params)
+        for k, i in enumerate(sel):
+            assert torch.equal(part[k], full[i]), (sel, i)
