@@ -126,3 +126,21 @@ def test_a_methods_stored_name_says_its_path(images, tmp_path):
     p = _run(images, out, "--set", "ig.path=blur")
     assert p.returncode == 0, p.stderr
     assert [str(m) for m in Store(out).open().method.values] == ["saliency", "ig:black@blur"]
+
+
+def test_input_size_on_the_command_line(tmp_path):
+    out = tmp_path / "s.zarr"
+    p = _cli("run", "--images", "chelsea", "--methods", "saliency", "--input-size", "96,128", "--device", "cpu",
+             "--no-progress", "--out", out)
+    assert p.returncode == 0, p.stderr
+    ds = Store(out).open()
+    config = json.loads(ds.attrs["uni_lab_config"])
+    assert ds.attribution.shape[-2:] == (96, 128) and config["size"] == [96, 128]
+    assert config["models"]["efficientnet_lite0"]["input_size"] == [96, 128]
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "5,5,5", "5000", ""])
+def test_bad_input_size_is_one_line(tmp_path, value):
+    out = tmp_path / "s.zarr"
+    _one_line_error(_cli("run", "--images", "chelsea", "--input-size", value, "--out", out), "--input-size")
+    assert not out.exists()

@@ -40,6 +40,15 @@ def _images(values) -> list[str] | None:
     return names(values) or None
 
 
+def _size(text: str) -> tuple[int, ...]:
+    """``"224"`` or ``"224,256"`` (H,W)."""
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"--input-size must be H or H,W in pixels, e.g. --input-size 224 or 240,320; got {text!r}.") \
+            from None
+
+
 def _field(default, help: str, flag: str | None = None, parse=None, flag_help: str | None = None,
            **argparse_kwargs):
     """A field with its help text and, for the CLI, its flag (``flag_help`` where the flag negates
@@ -99,8 +108,18 @@ class RunConfig:
                             "--labels", metavar="FILE")
     synsets: str | None = _field(None, "synset id per line, in class-index order, for labels given as synsets "
                                  "(default: the 1000 ImageNet-1k synsets, sorted)", "--synsets", metavar="FILE")
+    input_size: object = _field(None, "the model's input size H or (H, W) in pixels, for models given by name "
+                                "(default: the model's own, e.g. 224 for efficientnet_lite0); recorded with the model",
+                                "--input-size", _size, metavar="H[,W]")
     max_pixels: int = _field(DEFAULT_MAX_PIXELS, "largest image accepted, in pixels, read from the file's header "
                              "before decoding; a larger file is a bad image", "--max-pixels", type=int, metavar="N")
+
+    def size(self) -> tuple[int, int] | None:
+        """``input_size`` as ``(H, W)``, or None for the model's own."""
+        if self.input_size is None:
+            return None
+        size = (self.input_size,) if isinstance(self.input_size, int) else tuple(self.input_size)
+        return size * 2 if len(size) == 1 else size
 
     def check(self) -> None:
         """Every value that needs nothing loaded: choices, ranges, the store path. One line each."""
@@ -116,6 +135,11 @@ class RunConfig:
         if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, int)
                                          or self.workers < 0):
             raise InputError(f"--workers must be 0 or more, got {self.workers!r}.")
+        if self.input_size is not None:
+            size = self.size() if isinstance(self.input_size, (int, tuple, list)) else ()
+            if len(size) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or not 8 <= v <= 4096 for v in size):
+                raise InputError(f"--input-size must be H or H,W with each side from 8 to 4096 pixels, "
+                                 f"got {self.input_size!r}.")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise InputError(f"--seed must be an integer, got {self.seed!r}.")
         Store(self.out).check_replaceable(self.overwrite)

@@ -53,13 +53,16 @@ def _as_list(value) -> list:
     return list(value)
 
 
-def _model(m, weights, seed: int) -> Classifier:
+def _model(m, weights, seed: int, input_size=None) -> Classifier:
     if isinstance(m, Classifier):
+        if input_size is not None and tuple(input_size) != tuple(m.input_size):  # the caller's model stays as given
+            raise InputError(f"input_size applies to models given by name; Classifier '{m.name}' has input_size "
+                             f"{tuple(m.input_size)}: set it there (uni_lab.wrap(..., input_size=...)).")
         return m
     if isinstance(m, torch.nn.Module):
         raise InputError(f"models: a bare {type(m).__name__} has no normalisation, input size or name for the store; "
                          "wrap it first: uni_lab.wrap(net, mean=..., std=..., input_size=(H, W), name='...').")
-    return create_model(m, weights=weights, seed=seed)  # --weights random draws from the run's seed
+    return create_model(m, weights=weights, seed=seed, input_size=input_size)  # random weights: the run's seed
 
 
 def _method_steps(method: Method) -> int:
@@ -122,7 +125,7 @@ def plan(config: RunConfig) -> RunPlan:
     workers = default_workers(dev) if config.workers is None else int(config.workers)
     entries, skipped_files = list_images(config.images, workers=workers, skip_bad=config.skip_bad_images,
                                          max_pixels=config.max_pixels)
-    clfs = [_model(m, config.weights, config.seed) for m in _as_list(config.models)]
+    clfs = [_model(m, config.weights, config.seed, config.size()) for m in _as_list(config.models)]
     if not clfs:
         raise InputError("no models given; e.g. --model efficientnet_lite0.")
     clfs = [accelerate(c.to(dev), config.precision, config.channels_last) for c in clfs]
