@@ -367,3 +367,24 @@ def test_no_arguments_computes_and_caches_with_the_real_model(tmp_path, capsys, 
 
     monkeypatch.setattr(_store_io, "compute_store", refuse)
     assert fig2.main(argv) == 0
+
+
+def test_fig_uni_ablation_recompute_removes_only_its_own_cache(tmp_path):
+    """--recompute deletes a cached study store only when its attributes show the script wrote it."""
+    mod = script("fig_uni_ablation")
+    user = tmp_path / "uni.zarr"
+    user.mkdir()
+    (user / "thesis.txt").write_text("mine")
+    (user / ".zattrs").write_text('{"title": "not a study store"}')
+    with pytest.raises(SystemExit, match="not a study store this script wrote"):
+        mod._remove_own_cache(user)
+    assert (user / "thesis.txt").read_text() == "mine"
+    link = tmp_path / "link.zarr"
+    own = tmp_path / "own.zarr"
+    xr.Dataset(attrs={"setting": "s", "seeds_compared": 2, "params": "{}"}).to_zarr(own, zarr_format=2)
+    link.symlink_to(own)
+    with pytest.raises(SystemExit):
+        mod._remove_own_cache(link)
+    assert own.exists()
+    mod._remove_own_cache(own)
+    assert not own.exists()
