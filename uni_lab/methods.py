@@ -216,8 +216,8 @@ def _file_hash(source: str | None) -> str | None:
 
 
 def changed_plugins(recorded: dict, now: dict) -> list[str]:
-    """``kind:name (file)`` of every plugin whose source differs from the one a store recorded."""
-    return [f"{key} ({now[key].get('file')})" for key in sorted(set(recorded) & set(now))
+    """``kind:name`` of every plugin whose source differs from the one a store recorded."""
+    return [key for key in sorted(set(recorded) & set(now))
             if recorded[key].get("source_sha256") and now[key].get("source_sha256")
             and recorded[key]["source_sha256"] != now[key]["source_sha256"]]
 

@@ -19,9 +19,9 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed, doubts, fastview, run_config
-from .accel import accelerate, check_precision, to_device
+from .accel import accelerate, to_device
 from .data import ImageDataset, batches, collate, list_images
-from .engine import check_output, partition
+from .engine import partition
 from .errors import InputError, StoreError, UniLabError, named_failure
 from .labels import read_labels
 from .methods import Method, check_all_used, parse_sets, plugin_origins, resolve, route_params
@@ -105,8 +105,6 @@ def plan(config: RunConfig) -> RunPlan:
     the store's compatibility) and write nothing: any error here leaves the disk as it was."""
     t_start = time.perf_counter()
     config.check()
-    check_output(config.output)
-    check_precision(config.precision)
     part = distributed.parse_shard(config.shard)
     resolve_device(config.device)  # a typo in --device fails here, before any process group or model
     sets = config.sets

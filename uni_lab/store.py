@@ -135,16 +135,17 @@ class Store(EvaluationVariables):
         every resume, and kept in the store (``uni_lab_plugin_changes``) once the lock is held."""
         from .methods import changed_plugins
 
-        changed = changed_plugins(json.loads(old.get("uni_lab_plugins", "{}")), json.loads(new.get("uni_lab_plugins", "{}")))
+        now = json.loads(new.get("uni_lab_plugins", "{}"))
+        changed = changed_plugins(json.loads(old.get("uni_lab_plugins", "{}")), now)
         if not changed:
             return
-        warnings.warn(f"store '{self.path}': the source of {', '.join(changed)} changed since the store was "
+        named = ", ".join(f"{key} ({now[key].get('file')})" for key in changed)
+        warnings.warn(f"store '{self.path}': the source of {named} changed since the store was "
                       "written; its done items keep the old code's results and only new items use the new code. "
                       "Use --overwrite (or a new --out) for results of the current code alone.", stacklevel=4)
         if self._lock_fd is not None:
             seen = json.loads(old.get("uni_lab_plugin_changes", "[]"))
-            now = json.loads(new.get("uni_lab_plugins", "{}"))
-            entry = {k.split(" (")[0]: now[k.split(" (")[0]]["source_sha256"] for k in changed}
+            entry = {key: now[key]["source_sha256"] for key in changed}
             if entry not in seen:
                 self.update_attrs({"uni_lab_plugin_changes": json.dumps(seen + [entry], sort_keys=True)})
 
