@@ -56,7 +56,7 @@ def child(argv: list[str]) -> None:
     import torch
 
     from uni_lab.commands.run import import_plugins
-    from uni_lab.runner import run
+    from uni_lab import run
 
     torch.set_num_threads(1)
     folder, out = argv

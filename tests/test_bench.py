@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import threading
 import time
 
@@ -13,7 +14,7 @@ import xarray as xr
 
 import uni_lab
 from uni_lab import cli
-from uni_lab.bench import GOALS, bench, bench_batch, measure, phase_split
+from uni_lab.bench import GOALS, bench, bench_batch, format_table, measure, phase_split
 from uni_lab.errors import InputError, StoreError
 from uni_lab.writer import StoreWriter
 
@@ -37,30 +38,83 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def test_bench_on_tiny_model(tiny_model, one_thread, monkeypatch):
-    # UNI from a uniform start: from x itself the tiny net's KL gradient underflows, x' = x and
-    # both maps are ~0, so their relative difference would measure nothing
-    monkeypatch.setitem(uni_lab.get("baseline", "uni").params, "start", "uniform")
-    res = bench(tiny_model, batch_size=4, size=16, steps=2, pgd_steps=1, reps=3, methods=["ig:black", "saliency"],
-                method_batch=2, store_methods=["ig:black", "uni"])
+T, B, BATCH = 1, 2, 4  # UNI's PGD steps, Riemann steps and batch in the tiny bench
+
+
+@pytest.fixture(scope="module")
+def tiny_bench(tiny_model):
+    """One bench on the tiny model, read by the tests below. UNI from a uniform start: from x itself the
+    tiny net's KL gradient underflows, x' = x and both maps are ~0, so their relative difference would
+    measure nothing."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setitem(uni_lab.get("baseline", "uni").params, "start", "uniform")
+            return bench(tiny_model, batch_size=BATCH, size=16, steps=B, pgd_steps=T, reps=3,
+                         methods=["ig:black", "saliency"], method_batch=2, store_methods=["ig:black", "uni"])
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_bench_on_tiny_model(tiny_bench):
+    res = tiny_bench
     assert set(KEYS) <= set(res)
     for key in RATIOS:
         assert _finite_positive(res[key]), (key, res[key])
     assert res["store_share"] < 1 and res["store_busy_share"] < 1
-    assert (res["model"], res["batch_size"], res["T"], res["B"], res["device"]) == ("tiny", 4, 1, 2, "cpu")
+    assert (res["model"], res["batch_size"], res["T"], res["B"], res["device"]) == ("tiny", BATCH, T, B, "cpu")
+    assert res["size"] == [16, 16] and res["reps"] == 3
     assert set(res["images_per_s"]) == {"ig:black", "saliency"} and not res["method_errors"]
     assert all(_finite_positive(v) for v in res["images_per_s"].values())
-    assert set(res["met"]) == set(GOALS) and all(isinstance(v, bool) for v in res["met"].values())
     # same maths as Captum's right-Riemann IG; the naive loop is the same UNI
     assert res["ig_vs_captum_max_rel_diff"] < 1e-4
     assert res["uni_batched_vs_naive_map_max_rel_diff"] < 1e-3
-    assert set(res["uni_phases_s"]) == {"unlearn", "match", "integrate"}
-    # the split comes from the reps that give the ratio, so they agree
-    passes = res["uni_phases_in_floor_passes"]
-    assert all(_finite_positive(v) for v in passes.values()), passes
-    assert sum(passes.values()) == pytest.approx(res["uni_vs_floor"] * (1 + 1 + 2), rel=1e-9)
-    assert "score_and_grad" in res["floor_counts"]
-    json.dumps(res)  # JSON-ready as returned
+    json.loads(json.dumps(res))  # JSON-ready as returned
+
+
+def test_bench_ratios_are_the_seconds_they_divide(tiny_bench):
+    """Each ratio is the quotient of the medians it names, in wall and in CPU seconds."""
+    res = tiny_bench
+    s, cpu = res["seconds"], res["cpu_seconds"]
+    assert set(s) == set(cpu) == {"uni", "floor", "uni_naive", "ig", "captum_ig", "captum_ig_delta",
+                                  "captum_ig_same_graph"}
+    assert all(_finite_positive(v) for v in [*s.values(), *cpu.values()])
+    quotients = {"uni_vs_floor": s["uni"] / s["floor"],
+                 "uni_vs_floor_incl_baseline_point": s["uni"] / s["floor"] * (1 + T + B) / (2 + T + B),
+                 "uni_batched_vs_naive": s["uni_naive"] / s["uni"], "ig_vs_captum": s["ig"] / s["captum_ig"],
+                 "ig_vs_captum_with_delta": s["ig"] / s["captum_ig_delta"],
+                 "ig_vs_captum_same_graph": s["ig"] / s["captum_ig_same_graph"]}
+    for key, value in quotients.items():
+        assert res[key] == pytest.approx(value, rel=1e-12), key
+    assert res["cpu_ratios"] == pytest.approx({"uni_vs_floor": cpu["uni"] / cpu["floor"],
+                                               "uni_batched_vs_naive": cpu["uni_naive"] / cpu["uni"],
+                                               "ig_vs_captum": cpu["ig"] / cpu["captum_ig"]}, rel=1e-12)
+
+
+def test_bench_phases_sum_to_unis_time_and_the_floor_says_its_count(tiny_bench):
+    res = tiny_bench
+    phases, passes = res["uni_phases_s"], res["uni_phases_in_floor_passes"]
+    assert set(phases) == set(passes) == {"unlearn", "match", "integrate"}
+    assert all(_finite_positive(v) for v in phases.values()), phases
+    # the split comes from the reps whose median is UNI's time, so the phases add up to it
+    assert sum(phases.values()) == pytest.approx(res["seconds"]["uni"], rel=1e-9)
+    pass_s = res["seconds"]["floor"] / (1 + T + B)
+    assert passes == pytest.approx({k: v / pass_s for k, v in phases.items()}, rel=1e-9)
+    assert sum(passes.values()) == pytest.approx(res["uni_vs_floor"] * (1 + T + B), rel=1e-9)
+    assert res["floor_counts"] == ("1+T+B = 4 passes, each a forward and input gradient (engine.score_and_grad) "
+                                   "through the fast view at batch 4")
+
+
+def test_bench_goals_are_judged_on_the_reported_ratios(tiny_bench):
+    res = tiny_bench
+    assert set(res["goals"]) == set(res["met"]) == set(GOALS)
+    for key, (op, bound) in GOALS.items():  # the CPU goals: no CUDA_GOALS on this device
+        assert res["goals"][key] == f"{op} {bound}"
+        assert res["met"][key] is (res[key] <= bound if op == "<=" else res[key] >= bound), key
+    table = format_table(res)
+    for key in RATIOS:
+        assert re.search(rf"^{key} +{res[key]:.3f}\b", table, re.M), key
 
 
 def test_phase_split_is_the_median_reps_split():

@@ -99,7 +99,7 @@ def test_third_party_distribution_registers_through_entry_points(tmp_path, monke
 
 
 def test_a_decorated_plugin_is_in_the_table_at_once_and_unregister_takes_it_out():
-    before = uni_lab.registry.index()["baseline"]
+    before = registry.index()["baseline"]
 
     @uni_lab.baseline("_test_at_once")
     def at_once(x, model, target):
@@ -121,7 +121,7 @@ def test_a_decorated_plugin_is_in_the_table_at_once_and_unregister_takes_it_out(
 def test_a_refused_signature_leaves_nothing_behind():
     with pytest.raises(PluginError, match="model, target"):
         uni_lab.baseline("_test_refused")(lambda x, *, level=0.5: x)
-    assert "_test_refused" not in uni_lab.registry.index()["baseline"]
+    assert "_test_refused" not in registry.index()["baseline"]
 
 
 def _raw(hook: str, name: str):
@@ -224,3 +224,20 @@ def test_an_entry_point_that_fails_to_import_is_one_line_and_keeps_out_nothing_e
                               "RuntimeError('no GPU driver')")
     assert reg.get("baseline", "black").origin == "uni_lab.plugins.baselines:black"  # loaded all the same, once
     sys.modules.pop("broken_uni_plugin", None)
+
+
+def test_uni_lab_registry_is_the_module_and_the_readme_calls_work():
+    """`uni_lab.registry` was once the Registry instance, hiding the module of the same name; the README's
+    `uni_lab.registry.register_module(module)` and `.unregister(kind, name)` are the module's functions."""
+    import types
+
+    assert isinstance(uni_lab.registry, types.ModuleType) and uni_lab.registry.Registry is Registry
+    module = _raw("uni_lab_baselines", "_test_by_module")
+    try:
+        uni_lab.registry.register_module(module, name="raw-by-module")
+        assert uni_lab.get("baseline", "_test_by_module").origin == "raw-by-module:_test_by_module"
+        assert uni_lab.registry.unregister("baseline", "_test_by_module").name == "_test_by_module"
+        assert "_test_by_module" not in registry.index()["baseline"]
+    finally:
+        if registry.pm.has_plugin("raw-by-module"):
+            registry.pm.unregister(name="raw-by-module")

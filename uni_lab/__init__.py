@@ -9,7 +9,7 @@ from . import accessor  # noqa: F401  registers the ``ds.uni`` accessor on every
 from . import run_config
 from .errors import InputError, PluginError, StoreError, UniLabError
 from .hookspecs import hookimpl
-from .registry import attack, baseline, create, explainer, get, list_plugins, metric, model, path, registry
+from .registry import attack, baseline, create, explainer, get, list_plugins, metric, model, path
 
 __version__ = "0.1.0"
 
@@ -39,9 +39,9 @@ def explain(method: str, model, x, target=None, seeds=None, **params) -> "Explan
 
 
 def run(*args, **kwargs):
-    from .runner import run as _run
+    from .runner import write_store
 
-    return _run(*args, **kwargs)
+    return write_store(run_config.RunConfig(*args, **kwargs))
 
 
 run.__signature__, run.__doc__ = run_config.signature(), run_config.run_doc()  # torch-free: help() answers at once

@@ -284,7 +284,7 @@ def _load() -> float | None:
 def _store_share(clf, steps: int, reps: int, methods, progress) -> dict:
     """The default job (its methods, the eight photographs) at the bench's model and size, into a fresh store."""
     from .defaults import DEFAULT_METHODS
-    from .runner import run
+    from . import run
 
     methods = list(methods or DEFAULT_METHODS)
 

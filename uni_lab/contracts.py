@@ -1,5 +1,7 @@
-"""What each plugin kind receives and returns, as code: one ``Protocol`` per kind, and the check that
-refuses a plugin whose signature cannot take the call at registration, naming the parameter.
+"""What each plugin kind receives and returns, as code: one ``Protocol`` per kind (``BaselineFn``,
+``PathFn``, ``ExplainerFn``, ``AttackFn``, ``MetricFn``, ``ModelFn``: the shape of the function a
+plugin is, for type checkers and readers), and the check that refuses a plugin whose signature
+cannot take the call at registration, naming the parameter.
 
 How each kind is called (this is what :mod:`uni_lab.registry` and the engine do):
 
@@ -17,7 +19,7 @@ the common ones.
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING, Annotated, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Annotated, Protocol
 
 from annotated_types import Ge, Gt
 
@@ -34,45 +36,37 @@ NonNegative = Annotated[float, Ge(0)]  # a noise level or tolerance where 0 turn
 BatchSize = Annotated[int, Ge(1)] | None  # None: sized to the memory budget
 
 
-@runtime_checkable
-class Baseline(Protocol):
+class BaselineFn(Protocol):
     def __call__(self, x: torch.Tensor, model, target: torch.Tensor, *, seeds=None, **params) -> torch.Tensor:
         """``x'`` of ``x``'s shape, finite."""
 
 
-@runtime_checkable
-class Path(Protocol):
+class PathFn(Protocol):
     def __call__(self, x: torch.Tensor, baseline: torch.Tensor, alphas: torch.Tensor, **params) -> torch.Tensor:
         """Points ``(len(alphas), *x.shape)``: the baseline end at α = 0, ``x`` at α = 1."""
 
 
-@runtime_checkable
-class Explainer(Protocol):
+class ExplainerFn(Protocol):
     def __call__(self, model, x: torch.Tensor, target: torch.Tensor, *, seeds=None, **params):
         """An :class:`~uni_lab.explanation.Explanation` whose attribution has ``x``'s shape."""
 
 
-@runtime_checkable
-class Attack(Protocol):
+class AttackFn(Protocol):
     def __call__(self, *, model, x: torch.Tensor, target: torch.Tensor, seeds=None, explanation=None,
                  **params) -> torch.Tensor:
         """The perturbed input, ``x``'s shape (``x`` itself where no perturbation keeps the label)."""
 
 
-@runtime_checkable
-class Metric(Protocol):
+class MetricFn(Protocol):
     def __call__(self, *, model, x: torch.Tensor, target: torch.Tensor, attribution: torch.Tensor, **params) -> dict:
         """``{name: values}``, each ``(N,)`` or an ``xarray.DataArray`` with ``image`` first."""
 
 
-@runtime_checkable
-class Model(Protocol):
+class ModelFn(Protocol):
     def __call__(self, weights=None, **params):
         """A :class:`~uni_lab.models.Classifier` (pixel space ``[0, 1]`` in, logits out)."""
 
 
-PROTOCOLS = {"baseline": Baseline, "path": Path, "explainer": Explainer, "attack": Attack, "metric": Metric,
-             "model": Model}
 # Passed by position, in this order; then keywords where the plugin names them.
 POSITIONAL_ARGS = {"baseline": ("x", "model", "target"), "path": ("x", "baseline", "alphas"),
                    "explainer": ("model", "x", "target"), "attack": (), "metric": (), "model": ()}
@@ -85,13 +79,10 @@ KEYWORD_ARGS = {
                "x_reference"),
     "model": ("weights",),
 }
+# Every argument the caller supplies for a kind; the rest of a signature are user parameters.
+CALL_ARGS = {kind: POSITIONAL_ARGS[kind] + KEYWORD_ARGS[kind] for kind in POSITIONAL_ARGS}
 # A keyword-called kind must name at least one of these, or it cannot see its input.
 NEEDS_ONE_OF = {"attack": ("x",), "metric": ("x", "attribution", "explanation")}
-
-
-def call_args(kind: str) -> tuple[str, ...]:
-    """Every argument the caller supplies for ``kind``; the rest of a signature are user parameters."""
-    return POSITIONAL_ARGS[kind] + KEYWORD_ARGS[kind]
 
 
 def check_signature(kind: str, name: str, obj) -> None:

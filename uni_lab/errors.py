@@ -18,13 +18,22 @@ class StoreError(UniLabError):
     """A store that does not match the run, or is not a uni_lab store."""
 
 
+def _describe(exc: BaseException) -> str:
+    """An unforeseen exception in a few words: its class and first line, or what a ``sys.exit`` said."""
+    if isinstance(exc, SystemExit):
+        return f"it called sys.exit({exc.code!r})"
+    first = (str(exc).strip().splitlines() or [""])[0][:200]
+    return f"{exc.__class__.__name__}: {first}"
+
+
 @contextmanager
-def named_failure(what: str, after: str):
-    """An unforeseen exception inside the block becomes one :class:`UniLabError`: ``what`` failed, the
-    exception's class and text, then ``after`` (what was or was not stored). Ours pass through."""
+def named_failure(what: str, after: str, error: type[UniLabError] = UniLabError):
+    """An unforeseen exception inside the block becomes one ``error``: ``what`` failed, the exception
+    in a few words (:func:`_describe`), then ``after`` (what was or was not stored, or the fix). Ours
+    pass through. A ``sys.exit`` in a user's code is caught too: it must not end a run as a success."""
     try:
         yield
     except UniLabError:
         raise
-    except Exception as exc:
-        raise UniLabError(f"{what} ({exc.__class__.__name__}: {exc}); {after}") from exc
+    except (Exception, SystemExit) as exc:
+        raise error(f"{what} ({_describe(exc)}); {after}") from exc

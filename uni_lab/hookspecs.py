@@ -9,7 +9,7 @@ entry point: on the first lookup), and what it returns joins the same table as t
 plugins, under the same name rules (a name taken by another origin is refused, naming both).
 
 Each hook returns a mapping ``{name: callable}``; the callable's signature is the plugin's
-interface (checked on registration, :mod:`uni_lab.contracts`), its keyword parameters (with
+interface (its ``Protocol`` in :mod:`uni_lab.contracts`, checked on registration), its keyword parameters (with
 defaults) are the user-settable parameters, and the first line of its docstring is the one-line
 description shown by ``uni-lab plugins``.
 """
@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import pluggy
 
+from .contracts import AttackFn, BaselineFn, ExplainerFn, MetricFn, ModelFn, PathFn
+
 PROJECT = "uni_lab"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def uni_lab_baselines() -> dict:
+def uni_lab_baselines() -> dict[str, BaselineFn]:
     """Baselines ``x'`` for path methods.
 
     Returns ``{name: fn}`` with ``fn(x, model, target, **params) -> x_prime``: ``x`` is a
@@ -35,7 +37,7 @@ def uni_lab_baselines() -> dict:
 
 
 @hookspec
-def uni_lab_paths() -> dict:
+def uni_lab_paths() -> dict[str, PathFn]:
     """Integration paths ``γ`` from a baseline to the input.
 
     Returns ``{name: fn}`` with ``fn(x, baseline, alphas, **params) -> points``: ``alphas``
@@ -45,7 +47,7 @@ def uni_lab_paths() -> dict:
 
 
 @hookspec
-def uni_lab_explainers() -> dict:
+def uni_lab_explainers() -> dict[str, ExplainerFn]:
     """Attribution methods, called the same way whatever they do.
 
     Returns ``{name: fn}`` with ``fn(model, x, target, **params) -> uni_lab.Explanation``.
@@ -55,7 +57,7 @@ def uni_lab_explainers() -> dict:
 
 
 @hookspec
-def uni_lab_attacks() -> dict:
+def uni_lab_attacks() -> dict[str, AttackFn]:
     """Perturbations of the input (adversarial attacks, corruptions, noise controls).
 
     Returns ``{name: fn}`` with ``fn(model, x, target, **params) -> x_perturbed``, a pixel-space
@@ -77,7 +79,7 @@ def uni_lab_attacks() -> dict:
 
 
 @hookspec
-def uni_lab_metrics() -> dict:
+def uni_lab_metrics() -> dict[str, MetricFn]:
     """Scores of an attribution (faithfulness, robustness, path shape, ...).
 
     Returns ``{name: fn}``. ``uni-lab evaluate`` calls ``fn`` on a batch of ``N`` images of one
@@ -117,7 +119,7 @@ def uni_lab_metrics() -> dict:
 
 
 @hookspec
-def uni_lab_models() -> dict:
+def uni_lab_models() -> dict[str, ModelFn]:
     """Model factories by name.
 
     Returns ``{name: fn}`` with ``fn(weights=None, **params) -> uni_lab.models.Classifier``.

@@ -165,7 +165,6 @@ def resolve(spec: str, routed: dict | None = None, defaults: dict | None = None)
         path = get("path", params.pop("path"))
         pparams = path.validate(path.resolved_params(routed.get(("path", path.name), {})))
     explainer.validate({k: v for k, v in params.items() if k != "inner"})
-    _check_common(name, params)
     label = spec.strip()
     if path is not None and path.name != "straight" or inner is not None and "@" in inner.spec:
         # the stored name says which path: `ig:black` must not stand for another path's IG
@@ -188,8 +187,6 @@ def plugin_origins(methods: list[Method], model_names=()) -> dict[str, dict]:
     """``{"kind:name": {"origin", "file"}}`` of every plugin a run uses, so a store can say where a
     plugin it needs came from (a user's ``--plugins`` file) when it is not registered."""
     import inspect
-
-    from .registry import registry
 
     used = set().union(*(used_plugins(m) for m in methods)) if methods else set()
     models = registry.index()["model"]
@@ -233,18 +230,6 @@ def check_all_used(routed: dict, methods: list[Method], kinds=("explainer", "bas
             hint += f" (did you mean {', '.join(own)}?)" if own else ""
             raise PluginError(f"--set {keys}: {kind} '{name}' is not used by any of the methods "
                               f"({', '.join(m.spec for m in methods)}){hint}.")
-
-
-def _check_common(name: str, params: dict) -> None:
-    """Parameters every path method shares, checked before a run computes anything."""
-    from .engine import check_output, check_rule
-
-    if "rule" in params:
-        check_rule(params["rule"])
-    if "output" in params:
-        check_output(params["output"])
-    if "steps" in params and isinstance(params["steps"], int) and params["steps"] < 1:
-        raise PluginError(f"{name}.steps must be at least 1, got {params['steps']}.")
 
 
 def explain(spec: str, model, x: torch.Tensor, target=None, seeds=None, sets: dict | None = None, **params) -> Explanation:

@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .errors import InputError, PluginError
+from .errors import InputError, PluginError, named_failure
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -331,16 +331,11 @@ def check_logits(clf: Classifier) -> None:
     """One probe forward at the model's input size: it must give ``(images, classes)`` logits. Run
     before any work, so a model that cannot classify is named in one line, not a traceback later."""
     x = torch.zeros(1, clf.mean.numel(), *clf.input_size, device=clf.mean.device)
-    try:
+    # the user's network fails on an image: say so, not where inside it
+    with named_failure(f"model '{clf.name}' fails on a probe image of shape {tuple(x.shape)}",
+                       f"it must take (N, {x.shape[1]}, H, W) images and return (N, classes) logits.", InputError):
         with torch.no_grad():
             clf(x)
-    except InputError:
-        raise
-    except Exception as exc:  # the user's network fails on an image: say so, not where inside it
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise InputError(f"model '{clf.name}' fails on a probe image of shape {tuple(x.shape)} "
-                         f"({exc.__class__.__name__}: {first}); it must take (N, {x.shape[1]}, H, W) images and "
-                         "return (N, classes) logits.") from exc
 
 
 def create_model(name: str = "efficientnet_lite0", weights: str | None = None, device: str | torch.device = "cpu",

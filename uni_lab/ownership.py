@@ -18,8 +18,6 @@ from pathlib import Path
 
 from .errors import StoreError
 
-ROOT_FILES = {".zgroup", ".zattrs", ".zmetadata"}
-ARRAY_FILES = {".zarray", ".zattrs"}
 _PARTIAL = r"(\.[0-9a-f]{32}\.partial)?"  # zarr.storage.LocalStore's temporary, left by a killed write
 _CHUNK = re.compile(r"\d+(\.\d+)*" + _PARTIAL)
 _META = re.compile(r"(\.zgroup|\.zattrs|\.zmetadata|\.zarray)" + _PARTIAL)

@@ -8,8 +8,8 @@ place (:meth:`Registry._add`): the same origin again replaces (a re-run notebook
 origin is refused, naming both. pluggy is the published contract for third-party modules
 (:mod:`uni_lab.hookspecs`): it loads the ``uni_lab`` entry-point group (once, lazily, on the
 first lookup; the built-ins in ``plugins/`` arrive that way too) and modules given to
-:meth:`Registry.register_module`, validates their ``@hookimpl`` functions, and their hooks are
-called once into the same table. :meth:`Registry.unregister` takes one plugin out again.
+:func:`uni_lab.registry.register_module`, validates their ``@hookimpl`` functions, and their hooks
+are called once into the same table. :func:`uni_lab.registry.unregister` takes one plugin out again.
 
 A plugin's parameters are declared once, in its signature, and checked by :meth:`Plugin.validate`
 before anything is computed: the type (``int``, ``float | None``), the choices (``Literal[...]``)
@@ -38,12 +38,10 @@ import numpy as np
 import pluggy
 
 from . import hookspecs
-from .contracts import call_args, check_signature
+from .contracts import CALL_ARGS, check_signature
 from .errors import InputError, PluginError
-from .hookspecs import HOOK_OF_KIND, KINDS, hookimpl
+from .hookspecs import HOOK_OF_KIND, KINDS
 
-# Arguments the caller supplies (uni_lab.contracts); everything else in a signature is a user parameter.
-CALL_ARGS = {kind: call_args(kind) for kind in KINDS}
 REQUIRED = inspect.Parameter.empty
 
 
@@ -409,6 +407,8 @@ class Registry:
         return out
 
 
+# The table the decorators fill and ``uni_lab.get``/``create``/``list_plugins`` read. ``uni_lab.registry``
+# is this module; its functions below are the public doors to this instance.
 registry = Registry()
 
 
@@ -457,3 +457,13 @@ def create(kind: str, name: str, **params) -> Callable:
 def list_plugins(kind: str | None = None, pattern: str = "*") -> list[Plugin]:
     """Registered plugins, optionally of one kind and matching a shell-style pattern."""
     return registry.list(kind, pattern)
+
+
+def register_module(module, name: str | None = None) -> None:
+    """Register a module of raw ``@uni_lab.hookimpl`` functions (:meth:`Registry.register_module`)."""
+    registry.register_module(module, name)
+
+
+def unregister(kind: str, name: str) -> Plugin:
+    """Take one plugin out again and return it (:meth:`Registry.unregister`)."""
+    return registry.unregister(kind, name)

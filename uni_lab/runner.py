@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import distributed, doubts, fastview, run_config
+from . import distributed, doubts, fastview
 from .accel import accelerate, to_device
 from .data import ImageDataset, batches, collate, list_images
 from .engine import partition
@@ -73,13 +73,11 @@ def _method_steps(method: Method) -> int:
     return int(steps or 0)
 
 
-def run(*args, **kwargs) -> RunResult:
-    config = RunConfig(*args, **kwargs)
+def write_store(config: RunConfig) -> RunResult:
+    """``execute(plan(config))``, the caller's models (Classifier objects) restored as they were after
+    both: :func:`uni_lab.run` and ``uni-lab run`` come through here."""
     with preserving([m for m in _as_list(config.models) if isinstance(m, Classifier)]):
         return execute(plan(config))
-
-
-run.__signature__, run.__doc__ = run_config.signature(), run_config.run_doc()
 
 
 @dataclass

@@ -273,9 +273,6 @@ class Store(EvaluationVariables):
         """The stored class of every image for model ``mi``; -1 where its inputs are not written yet."""
         return self._read("target", mi).astype(np.int64)
 
-    def read_input(self, mi: int, ii: int) -> np.ndarray:
-        return self._read("input", (mi, ii))
-
     def image_hashes(self) -> list[str]:
         """The content hash of every image as the store recorded it ("" where it has none)."""
         g = self.group()

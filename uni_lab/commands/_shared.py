@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from ..defaults import PERTURBED_METRICS, SEVERITIES
-from ..errors import PluginError
+from ..errors import PluginError, named_failure
 
 
 def add_evaluation_arguments(p) -> None:
@@ -68,26 +68,12 @@ def import_plugins(items) -> None:
             spec = importlib.util.spec_from_file_location(f"uni_lab_user_{path.stem}", path)
             mod = importlib.util.module_from_spec(spec)
             sys.modules[spec.name] = mod
-            try:
+            # the file is named, and a sys.exit(0) in it must not end the run as a success
+            with named_failure(f"plugin file '{item}' failed to import", "fix it or drop --plugins.", PluginError):
                 spec.loader.exec_module(mod)
-            except PluginError:
-                raise
-            except (Exception, SystemExit) as exc:  # name the file; sys.exit(0) in it must not end the run as a success
-                raise PluginError(f"plugin file '{item}' failed to import ({_what(exc)}); "
-                                  "fix it or drop --plugins.") from exc
         else:
-            try:
+            with named_failure(f"cannot import plugin module '{item}'", "fix it or drop --plugins.", PluginError):
                 importlib.import_module(item)
-            except PluginError:
-                raise
-            except (Exception, SystemExit) as exc:
-                raise PluginError(f"cannot import plugin module '{item}' ({_what(exc)}); fix it or drop --plugins.") from exc
-
-
-def _what(exc: BaseException) -> str:
-    if isinstance(exc, SystemExit):
-        return f"it called sys.exit({exc.code!r}) while being imported"
-    return f"{exc.__class__.__name__}: {exc}"
 
 
 def names(values) -> list[str]:

@@ -21,7 +21,7 @@ def add_arguments(p):
 
 def main(args) -> int:
     from .. import run_config
-    from ..runner import execute, plan
+    from ..runner import write_store
     from ..summary import format_table
 
     import_plugins(args.plugins)
@@ -29,7 +29,7 @@ def main(args) -> int:
     # a typo in a metric name must not cost the whole run first; without evaluation flags a metric's
     # --set would change nothing, and the plan of nothing says so
     plan_from_args(args, args.output)
-    result = execute(plan(run_config.from_args(args)))
+    result = write_store(run_config.from_args(args))
     i, n = result.shard
     where = f", shard {i}/{n}" if n > 1 else ""
     print(f"store: {result.path} ({result.computed} items computed, {result.skipped} already done{where})")
