@@ -42,7 +42,7 @@ def add_arguments(parser, cls, only=None) -> None:
             kwargs["default"] = ",".join(map(str, default)) if isinstance(default, tuple) else default
         if kwargs.get("action") == "append":
             kwargs["default"] = []
-        shown = "" if kwargs.get("action") in ("store_true", "store_false", "append") or default is None \
+        shown = "" if kwargs.get("action") in ("store_true", "store_false", "append") or default in (None, ()) \
             else " (default: %(default)s)"
         text = (meta["flag_help"] or meta["help"]) + shown
         if meta["flag"].startswith("-"):
