@@ -47,7 +47,7 @@ from ..locks import evaluation_lock
 from ..models import preserving, resolve_device
 from ..schema import SCHEMA_VERSION
 from ..store import Store
-from .conditions import CLEAN, Attack, Condition, Corruption
+from .conditions import CLEAN, Attacked, Condition, Corrupted
 from .jobs import Job, compute
 from .selection import Selection, changed_parameters, record, refuse_changed, select, subset
 from .stored import MethodCall, check_plugins_present, load_model, method_from_config, read_explanation
@@ -55,7 +55,7 @@ from .tables import metric_table
 
 __all__ = ["evaluate", "plan", "execute", "EvaluationPlan", "EvalResult", "EvaluateConfig", "Selection", "select",
            "metric_table", "MethodCall", "check_plugins_present", "load_model", "method_from_config",
-           "read_explanation", "Job", "Condition", "CLEAN", "Attack", "Corruption"]
+           "read_explanation", "Job", "Condition", "CLEAN", "Attacked", "Corrupted"]
 
 
 @dataclass

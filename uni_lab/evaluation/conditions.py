@@ -109,7 +109,7 @@ class Perturbation(Condition):
         return [explanation_values(exp, j, steps, self.prefix) for j in range(len(sub.ids))]
 
 
-class Attack(Perturbation):
+class Attacked(Perturbation):
     """An input perturbed against one method: input and map stored together, under one flag."""
 
     kind = "attack"
@@ -131,7 +131,7 @@ class Attack(Perturbation):
                           image)
 
 
-class Corruption(Perturbation):
+class Corrupted(Perturbation):
     """An ImageNet-C copy of the input at a severity, shared by every method of a model: the input is
     stored (and flagged) once, each method's map of it after."""
 

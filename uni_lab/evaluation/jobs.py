@@ -15,7 +15,7 @@ from ..models import Classifier
 from ..schema import ITEM, LABEL_DIMS, MetricFlag, MetricValue, Variable
 from ..seeding import image_seed
 from ..store import Store
-from .conditions import CLEAN, Attack, Condition, Corruption, Perturbed
+from .conditions import CLEAN, Attacked, Condition, Corrupted, Perturbed
 from .selection import check_owner, semantic
 from .stored import Batch, MethodCall, method_from_config, take, verify_model
 
@@ -104,8 +104,8 @@ def compute(st: Store, ds: xr.Dataset, plan) -> None:
     config, todo, ids = config_of(ds), plan.selection, plan.ids
     seeds = {i: image_seed(config.get("seed", 0), i) for i in ids}
     out = Output(st, todo.coords())
-    conditions = [Attack(p) for p in todo.attacks]
-    conditions += [Corruption(p, s) for p in todo.corruptions for s in todo.severities]
+    conditions = [Attacked(p) for p in todo.attacks]
+    conditions += [Corrupted(p, s) for p in todo.corruptions for s in todo.severities]
     batch_size, dev = plan.config.batch_size, plan.dev
     for model_name, clf in plan.models.items():
         clf = clf.to(dev)
