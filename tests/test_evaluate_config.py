@@ -126,3 +126,13 @@ def test_the_store_is_addressed_by_labels(store, tiny_model):
     ds = xr.open_zarr(store)
     assert bool(ds["done_deletion"].all()) and np.isfinite(ds["deletion"].values).all()
     np.testing.assert_array_equal(ds["deletion"].sel(image="coffee").values, coffee)
+
+
+def test_a_model_the_store_cannot_reload_is_refused_before_anything_is_written(store):
+    """The in-memory tiny model has no weights file: the plan says so (it used to record the metric's
+    parameters in the store first)."""
+    before = listing(store)
+    with pytest.raises(UniLabError, match=r"^cannot reload model 'tiny'.*pass it in: uni_lab\.evaluate\(store, "
+                                          r"models=\[classifier\]\)"):
+        uni_lab.evaluate(store, metrics="mufidelity", progress=False)
+    assert listing(store) == before
