@@ -106,3 +106,19 @@ def test_a_value_landing_in_another_metrics_variable_is_refused(store, tiny_mode
     finally:
         registry.unregister("metric", "success")
     np.testing.assert_array_equal(xr.open_zarr(store)["attack_success_rate"].values, clean)
+
+
+def test_a_metric_dim_named_like_a_condition_is_refused(store, tiny_model):
+    """A stored variable's condition is read from its dims: a clean metric may not add an ``attack`` dim."""
+    def per_attack(attribution):
+        values = attribution.abs().flatten(1).sum(1).unsqueeze(1).repeat(1, 2).numpy()
+        return {"per_attack": xr.DataArray(values, dims=("image", "attack"))}
+
+    uni_lab.metric("_test_per_attack")(per_attack)
+    try:
+        with pytest.raises(PluginError, match=r"^metric '_test_per_attack' returned 'per_attack' with dims "
+                                              r"\('image', 'attack'\); the store's label dims \(attack\) are not a metric's"):
+            uni_lab.evaluate(store, metrics="_test_per_attack", models=[tiny_model], progress=False)
+    finally:
+        registry.unregister("metric", "_test_per_attack")
+    assert "_test_per_attack_per_attack" not in xr.open_zarr(store)

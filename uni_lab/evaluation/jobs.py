@@ -141,9 +141,9 @@ def _metric_columns(metric: str, out: dict, n: int, kind: str = "clean") -> dict
                 raise PluginError(f"metric '{metric}' returned '{key}' with dims {value.dims}; the first must be 'image'.")
             dims = tuple(value.dims[1:])
             if set(dims) & set(LABEL_DIMS):  # a stored variable's condition is read from its dims
-                raise PluginError(f"metric '{metric}' returned '{key}' with dims {value.dims}; "
-                                  f"{', '.join(sorted(set(dims) & set(LABEL_DIMS)))} name the store's labels, "
-                                  "call them something else.")
+                raise PluginError(f"metric '{metric}' returned '{key}' with dims {value.dims}; the store's label dims "
+                                  f"({', '.join(sorted(set(dims) & set(LABEL_DIMS)))}) are not a metric's, name "
+                                  "its own dims otherwise.")
             coords = {d: (value[d].values if d in value.coords else np.arange(value.sizes[d])) for d in dims}
             arr = np.asarray(value.values, dtype=float)
         else:
