@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 import uni_lab
-from uni_lab.evaluate import load_model, read_explanation
+from uni_lab.evaluation import load_model, read_explanation
 from uni_lab.registry import get
 from uni_lab.accessor import config_of
 from uni_lab.store import Store

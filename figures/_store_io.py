@@ -119,7 +119,7 @@ def compute_store(path: Path, args, *, methods=None, steps=None, sets=None) -> P
 def compute_evaluation(path: Path, args, **kwargs) -> Path:
     """Add metrics/attacks/corruptions to the store at ``path`` with ``uni_lab.evaluate`` (resumes)."""
     import uni_lab
-    from uni_lab.evaluate import evaluate
+    from uni_lab import evaluate
 
     what = ", ".join(f"{k}={v}" for k, v in kwargs.items() if v)
     print(f"evaluating {_rel(path)}: {what}")

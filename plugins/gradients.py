@@ -1,6 +1,6 @@
 """One-pass gradient explainers (docs/methods.md §4): saliency and input×gradient.
 
-Both evaluate ``∇_x F_c(x)`` with the engine's batched :func:`~uni_lab.engine.evaluate`, so
+Both evaluate ``∇_x F_c(x)`` with the engine's batched :func:`~uni_lab.engine.grads_and_scores`, so
 they batch, move devices and pick ``output`` exactly as the path methods do.
 """
 from typing import Literal
@@ -9,8 +9,8 @@ import torch
 
 import uni_lab
 from uni_lab.contracts import BatchSize
-from uni_lab.engine import (DEFAULT_INTERNAL_BATCH, OUTPUTS, check_input, check_output, completeness_error, evaluate,
-                            scores)
+from uni_lab.engine import (DEFAULT_INTERNAL_BATCH, OUTPUTS, check_input, check_output, completeness_error,
+                            grads_and_scores, scores)
 from uni_lab.explanation import Explanation
 
 
@@ -18,7 +18,7 @@ def input_gradients(model, x, target, output: str = "prob", internal_batch_size:
     """``(∇_x F_c(x), F_c(x) as probability, as logit)`` for a batch."""
     check_output(output)
     check_input(x)
-    grads, prob, logit = evaluate(model, x.unsqueeze(0), target, output, internal_batch_size or DEFAULT_INTERNAL_BATCH)
+    grads, prob, logit = grads_and_scores(model, x.unsqueeze(0), target, output, internal_batch_size or DEFAULT_INTERNAL_BATCH)
     return grads[0], prob[0], logit[0]
 
 

@@ -13,7 +13,7 @@ import xarray as xr
 
 import uni_lab
 from uni_lab.contracts import Count, NonNegative
-from uni_lab.engine import OUTPUTS, completeness_error as relative_error, evaluate
+from uni_lab.engine import OUTPUTS, completeness_error as relative_error, grads_and_scores
 from uni_lab.errors import InputError
 from uni_lab.summary import monotone_fraction
 
@@ -85,7 +85,7 @@ def _straight_path_cosine(model, x, target, explanation, i, ok, output, toleranc
     alphas = explanation.trace["alpha"][i].detach().to(x)[torch.as_tensor(ok)]
     xb = explanation.baseline[i:i + 1].to(x)
     points = xb.unsqueeze(0) + alphas.view(-1, 1, 1, 1, 1) * (x - xb).unsqueeze(0)
-    grads, _, logit = evaluate(model, points, target, output, ibs)
+    grads, _, logit = grads_and_scores(model, points, target, output, ibs)
     # logits, not probabilities: a saturated softmax would hide a different path
     stored = explanation.trace["logit"][i].detach().double().cpu().numpy()[ok]
     if np.abs(logit[:, 0].double().cpu().numpy() - stored).max() > tolerance * (1 + np.abs(stored).max()):

@@ -32,7 +32,7 @@ def _once(path: Path, build) -> Path:
 
 def evaluated_store(base: Path) -> Path:
     """Run (B = 4) plus ``uni_lab.evaluate`` with every metric, attack and corruption a figure reads."""
-    from uni_lab.evaluate import evaluate
+    from uni_lab import evaluate
 
     def build(out):
         clf = train_tiny()

@@ -16,8 +16,6 @@ ROOT = Path(__file__).resolve().parents[1] / "uni_lab"
 EXCEPTIONS = {
     "bench.py:bench": "its parameters are the workload of `uni-lab bench` (model, sizes, steps, reps), each a flag; "
                       "the timed phases read best in one place",
-    "evaluate/__init__.py:evaluate": "the public Python signature of `uni-lab evaluate`, one keyword per flag; "
-                                     "its work is already split into planning, jobs and conditions",
     "skeleton.py:skeleton": "one argument per dimension and attribute of the store it lays out",
 }
 

@@ -19,7 +19,7 @@ import torch
 import uni_lab
 from uni_lab.contracts import KEYWORD_ARGS, POSITIONAL_ARGS, check_signature
 from uni_lab.errors import PluginError
-from uni_lab.evaluate import evaluate
+from uni_lab import evaluate
 from uni_lab.explanation import Explanation
 from uni_lab.methods import resolve, route_params
 from uni_lab.seeding import image_seed

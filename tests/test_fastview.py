@@ -204,7 +204,7 @@ def test_evaluate_recomputes_with_the_stores_setting(tiny_model, tmp_path, monke
                       progress=False)
     monkeypatch.setenv(fastview.ENV, "1")
     seen.clear()
-    from uni_lab.evaluate import evaluate
+    from uni_lab import evaluate
 
     evaluate(res.path, metrics=["completeness_error"], attacks=["random_noise"], sets={"robustness.k": 10},
              progress=False, models=[tiny_model])

@@ -124,7 +124,7 @@ def test_double_backward_passes_hold_at_most_the_planned_points(tiny_model, batc
 def test_evaluate_runs_the_iterative_attack_and_reports_its_applied_share(tiny_model, tmp_path):
     import xarray as xr
 
-    from uni_lab.evaluate import evaluate
+    from uni_lab import evaluate
 
     out = uni_lab.run(models=tiny_model, images=["chelsea", "coffee"], methods=["ig:black"], steps=4,
                       out=tmp_path / "s.zarr", progress=False, seed_stability=False).path

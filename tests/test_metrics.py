@@ -15,7 +15,8 @@ from torch import nn
 
 import uni_lab
 from uni_lab.errors import StoreError
-from uni_lab.evaluate import MethodCall, evaluate
+from uni_lab import evaluate
+from uni_lab.evaluation import MethodCall
 from uni_lab.explanation import Explanation
 from uni_lab.methods import resolve
 from uni_lab.ops import gaussian_blur

@@ -165,7 +165,7 @@ def test_run_and_evaluate_give_the_callers_classifiers_back_as_they_were(tmp_pat
     """A run sets every model's input size to the first one's and, with channels_last, changes the
     network's layout; an evaluation moves given models to its device. Each comes back as it was
     (the device itself cannot be told apart on a machine with only a CPU)."""
-    from uni_lab.evaluate import evaluate
+    from uni_lab import evaluate
 
     first = uni_lab.wrap(_small_net(), mean=(0, 0, 0), std=(1, 1, 1), input_size=(16, 16), name="a")
     second = uni_lab.wrap(_small_net(), mean=(0, 0, 0), std=(1, 1, 1), input_size=(24, 24), name="b")
@@ -224,7 +224,7 @@ def test_missing_input_chunk_is_named_not_blamed_on_the_model(store):
     import_plugins([str(PLUGIN)])
     chunk = next(p for p in (store / "input").iterdir() if not p.name.startswith("."))
     chunk.unlink()
-    from uni_lab.evaluate import evaluate
+    from uni_lab import evaluate
 
     # a chunk holds a block of images (two of the four here): all of them are named
     with pytest.raises(StoreError, match=r"stored input of images \['im\d'(, 'im\d')*\] .* is missing or damaged.*check --repair"):

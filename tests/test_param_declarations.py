@@ -19,7 +19,7 @@ from annotated_types import Ge, Gt, Le, Lt, MultipleOf
 
 import uni_lab
 from uni_lab.errors import InputError, PluginError, UniLabError
-from uni_lab.evaluate.planning import plan
+from uni_lab.evaluation.selection import select as plan
 from uni_lab.methods import resolve, route_params
 from uni_lab.registry import Registry, registry
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import uni_lab
-from uni_lab.evaluate import MethodCall
+from uni_lab.evaluation import MethodCall
 from uni_lab.methods import resolve
 
 SEEDS = torch.tensor([5, 6])
@@ -189,7 +189,7 @@ def test_evaluate_adds_the_new_metrics_to_a_store(tmp_path):
     import xarray as xr
 
     from conftest import train_tiny
-    from uni_lab.evaluate import evaluate
+    from uni_lab import evaluate
 
     clf = train_tiny()
     out = uni_lab.run(models=clf, images=["chelsea", "coffee"], methods=["ig:black", "saliency"], steps=4,

@@ -53,14 +53,20 @@ def test_readme_table_lists_every_run_variable_with_its_dims():
         assert rows[name] == var.dims, (name, rows[name])
 
 
-def test_evaluation_names():
+def test_evaluation_names_are_built_from_declared_data():
     assert schema.metric_variable("deletion", "deletion") == "deletion"
     assert schema.metric_variable("deletion", "curve", "attack") == "attack_deletion_curve"
     assert schema.metric_flag("bias", "corruption") == "done_corruption_bias"
-    assert schema.flag_of("attack_robustness_topk", {"uni_lab_metric": "robustness"}) == "done_attack_robustness"
-    assert schema.condition_of("corruption_input") == "corruption" and schema.condition_of("input") == "clean"
+    attacked = xr.Variable(schema.ITEM + ("attack",), np.zeros((1, 1, 1, 1)), {"uni_lab_metric": "robustness"})
+    assert schema.flag_of(attacked) == "done_attack_robustness"
+    # the condition is read from the dims, not the name: a clean metric may be called attack_*
+    clean = xr.Variable(schema.ITEM, np.zeros((1, 1, 1)), {"uni_lab_metric": "attack_success"})
+    assert schema.flag_of(clean) == "done_attack_success"
+    assert schema.is_metric("attack_success", clean) and not schema.is_flag("attack_success", clean)
+    assert schema.condition_in(schema.IMAGE + ("corruption", "severity")).kind == "corruption"
+    assert schema.condition_in(schema.ITEM + ("step",)).kind == "clean"
     with pytest.raises(ValueError, match="unknown condition"):
-        schema.prefix("noise")
+        schema.metric_flag("bias", "noise")
 
 
 def test_every_evaluation_variable_is_named_by_the_schema(evaluated):
@@ -68,16 +74,18 @@ def test_every_evaluation_variable_is_named_by_the_schema(evaluated):
     declared = set(schema.RUN_VARIABLES)
     for kind in ("attack", "corruption"):
         declared |= set(schema.perturbed_variables(kind))
-    metrics = {v for v in ds.data_vars if schema.is_metric(v, ds[v].attrs)}
-    flags = {schema.flag_of(v, ds[v].attrs) for v in metrics}
+    metrics = {v for v in ds.data_vars if schema.is_metric(v, ds[v])}
+    flags = {schema.flag_of(ds[v]) for v in metrics}
     assert metrics and flags <= set(ds.data_vars)
     assert set(ds.data_vars) == declared | metrics | flags, set(ds.data_vars) ^ (declared | metrics | flags)
     for kind in ("attack", "corruption"):
         for name, var in schema.perturbed_variables(kind).items():
             assert ds[name].dims == var.dims and ds[name].dtype == np.dtype(var.dtype), name
-    for v in metrics:  # a metric's dims: the item, its condition's dims, then its own
-        kind = schema.condition_of(v)
-        assert ds[v].dims[:3 + len(schema.CONDITION_DIMS[kind])] == schema.ITEM + schema.CONDITION_DIMS[kind], v
+    for v in metrics:  # a metric's dims: the item, its condition's dims, then its own; its name the condition's
+        kind = schema.condition_in(ds[v].dims)
+        assert ds[v].dims[:3 + len(kind.dims)] == schema.ITEM + kind.dims, v
+        assert v.startswith(kind.prefix + ds[v].attrs["uni_lab_metric"]), v
+    assert {v for v in ds.data_vars if schema.is_flag(v, ds[v])} == {v for v in ds.data_vars if v.startswith("done_")}
 
 
 def test_readers_on_the_accessor(evaluated):

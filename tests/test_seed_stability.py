@@ -6,7 +6,7 @@ import torch
 import xarray as xr
 
 import uni_lab
-from uni_lab.evaluate import MethodCall
+from uni_lab.evaluation import MethodCall
 from uni_lab.explanation import Explanation
 from uni_lab.methods import resolve
 from uni_lab.plugins.metric_path import monotonicity

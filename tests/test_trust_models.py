@@ -17,7 +17,7 @@ from torch import nn
 import uni_lab
 from uni_lab import cli
 from uni_lab.captum import IG, MethodAttribution
-from uni_lab.evaluate.stored import load_model
+from uni_lab.evaluation.stored import load_model
 from uni_lab.quantus_bridge import explain_func
 
 ARCH = "timm:test_resnet"  # timm's smallest real architecture: a path through create_model, built in milliseconds

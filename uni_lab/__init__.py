@@ -2,11 +2,11 @@
 
 The public surface: the plugin decorators (``baseline``, ``path``, ``explainer``, ``attack``,
 ``metric``, ``model``), ``create``/``get``/``list_plugins`` to use what is registered,
-``create_model``/``wrap`` for classifiers in pixel space, ``run`` for whole stores and
-``open_store`` to read one (``ds.uni`` is registered on import).
+``create_model``/``wrap`` for classifiers in pixel space, ``run`` for whole stores, ``evaluate``
+to add metrics, attacks and corruptions to one and ``open_store`` to read one (``ds.uni`` is registered on import).
 """
 from . import accessor  # noqa: F401  registers the ``ds.uni`` accessor on every xarray Dataset
-from . import run_config
+from . import evaluate_config, run_config
 from .errors import InputError, PluginError, StoreError, UniLabError
 from .hookspecs import hookimpl
 from .registry import attack, baseline, create, explainer, get, list_plugins, metric, model, path
@@ -45,3 +45,12 @@ def run(*args, **kwargs):
 
 
 run.__signature__, run.__doc__ = run_config.signature(), run_config.run_doc()  # torch-free: help() answers at once
+
+
+def evaluate(*args, **kwargs):
+    from .evaluation import evaluate as _evaluate
+
+    return _evaluate(*args, **kwargs)
+
+
+evaluate.__signature__, evaluate.__doc__ = evaluate_config.signature(), evaluate_config.evaluate_doc()

@@ -67,7 +67,7 @@ class UniAccessor:
         ds = self._ds
         if var not in ds.data_vars:
             return None
-        flag = flag_of(var, ds[var].attrs)
+        flag = flag_of(ds[var])
         return ds[var].where(ds[flag]) if flag in ds.data_vars else ds[var]
 
     def is_evaluated(self, flag: str, **labels) -> bool:

@@ -91,7 +91,7 @@ def _passes(total: int, cap: int) -> list[slice]:
     return [slice(s, min(total, s + size)) for s in range(0, total, size)] if total else []
 
 
-def evaluate(model, points: torch.Tensor, target: torch.Tensor, output: str, internal_batch_size: int):
+def grads_and_scores(model, points: torch.Tensor, target: torch.Tensor, output: str, internal_batch_size: int):
     """Gradients and scores at path points ``(m, N, ...)``, in passes of bounded size."""
     m, n = points.shape[:2]
     model = fast_view(model, points[0])
@@ -115,13 +115,13 @@ def forward_scores(model, points: torch.Tensor, target: torch.Tensor, internal_b
     return torch.cat(probs), torch.cat(logits)
 
 
-def _evaluate_without_baseline_gradient(model, points, target, output, internal_batch_size):
-    """:func:`evaluate` for a chunk whose first point is the baseline: there, scores only."""
+def _grads_and_scores_past_baseline(model, points, target, output, internal_batch_size):
+    """:func:`grads_and_scores` for a chunk whose first point is the baseline: there, scores only."""
     p0, l0 = forward_scores(model, points[0], target, internal_batch_size)
     nan = torch.full_like(points[:1], float("nan"))
     if points.shape[0] == 1:
         return nan, p0.unsqueeze(0), l0.unsqueeze(0)
-    grads, prob, logit = evaluate(model, points[1:], target, output, internal_batch_size)
+    grads, prob, logit = grads_and_scores(model, points[1:], target, output, internal_batch_size)
     return torch.cat([nan, grads]), torch.cat([p0.unsqueeze(0), prob]), torch.cat([l0.unsqueeze(0), logit])
 
 
@@ -231,9 +231,9 @@ def integrate(model, x: torch.Tensor, target: torch.Tensor, path: Iterator, *, o
             break
         alphas, points = chunk[0], chunk[1].detach()
         if prev is None and not baseline_gradient and rule == "right":
-            grads, prob, logit = _evaluate_without_baseline_gradient(model, points, target, output, ibs)
+            grads, prob, logit = _grads_and_scores_past_baseline(model, points, target, output, ibs)
         else:
-            grads, prob, logit = evaluate(model, points, target, output, ibs)
+            grads, prob, logit = grads_and_scores(model, points, target, output, ibs)
         reply = (grads, prob, logit)
         if baseline is None:
             baseline, first_alpha = points[0], alphas[:1]  # checked after the loop: no host sync inside it

@@ -11,8 +11,9 @@ and writes nothing.
 from __future__ import annotations
 
 import inspect
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass
 
+from . import declared
 from .defaults import DEFAULT_BATCH, DEFAULT_MAX_PIXELS, DEFAULT_METHODS, DEFAULT_MODEL, DEFAULT_OUT, DEFAULT_STEPS, RESIZES
 from .errors import InputError
 
@@ -49,14 +50,7 @@ def _size(text: str) -> tuple[int, ...]:
             from None
 
 
-def _field(default, help: str, flag: str | None = None, parse=None, flag_help: str | None = None,
-           **argparse_kwargs):
-    """A field with its help text and, for the CLI, its flag (``flag_help`` where the flag negates
-    the field), argparse keywords and value conversion."""
-    meta = {"help": help, "flag": flag, "parse": parse, "argparse": argparse_kwargs, "flag_help": flag_help}
-    if isinstance(default, (list, dict, tuple)):
-        return field(default_factory=lambda: default, metadata=meta)
-    return field(default=default, metadata=meta)
+_field = declared.declared
 
 
 @dataclass(frozen=True)
@@ -147,36 +141,17 @@ class RunConfig:
 
 def add_arguments(parser) -> None:
     """The ``uni-lab run`` flags, one per field of :class:`RunConfig`."""
-    for f in fields(RunConfig):
-        meta = f.metadata
-        kwargs = dict(meta["argparse"])
-        default = f.default_factory() if f.default is MISSING else f.default
-        if kwargs.get("action") not in ("store_true", "store_false"):
-            kwargs["default"] = ",".join(default) if isinstance(default, tuple) else default
-        if kwargs.get("action") == "append":
-            kwargs["default"] = []
-        shown = "" if kwargs.get("action") in ("store_true", "store_false", "append") or default is None \
-            else " (default: %(default)s)"
-        parser.add_argument(meta["flag"], dest=f.name, help=(meta["flag_help"] or meta["help"]) + shown, **kwargs)
+    declared.add_arguments(parser, RunConfig)
 
 
 def from_args(args) -> RunConfig:
     """The :class:`RunConfig` of parsed ``uni-lab run`` flags."""
-    values = {}
-    for f in fields(RunConfig):
-        value = getattr(args, f.name)
-        parse = f.metadata["parse"]
-        values[f.name] = parse(value) if parse is not None and value is not None else value
-    return RunConfig(**values)
+    return declared.from_args(args, RunConfig)
 
 
 def documentation() -> str:
     """One line per field: name, default and help (``uni_lab.run``'s docstring, the README's flag list)."""
-    lines = []
-    for f in fields(RunConfig):
-        default = f.default_factory() if f.default is MISSING else f.default
-        lines.append(f"``{f.name}`` (``{f.metadata['flag']}``, default ``{default!r}``): {f.metadata['help']}.")
-    return "\n".join(lines)
+    return declared.documentation(RunConfig)
 
 
 def run_doc() -> str:
@@ -199,9 +174,4 @@ Parameters (fields of :class:`uni_lab.run_config.RunConfig`; the ``uni-lab run``
 
 def signature() -> inspect.Signature:
     """``RunConfig``'s fields as keyword parameters (the first three positional too), for ``uni_lab.run``."""
-    params = []
-    for i, f in enumerate(fields(RunConfig)):
-        default = f.default_factory() if f.default is MISSING else f.default
-        kind = inspect.Parameter.POSITIONAL_OR_KEYWORD if i < 3 else inspect.Parameter.KEYWORD_ONLY
-        params.append(inspect.Parameter(f.name, kind, default=default))
-    return inspect.Signature(params)
+    return declared.signature(RunConfig, 3)

@@ -188,7 +188,7 @@ def _finish(plan: RunPlan, part: tuple, base: Store):
     c = plan.config
     random_specs = [m.spec for m in plan.methods if m.has_random_part()]
     if c.seed_stability and random_specs and not plan.ctx.active and part == (0, 1):
-        from .evaluate import evaluate
+        from .evaluation import evaluate
 
         evaluate(c.out, metrics="seed_stability", methods=random_specs, models=plan.models, batch_size=c.batch_size,
                  device=str(plan.dev), progress=c.progress)

@@ -1,14 +1,15 @@
-"""What a store holds, written once: dims, variables, chunk layout and evaluation names.
+"""What a store holds, written once: dims, variables, chunk layout, and the evaluation conditions and variables as data.
 
 Everything that creates, checks, evaluates or reads a store derives from this module: the run's
 skeleton (:mod:`uni_lab.skeleton`), ``uni-lab check`` (:mod:`uni_lab.check`), evaluation
-(:mod:`uni_lab.evaluate`) and the readers on ``ds.uni`` (:mod:`uni_lab.accessor`). It needs
+(:mod:`uni_lab.evaluation`) and the readers on ``ds.uni`` (:mod:`uni_lab.accessor`). It needs
 numpy only, so notebooks can import it without torch.
 
 A run writes the variables of :data:`RUN_VARIABLES`. ``uni-lab evaluate`` adds metrics and
-perturbed inputs under names built by the functions at the end: a condition's prefix
-(``attack_``, ``corruption_``) before the clean name, and a ``done_*`` flag per metric and
-condition, set after the values it vouches for.
+perturbed inputs declared at the end: each condition (clean, attack, corruption) as data, a
+metric's values and its ``done_*`` flag (set after the values it vouches for) as small frozen
+records whose names are built from them. Names are only ever built, never parsed back: a stored
+variable's condition comes from its dims, its metric from its ``uni_lab_metric`` attribute.
 """
 from __future__ import annotations
 
@@ -25,10 +26,8 @@ TRACE_KEYS = ("alpha", "prob", "logit", "grad_norm", "distance")
 MAP = ("channel", "y", "x")
 IMAGE = ("model", "image")
 ITEM = ("model", "method", "image")
-# The dims a perturbed input adds to an item, per condition: an attack aims at one method, a
-# corruption (at a severity) is shared by every method of a model.
-CONDITION_DIMS = {"clean": (), "attack": ("attack",), "corruption": ("corruption", "severity")}
-LABEL_DIMS = ITEM + CONDITION_DIMS["attack"] + CONDITION_DIMS["corruption"]
+# The dims the evaluation conditions add to an item (CONDITIONS, below, declares them).
+LABEL_DIMS = ITEM + ("attack", "corruption", "severity")
 
 
 @dataclass(frozen=True)
@@ -153,58 +152,116 @@ def block_of(attrs: dict) -> int:
     return int(json.loads(attrs.get("uni_lab_chunks", "{}")).get("images", 1))
 
 
-# ---- evaluation names -------------------------------------------------------------------------
-def prefix(kind: str) -> str:
-    """``""``, ``"attack_"``, ``"corruption_"``: what a condition puts before a clean variable's name."""
-    if kind not in CONDITION_DIMS:
-        raise ValueError(f"unknown condition {kind!r}; conditions are {', '.join(CONDITION_DIMS)}")
-    return "" if kind == "clean" else f"{kind}_"
+# ---- evaluation variables, declared ----------------------------------------------------------
+@dataclass(frozen=True)
+class ConditionKind:
+    """Under what an item is evaluated, as data: the dims it adds to the item, the prefix its
+    variables are named with, and, for a perturbation, its input's dims and done flags. A stored
+    variable's condition is read back from its dims (:func:`condition_in`), never from its name."""
+
+    kind: str
+    dims: tuple = ()
+    input_dims: tuple = ()  # a perturbed input: per method (an attack aims at one) or per model (a corruption)
+    input_flag: str = ""  # set once the perturbed input is written
+    maps_flag: str = ""  # set once the method's map of it is written
+
+    @property
+    def prefix(self) -> str:
+        return "" if self.kind == "clean" else f"{self.kind}_"
 
 
-def condition_of(name: str) -> str:
-    """The condition a variable was evaluated under, from its name."""
-    return next((k for k in ("attack", "corruption") if name.startswith(prefix(k))), "clean")
+CONDITIONS = {c.kind: c for c in (
+    ConditionKind("clean"),
+    # an attack's input and map are written together, under one flag
+    ConditionKind("attack", ("attack",), ITEM + ("attack",), "done_attack", "done_attack"),
+    # a corruption's input is shared by every method of a model and flagged on its own
+    ConditionKind("corruption", ("corruption", "severity"), IMAGE + ("corruption", "severity"),
+                  "done_corruption_input", "done_corruption"),
+)}
+assert LABEL_DIMS == ITEM + tuple(d for c in CONDITIONS.values() for d in c.dims)
+
+
+def condition(kind: str) -> ConditionKind:
+    if kind not in CONDITIONS:
+        raise ValueError(f"unknown condition {kind!r}; conditions are {', '.join(CONDITIONS)}")
+    return CONDITIONS[kind]
+
+
+def condition_in(dims) -> ConditionKind:
+    """The condition of a stored variable, from its dims (a metric's own dims never use these names)."""
+    return next((c for c in CONDITIONS.values() if c.dims and set(c.dims) <= set(dims)), CONDITIONS["clean"])
+
+
+@dataclass(frozen=True)
+class MetricFlag:
+    """The flag set once a metric's values of an item are written: ``done_[attack_|corruption_]m``."""
+
+    metric: str
+    kind: str = "clean"
+
+    @property
+    def name(self) -> str:
+        return f"done_{condition(self.kind).prefix}{self.metric}"
+
+
+@dataclass(frozen=True)
+class MetricValue:
+    """A metric's value ``key`` under a condition: ``m`` when the key is the metric's own name, else ``m_key``."""
+
+    metric: str
+    key: str
+    kind: str = "clean"
+
+    @property
+    def name(self) -> str:
+        return condition(self.kind).prefix + (self.metric if self.key == self.metric else f"{self.metric}_{self.key}")
+
+    @property
+    def flag(self) -> MetricFlag:
+        return MetricFlag(self.metric, self.kind)
 
 
 def metric_variable(metric: str, key: str, kind: str = "clean") -> str:
-    """Where a metric's value ``key`` goes: ``m`` when the key is the metric's own name, else ``m_key``."""
-    return prefix(kind) + (metric if key == metric else f"{metric}_{key}")
+    return MetricValue(metric, key, kind).name
 
 
 def metric_flag(metric: str, kind: str = "clean") -> str:
-    """The flag set once a metric's values of an item are written: ``done_[attack_|corruption_]m``."""
-    return f"done_{prefix(kind)}{metric}"
+    return MetricFlag(metric, kind).name
 
 
-def flag_of(name: str, attrs: dict) -> str:
-    """The ``done_*`` flag of an evaluation variable (its ``uni_lab_metric`` attribute names the metric)."""
-    return metric_flag(attrs.get("uni_lab_metric", name), condition_of(name))
+def flag_of(var) -> str:
+    """The ``done_*`` flag of a stored metric variable (an xarray variable): its metric from its
+    ``uni_lab_metric`` attribute, its condition from its dims."""
+    return MetricFlag(var.attrs["uni_lab_metric"], condition_in(var.dims).kind).name
 
 
-def is_metric(name: str, attrs: dict) -> bool:
-    """A metric's value (not its flag): what tables average."""
-    return bool(attrs.get("uni_lab_metric")) and not name.startswith("done_")
+def is_metric(name: str, var) -> bool:
+    """A metric's value, not its flag: what tables average."""
+    return bool(var.attrs.get("uni_lab_metric")) and name != flag_of(var)
+
+
+def is_flag(name: str, var) -> bool:
+    """A done flag: of a perturbed input or its map (declared by its condition), or of a metric."""
+    kind = condition_in(var.dims)
+    return name in (kind.input_flag, kind.maps_flag) or ("uni_lab_metric" in var.attrs and name == flag_of(var))
 
 
 def input_flag(kind: str) -> str:
-    """The flag of a perturbed input: an attack's input and map are written together (one flag); a
-    corruption's input is shared by every method and flagged on its own."""
-    return "done_attack" if kind == "attack" else f"done_{kind}_input"
+    return condition(kind).input_flag
 
 
 def maps_flag(kind: str) -> str:
-    return f"done_{kind}"
+    return condition(kind).maps_flag
 
 
 def input_dims(kind: str) -> tuple:
-    """Dims of a perturbed input: per method for an attack, per model for a corruption."""
-    cond = CONDITION_DIMS[kind]
-    return (ITEM + cond) if kind == "attack" else (IMAGE + cond)
+    return condition(kind).input_dims
 
 
 def perturbed_variables(kind: str) -> dict[str, Variable]:
     """The variables of inputs perturbed under ``kind`` and of the method's maps of them."""
-    p, item, inputs = prefix(kind), ITEM + CONDITION_DIMS[kind], input_dims(kind)
+    c = condition(kind)
+    p, item, inputs = c.prefix, ITEM + c.dims, c.input_dims
     out = {
         f"{p}input": Variable(inputs + MAP, "f4", f"{kind}ed input, pixel space"),
         f"{p}prob": Variable(inputs, "f8", "F_c at the perturbed input (probability)"),
@@ -213,14 +270,14 @@ def perturbed_variables(kind: str) -> dict[str, Variable]:
         f"{p}attribution": Variable(item + MAP, "f4", "attribution of the perturbed input"),
         f"{p}baseline": Variable(item + MAP, "f4", "baseline used at the perturbed input"),
         f"{p}completeness_error": Variable(item, "f8", "completeness error at the perturbed input"),
-        maps_flag(kind): Variable(item, "bool", "perturbed input and its map written", fill=False),
+        c.maps_flag: Variable(item, "bool", "perturbed input and its map written", fill=False),
     }
     out.update({f"{p}trace_{k}": Variable(item + ("step",), "f8") for k in TRACE_KEYS})
-    out[input_flag(kind)] = Variable(inputs, "bool", "perturbed input written", fill=False)
+    out[c.input_flag] = Variable(inputs, "bool", "perturbed input written", fill=False)
     return out
 
 
 def explanation_variables(kind: str = "clean") -> list[str]:
     """The variables an :class:`~uni_lab.explanation.Explanation` is stored in, under ``kind``."""
-    p = prefix(kind)
+    p = condition(kind).prefix
     return [f"{p}attribution", f"{p}baseline", f"{p}completeness_error", *(f"{p}trace_{k}" for k in TRACE_KEYS)]

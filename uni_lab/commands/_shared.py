@@ -10,46 +10,41 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from ..defaults import PERTURBED_METRICS, SEVERITIES
 from ..errors import PluginError, named_failure
 
 
 def add_evaluation_arguments(p) -> None:
-    """The flags ``uni-lab run`` shares with ``uni-lab evaluate``."""
-    p.add_argument("--metrics", default="", help="comma list of metrics, or 'all' (see `uni-lab plugins --kind metric`)")
-    p.add_argument("--attacks", default="", help="comma list of attacks (fgsm_attribution, random_noise), or 'all'")
-    p.add_argument("--corruptions", default="",
-                   help="comma list of ImageNet-C corruptions (brightness, saturate, gaussian_blur, defocus_blur, "
-                        "gaussian_noise, shot_noise), or 'all'")
-    p.add_argument("--severities", default=",".join(map(str, SEVERITIES)),
-                   help="corruption severities to sweep (default: %(default)s)")
-    p.add_argument("--perturbed-metrics", default=",".join(PERTURBED_METRICS),
-                   help="metrics computed on attacked and corrupted inputs (default: %(default)s)")
+    """The flags ``uni-lab run`` shares with ``uni-lab evaluate`` (fields of
+    :class:`~uni_lab.evaluate_config.EvaluateConfig`)."""
+    from .. import evaluate_config
 
-
-def _severities(args) -> list[str]:
-    return [s.strip() for s in args.severities.split(",") if s.strip()]
+    evaluate_config.add_arguments(p, evaluate_config.SHARED)
 
 
 def plan_from_args(args, output: str = "prob"):
     """Validate the shared flags (names, parameter types and values) without a store: `uni-lab run`
     calls it before computing anything."""
-    from ..evaluate import plan
+    from ..evaluate_config import SHARED, from_args
+    from ..evaluation import select
 
-    return plan(args.metrics, args.attacks, args.corruptions, severities=_severities(args),
-                perturbed_metrics=args.perturbed_metrics, sets=args.sets, output=output)
+    c = from_args(args, SHARED, store=None, sets=args.sets)
+    return select(c.metrics, c.attacks, c.corruptions, severities=c.severities, perturbed_metrics=c.perturbed_metrics,
+                  sets=c.sets, output=output)
 
 
 def evaluate_from_args(store, args, progress: bool = True):
-    """Run :func:`uni_lab.evaluate.evaluate` with the shared flags; print and return its table."""
-    from ..evaluate import evaluate
+    """``uni-lab run --metrics ...``: evaluate the run's new store with the shared flags."""
+    from ..evaluate_config import SHARED, from_args
 
-    result = evaluate(store, metrics=args.metrics, attacks=args.attacks, corruptions=args.corruptions,
-                      severities=_severities(args),
-                      perturbed_metrics=args.perturbed_metrics, sets=args.sets,
-                      methods=getattr(args, "methods_subset", None), images=getattr(args, "images_subset", None),
-                      batch_size=args.batch_size, device=args.device, recompute=getattr(args, "recompute", False),
-                      progress=progress)
+    return print_evaluation(from_args(args, SHARED, store=store, sets=args.sets, batch_size=args.batch_size,
+                                      device=args.device, recompute=args.recompute, progress=progress))
+
+
+def print_evaluation(config):
+    """Run an evaluation (:class:`~uni_lab.evaluate_config.EvaluateConfig`); print and return its table."""
+    from ..evaluation import execute, plan
+
+    result = execute(plan(config))
     table = result.table
     if table.empty:
         print("(no evaluated items)")

@@ -15,7 +15,7 @@ import torch
 from ..errors import UniLabError, named_failure
 from ..explanation import Explanation
 from ..registry import Plugin
-from ..schema import CONDITION_DIMS, MAP, input_flag, maps_flag, perturbed_variables, prefix
+from ..schema import MAP, condition, perturbed_variables
 from .stored import Batch, explanation_values, read_explanation
 
 
@@ -29,11 +29,11 @@ class Condition:
 
     @property
     def prefix(self) -> str:
-        return prefix(self.kind)
+        return condition(self.kind).prefix
 
     @property
     def dims(self) -> tuple:
-        return CONDITION_DIMS[self.kind]
+        return condition(self.kind).dims
 
     def sel(self, model, method=None, **extra) -> dict:
         out = {"model": model, **dict(self.labels), **extra}
@@ -109,7 +109,7 @@ class Perturbation(Condition):
         return [explanation_values(exp, j, steps, self.prefix) for j in range(len(sub.ids))]
 
 
-class Attack(Perturbation):
+class Attacked(Perturbation):
     """An input perturbed against one method: input and map stored together, under one flag."""
 
     kind = "attack"
@@ -121,16 +121,17 @@ class Attack(Perturbation):
         return self.sel(job.model_name, job.method)
 
     def _compute(self, job, batch: Batch) -> None:
-        todo = job.out.pending(maps_flag(self.kind), self.sel(job.model_name, job.method), batch.ids)
+        todo = job.out.pending(condition(self.kind).maps_flag, self.sel(job.model_name, job.method), batch.ids)
         if not todo:
             return
         sub = batch.take(todo)
         xp = self.make(job, sub)
         for image, inputs, maps in zip(todo, self.measure(job, xp, sub), self.maps(job, xp, sub)):
-            job.out.write({**maps, **inputs}, maps_flag(self.kind), self.sel(job.model_name, job.method), image)
+            job.out.write({**maps, **inputs}, condition(self.kind).maps_flag, self.sel(job.model_name, job.method),
+                          image)
 
 
-class Corruption(Perturbation):
+class Corrupted(Perturbation):
     """An ImageNet-C copy of the input at a severity, shared by every method of a model: the input is
     stored (and flagged) once, each method's map of it after."""
 
@@ -144,15 +145,15 @@ class Corruption(Perturbation):
 
     def _compute(self, job, batch: Batch) -> None:
         out, shared = job.out, self.sel(job.model_name)
-        todo = out.pending(input_flag(self.kind), shared, batch.ids)
+        todo = out.pending(condition(self.kind).input_flag, shared, batch.ids)
         if todo:
             sub = batch.take(todo)
             for image, inputs in zip(todo, self.measure(job, self.make(job, sub), sub)):
-                out.write(inputs, input_flag(self.kind), shared, image)
-        todo = out.pending(maps_flag(self.kind), self.sel(job.model_name, job.method), batch.ids)
+                out.write(inputs, condition(self.kind).input_flag, shared, image)
+        todo = out.pending(condition(self.kind).maps_flag, self.sel(job.model_name, job.method), batch.ids)
         if todo:
             sub = batch.take(todo)
             stored = out.ds[f"{self.prefix}input"].sel(shared).sel(image=todo).transpose("image", *MAP).values
             xp = torch.from_numpy(stored).to(batch.x)
             for image, maps in zip(todo, self.maps(job, xp, sub)):
-                out.write(maps, maps_flag(self.kind), self.sel(job.model_name, job.method), image)
+                out.write(maps, condition(self.kind).maps_flag, self.sel(job.model_name, job.method), image)

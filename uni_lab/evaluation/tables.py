@@ -18,9 +18,9 @@ def metric_table(ds: xr.Dataset):
     """
     import pandas as pd
 
-    names = [v for v in ds.data_vars if is_metric(v, ds[v].attrs)]
+    names = [v for v in ds.data_vars if is_metric(v, ds[v])]
     names = [v for v in names if set(ds[v].dims) <= set(LABEL_DIMS)]
-    needed = names + sorted({flag_of(v, ds[v].attrs) for v in names})
+    needed = names + sorted({flag_of(ds[v]) for v in names})
     attacked = input_flag("attack")  # set with the attacked input: the attack was computed there
     if attacked in ds.data_vars:
         needed += ["attack_linf", attacked]
@@ -37,7 +37,7 @@ def metric_table(ds: xr.Dataset):
                     row[f"attack_accepted[{a}]"] = _mean(moved.sel(attack=a).where(done))
             for v in names:
                 da = ds[v].sel({"model": model, "method": method})
-                flag = ds[flag_of(v, ds[v].attrs)].sel({"model": model, "method": method})
+                flag = ds[flag_of(ds[v])].sel({"model": model, "method": method})
                 da = da.where(flag)
                 if "attack" in da.dims:
                     da = da.where(moved)

@@ -12,12 +12,12 @@ from tqdm.auto import tqdm
 from ..accessor import config_of
 from ..errors import PluginError, named_failure
 from ..models import Classifier
-from ..schema import ITEM, Variable, metric_flag, metric_variable
+from ..schema import ITEM, LABEL_DIMS, MetricFlag, MetricValue, Variable
 from ..seeding import image_seed
 from ..store import Store
-from .conditions import CLEAN, Attack, Condition, Corruption, Perturbed
-from .planning import Plan, semantic
-from .stored import Batch, MethodCall, load_model, method_from_config, take, verify_model
+from .conditions import CLEAN, Attacked, Condition, Corrupted, Perturbed
+from .selection import check_owner, semantic
+from .stored import Batch, MethodCall, method_from_config, take, verify_model
 
 
 class Output:
@@ -64,7 +64,7 @@ class Job:
     def metrics(self, cond: Condition, batch: Batch, plugins: list, perturbed: Perturbed | None = None) -> None:
         labels = cond.sel(self.model_name, self.method)
         for plugin in plugins:
-            flag = metric_flag(plugin.name, cond.kind)
+            flag = MetricFlag(plugin.name, cond.kind).name
             todo = self.out.pending(flag, labels, batch.ids)
             if not todo:
                 continue
@@ -81,6 +81,8 @@ class Job:
                              reference=sub.explanation.attribution if perturbed is not None else None,
                              x_reference=sub.x if perturbed is not None else None, **params)
             columns = _metric_columns(plugin.name, out, len(todo), cond.kind)
+            for name in columns:
+                check_owner(name, self.out.ds, plugin.name, cond.kind)
             meta = {"uni_lab_metric": plugin.name, "uni_lab_params": json.dumps(semantic(params), sort_keys=True)}
             specs = {name: Variable(ITEM + cond.dims + dims, "f8", plugin.description, meta=meta)
                      for name, (dims, _, _) in columns.items()}
@@ -96,33 +98,32 @@ class Job:
                 self.out.write({name: v[j] for name, v in values.items()}, flag, labels, i)
 
 
-def run(st: Store, ds: xr.Dataset, plan: Plan, *, given: dict, specs: list, ids: list, batch_size: int, dev,
-        progress: bool = True) -> None:
-    """Every job of ``plan`` on the store's finished items of methods ``specs`` and images ``ids``."""
-    config = config_of(ds)
+def compute(st: Store, ds: xr.Dataset, plan) -> None:
+    """Every job of ``plan`` (an :class:`~uni_lab.evaluation.EvaluationPlan`) on the store's finished
+    items of its methods and images; each model is verified against the stored predictions first."""
+    config, todo, ids = config_of(ds), plan.selection, plan.ids
     seeds = {i: image_seed(config.get("seed", 0), i) for i in ids}
-    out = Output(st, plan.coords())
-    conditions = [Attack(p) for p in plan.attacks]
-    conditions += [Corruption(p, s) for p in plan.corruptions for s in plan.severities]
-    for model_name in [str(m) for m in ds.model.values]:
-        clf = load_model(model_name, config["models"][model_name], given).to(dev)
+    out = Output(st, todo.coords())
+    conditions = [Attacked(p) for p in todo.attacks]
+    conditions += [Corrupted(p, s) for p in todo.corruptions for s in todo.severities]
+    batch_size, dev = plan.config.batch_size, plan.dev
+    for model_name, clf in plan.models.items():
+        clf = clf.to(dev)
         done = ds["done"].sel(model=model_name).load()
         written = [i for i in ids if bool(done.sel(image=i).any())]
-        if not written:
-            continue
         verify_model(clf, ds, model_name, written, dev, batch_size)
-        for spec in specs:
+        for spec in plan.specs:
             job = Job(out, clf, model_name, spec, MethodCall(method_from_config(spec, config["methods"][spec])),
-                      plan.params, dev)
+                      todo.params, dev)
             item_ids = [i for i in ids if bool(done.sel({"method": spec, "image": i}))]
             bar = tqdm(total=len(item_ids) * (1 + len(conditions)), desc=f"evaluate {model_name} {spec}",
-                       unit="item", disable=not progress, leave=False)
+                       unit="item", disable=not plan.config.progress, leave=False)
             for s in range(0, len(item_ids), batch_size):
                 batch = Batch.load(out.ds, model_name, spec, item_ids[s:s + batch_size], seeds, dev)
-                job.metrics(CLEAN, batch, plan.clean_metrics)
+                job.metrics(CLEAN, batch, todo.clean_metrics)
                 bar.update(len(batch.ids))
                 for cond in conditions:
-                    job.metrics(cond, batch, plan.perturbed, cond.perturb(job, batch))
+                    job.metrics(cond, batch, todo.perturbed, cond.perturb(job, batch))
                     bar.update(len(batch.ids))
             bar.close()
 
@@ -134,11 +135,15 @@ def _metric_columns(metric: str, out: dict, n: int, kind: str = "clean") -> dict
         raise PluginError(f"metric '{metric}' must return a non-empty dict of named values.")
     columns = {}
     for key, value in out.items():
-        name = metric_variable(metric, key, kind)
+        name = MetricValue(metric, key, kind).name
         if isinstance(value, xr.DataArray):
             if value.dims[0] != "image":
                 raise PluginError(f"metric '{metric}' returned '{key}' with dims {value.dims}; the first must be 'image'.")
             dims = tuple(value.dims[1:])
+            if set(dims) & set(LABEL_DIMS):  # a stored variable's condition is read from its dims
+                raise PluginError(f"metric '{metric}' returned '{key}' with dims {value.dims}; the store's label dims "
+                                  f"({', '.join(sorted(set(dims) & set(LABEL_DIMS)))}) are not a metric's, name "
+                                  "its own dims otherwise.")
             coords = {d: (value[d].values if d in value.coords else np.arange(value.sizes[d])) for d in dims}
             arr = np.asarray(value.values, dtype=float)
         else:

@@ -16,7 +16,7 @@ from ..explanation import Explanation
 from ..methods import Method
 from ..models import Classifier, create_model
 from ..registry import get, registry
-from ..schema import MAP, TRACE_KEYS, explanation_variables, prefix
+from ..schema import MAP, TRACE_KEYS, condition, explanation_variables
 
 PROB_TOLERANCE = 1e-3  # reloaded vs stored F_c(x): device and batch-order noise, far below a different model
 
@@ -177,7 +177,7 @@ def read_explanation(ds: xr.Dataset, kind: str, sel: dict, ids: list, dev) -> Ex
     """An :class:`Explanation` from the variables stored under condition ``kind`` (NaN baseline or
     trace → ``None``)."""
     sub = ds[explanation_variables(kind)].sel({**sel, "image": ids}).load()
-    p = prefix(kind)
+    p = condition(kind).prefix
 
     def tensor(name, dims):
         return torch.from_numpy(np.ascontiguousarray(sub[p + name].transpose("image", *dims).values)).to(dev)
