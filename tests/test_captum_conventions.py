@@ -157,6 +157,11 @@ def test_bad_arguments_are_one_line_before_computing(tiny):
             "takes no baseline")
     refused(net, lambda: IG(net).attribute(x, baselines="blur", sigmaa=1.0), uni_lab.PluginError, "'sigmaa'",
             "sigma")
+    # a spec's own baseline and another by keyword: refused, not one of them silently
+    refused(net, lambda: attribution_class("smoothgrad(ig:black)")(net).attribute(x, baseline="blur"),
+            uni_lab.PluginError, "'black'", "'blur'")
+    refused(net, lambda: uni_lab.quantus_bridge.explain_func(net, x.numpy(), t.numpy(), method="ig:black",
+                                                             baseline="blur"), uni_lab.PluginError, "'black'", "'blur'")
     net.calls = 0
     with pytest.raises(uni_lab.InputError, match="out of range"):  # needs the class count: one forward, no more
         IG(net).attribute(x, target=9)

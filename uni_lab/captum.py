@@ -6,8 +6,10 @@ forward function a Captum attribution class sees, per-image seeding of Captum's 
 the global random generators, and channel-less maps spread over the three channels.
 
 Outward: :class:`UNI`, :class:`IG` and :func:`attribution_class` make any registered
-uni_lab method a Captum attribution class (``UNI(forward_func).attribute(inputs,
-target=..., n_steps=...)``), so Captum's ``NoiseTunnel`` and metrics wrap it.
+uni_lab method a Captum attribution class with the arguments of Captum's
+``IntegratedGradients.attribute`` (``baselines``, ``target``, ``n_steps``, ``method``,
+``internal_batch_size``, ``return_convergence_delta``) and the method's own parameters as
+keywords (:class:`MethodAttribution`), so Captum's ``NoiseTunnel`` and metrics wrap it.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import numpy as np
 import torch
 
 from .engine import check_output
+from .errors import InputError, PluginError
 from .seeding import derived_seeds
 
 
@@ -80,20 +83,16 @@ def keyword_sets(spec: str, params: dict, sets: dict | None = None, who: str | N
     (``"uni.eps"``) pass through as routes. Nothing is computed; values are checked by the
     plugins' declarations when the spec is resolved with the result.
     """
-    from .errors import PluginError
-    from .methods import _SPEC, resolve, route_params, used_plugins
+    from .methods import resolve, route_params, used_plugins
     from .registry import get
 
     who = who or spec
     sets = dict(sets or {})
     bare = {k: v for k, v in params.items() if "." not in k}
-    named = _SPEC.match(spec)
-    if "baseline" in bare and named and named.group(2) not in (None, bare["baseline"]):
-        raise PluginError(f"{who}: {spec} starts from the baseline '{named.group(2)}' and baseline= asks for "
-                          f"{bare['baseline']!r}; give one of them.")
     sets.update({k: v for k, v in params.items() if "." in k})
     for group in ([k for k in bare if k in CHOOSERS], [k for k in bare if k not in CHOOSERS]):
-        plugins = [get(kind, name) for kind, name in sorted(used_plugins(resolve(spec, route_params(sets))))]
+        method = resolve(spec, route_params(sets))
+        plugins = [get(kind, name) for kind, name in sorted(used_plugins(method))]
         for key in group:
             owners = [p for p in plugins if key in p.params and (p.kind == "explainer" or key not in CALL_WIDE)]
             if not owners:
@@ -105,6 +104,12 @@ def keyword_sets(spec: str, params: dict, sets: dict | None = None, who: str | N
                                   f"as {routes}.")
             for p in owners:
                 sets[f"{p.kind}.{p.name}.{key}"] = bare[key]
+    while method is not None:  # a spec's own `ig:black` wins over a baseline= keyword: say so, not ignore it
+        asked = bare.get("baseline")
+        if asked is not None and method.baseline is not None and method.baseline.name != asked:
+            raise PluginError(f"{who}: {method.spec} starts from the baseline '{method.baseline.name}' and "
+                              f"baseline= asks for {asked!r}; give one of them.")
+        method = method.inner
     return sets
 
 
@@ -211,8 +216,6 @@ class MethodAttribution(GradientAttribution):
         ``steps`` (default: its own, 15). ``method``: ``"riemann_right"`` (default) or
         ``"riemann_left"``. ``internal_batch_size``: samples per forward/backward pass.
         """
-        from .errors import InputError
-
         if additional_forward_args is not None:
             raise InputError(f"{self._who}: additional_forward_args are not supported; close over them in "
                              "forward_func.")
@@ -224,23 +227,20 @@ class MethodAttribution(GradientAttribution):
             if len(baselines) != 1:
                 raise InputError(f"{self._who}: one input tensor takes one baseline, got a tuple of {len(baselines)}.")
             baselines = baselines[0]
-        resolved, xb = self._call_method(x, baselines, n_steps, method, internal_batch_size,
-                                         return_convergence_delta, params)
+        from . import fastview
         from .models import restoring_modes
 
-        from . import fastview
-
+        resolved = self._call_method(x, baselines, n_steps, method, internal_batch_size, return_convergence_delta,
+                                     params)
         view = contextlib.nullcontext() if self.fast_view is None else fastview.using(self.fast_view)
         with restoring_modes(self._net), view:  # wrapping sets eval mode; the caller's flags come back
-            a, delta = self._attribute(x, resolved, xb, target, return_convergence_delta)
+            a, delta = self._attribute(x, resolved, target, return_convergence_delta)
         a = (a,) if is_tuple else a
         return (a, delta) if return_convergence_delta else a
 
     def _call_method(self, x, baselines, n_steps, method, internal_batch_size, want_delta, params):
-        """The resolved method and the baseline tensor (or None) of one call, every argument checked."""
+        """The resolved method of one call (a baseline tensor bound in), every argument checked."""
         from dataclasses import replace
-
-        from .errors import InputError
 
         if "baseline" in params and not isinstance(params["baseline"], str):
             raise InputError(f"{self._who}: give a baseline tensor or number as baselines= (Captum's keyword); "
@@ -260,7 +260,6 @@ class MethodAttribution(GradientAttribution):
         if method is not None:
             captum.update(self._rule(method, resolved))
         resolved = self._method({**params, **captum}, spec) if captum else resolved
-        xb = None
         if baselines is not None and not isinstance(baselines, str):
             if resolved.baseline is not None:
                 defaults = resolved.baseline.resolved_params()
@@ -268,16 +267,15 @@ class MethodAttribution(GradientAttribution):
                 if given:
                     raise InputError(f"{self._who}: baselines= replaces the baseline '{resolved.baseline.name}', "
                                      f"whose parameters were given ({', '.join(given)}); give one or the other.")
-            xb = _baseline_tensor(baselines, x, self._who)
-            resolved = replace(resolved, baseline=None, baseline_params={}, params={**resolved.params, "baseline": xb})
+            resolved = replace(resolved, baseline=None, baseline_params={},
+                               params={**resolved.params, "baseline": _baseline_tensor(baselines, x, self._who)})
         if want_delta and not _has_delta(resolved):
             raise InputError(f"{self._who}: {self.spec} has no convergence delta here; it is given for single-path "
                              "methods from one baseline (ig, uni with restarts=1, guided_ig).")
-        return resolved, xb
+        return resolved
 
     def _spec_with(self, baseline: str | None) -> str:
         """``self.spec`` starting from the baseline plugin ``baseline`` (None: keep the spec's own)."""
-        from .errors import InputError
         from .methods import _SPEC
         from .registry import get
 
@@ -289,8 +287,6 @@ class MethodAttribution(GradientAttribution):
 
     def _rule(self, method, resolved) -> dict:
         """``rule`` for Captum's ``method``, or {} where the method's one sum already is the one asked for."""
-        from .errors import InputError
-
         if method not in RIEMANN:
             raise InputError(f"{self._who}: method='{method}' is not available; uni_lab's engine sums "
                              f"{' or '.join(RIEMANN)} (Captum's riemann_middle, riemann_trapezoid and gausslegendre "
@@ -305,7 +301,7 @@ class MethodAttribution(GradientAttribution):
         what = "it sums riemann_right only" if takes_path else "it is not a Riemann path method"
         raise InputError(f"{self._who}: {self.spec} has no choice of Riemann rule ({what}){hint}.")
 
-    def _attribute(self, x, resolved, xb, target, want_delta):
+    def _attribute(self, x, resolved, target, want_delta):
         from .engine import scores
         from .seeding import content_seeds
 
@@ -348,8 +344,6 @@ def _has_delta(resolved) -> bool:
 
 def _targets(target, logits: torch.Tensor, who: str) -> torch.Tensor:
     """Captum's ``target`` (None: the predicted class; an int; one per example) as one class per example."""
-    from .errors import InputError
-
     n, classes = logits.shape
     if target is None:
         return logits.argmax(-1)
@@ -363,8 +357,6 @@ def _targets(target, logits: torch.Tensor, who: str) -> torch.Tensor:
 
 
 def _positive_int(value, name: str, who: str) -> int:
-    from .errors import InputError
-
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise InputError(f"{who}: {name} must be a positive int, got {value!r}.")
     return int(value)
@@ -378,8 +370,6 @@ def _check_inputs(x, who: str) -> torch.Tensor:
 
 def _baseline_tensor(baselines, x: torch.Tensor, who: str) -> torch.Tensor:
     """Captum's baselines for one input: a number, or a tensor of the input's shape or with first dimension 1."""
-    from .errors import InputError
-
     if isinstance(baselines, (int, float, np.number)) and not isinstance(baselines, (bool, np.bool_)):
         b = torch.full_like(x, float(baselines))
     elif torch.is_tensor(baselines) and (baselines.dim() == 0 or baselines.shape == x.shape or (
