@@ -160,6 +160,7 @@ def test_bad_arguments_are_one_line_before_computing(tiny):
     # a spec's own baseline and another by keyword: refused, not one of them silently
     refused(net, lambda: attribution_class("smoothgrad(ig:black)")(net).attribute(x, baseline="blur"),
             uni_lab.PluginError, "'black'", "'blur'")
+    refused(net, lambda: IG(net).attribute(x, baseline="blur"), uni_lab.PluginError, "'black'", "'blur'")
     refused(net, lambda: uni_lab.quantus_bridge.explain_func(net, x.numpy(), t.numpy(), method="ig:black",
                                                              baseline="blur"), uni_lab.PluginError, "'black'", "'blur'")
     net.calls = 0

@@ -247,8 +247,8 @@ class MethodAttribution(GradientAttribution):
                              "baseline= takes a baseline plugin's name.")
         if n_steps is not None and "steps" in params:
             raise InputError(f"{self._who}: give n_steps or steps, not both.")
-        name = baselines if isinstance(baselines, str) else params.pop("baseline", None)
-        spec = self._spec_with(name) if name is not None or baselines is not None else self.spec
+        # Captum's baselines= replaces the spec's baseline; a baseline= keyword is a parameter like any other
+        spec = self.spec if baselines is None else self._spec_with(baselines if isinstance(baselines, str) else None)
         resolved = self._method(params, spec)
         captum = {}  # Captum's settings, as the parameters of the explainers that take them
         for value, key, label in ((n_steps, "steps", "n_steps"), (internal_batch_size, "internal_batch_size",
