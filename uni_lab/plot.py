@@ -115,12 +115,21 @@ def colorbar(fig, axes, image, label: str, fontsize: float = 8):
     return bar
 
 
+def legend_right(fig, axes, handles, labels, title: str | None = None, fontsize: float = 8):
+    """A figure legend right of ``axes`` (their union), where it covers no data."""
+    x, _, y1 = right_of(fig, axes, pad_in=0.1)
+    return fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(x, y1), bbox_transform=fig.transFigure,
+                      title=title, fontsize=fontsize, title_fontsize=fontsize, borderaxespad=0.0)
+
+
 def _names(values) -> list[str]:
     return [str(v) for v in values]
 
 
-def _from_explanations(source, inputs, targets, class_names, image_ids) -> xr.Dataset:
-    """An Explanation (or ``{method: Explanation}``) as a one-model store-shaped dataset."""
+def from_explanation(source, inputs=None, targets=None, class_names=None, image_ids=None) -> xr.Dataset:
+    """An Explanation (or ``{method: Explanation}``) as a one-model dataset shaped like a store, for
+    :func:`grid`: ``inputs`` the batch explained ``(N, 3, H, W)``, ``targets`` its classes,
+    ``class_names`` the model's, ``image_ids`` a name per image."""
     explanations = source if isinstance(source, dict) else {"explanation": source}
     maps = np.stack([np.asarray(e.attribution.detach().cpu().float()) for e in explanations.values()])
     if maps.ndim != 5 or maps.shape[2] != 3:
@@ -145,7 +154,7 @@ def _from_explanations(source, inputs, targets, class_names, image_ids) -> xr.Da
     return ds
 
 
-def _as_dataset(source, inputs, targets, class_names, image_ids) -> xr.Dataset:
+def _as_dataset(source) -> xr.Dataset:
     if isinstance(source, xr.Dataset):
         return source
     if isinstance(source, xr.DataArray):  # maps alone: every item counts as done
@@ -157,7 +166,7 @@ def _as_dataset(source, inputs, targets, class_names, image_ids) -> xr.Dataset:
                 ds = ds.expand_dims(dim) if dim in ds.coords else ds.expand_dims({dim: [label]})
         return ds
     if hasattr(source, "attribution") or isinstance(source, dict):
-        return _from_explanations(source, inputs, targets, class_names, image_ids)
+        return from_explanation(source)
     raise InputError(f"cannot draw a {type(source).__name__}; pass a store (xarray Dataset), its attribution "
                      "DataArray, an Explanation or a dict of them by method name.")
 
@@ -194,60 +203,60 @@ def _row_label(ds: xr.Dataset, model: str, image: str, names) -> str:
     return "\n".join(lines)
 
 
-def grid(source, *, model=None, methods=None, images=None, scale: str = "per_map", alpha: float | None = 0.5,
+def _finished(ds: xr.Dataset, model, methods, images) -> tuple[str, list[str], list[str]]:
+    """The model, and the methods and images to draw: those asked for, else those with a finished item
+    (images: the first ``images`` of them when it is a number, every one for None)."""
+    model = _one_model(ds, model)
+    done = ds["done"].sel(model=model).transpose("method", "image").values
+    have_methods = [m for m, d in zip(_names(ds.method.values), done.any(1)) if d]
+    have_images = [i for i, d in zip(_names(ds.image.values), done.any(0)) if d]
+    methods = _chosen(methods, have_methods, "methods")
+    images = have_images[:images] if isinstance(images, int) else _chosen(images, have_images, "images")
+    if not methods or not images:
+        raise InputError(f"model '{model}' has no finished item to draw; run the store to completion first.")
+    return model, methods, images
+
+
+def grid(source, *, model=None, methods=None, images=8, scale: str = "per_map", alpha: float | None = 0.5,
          input_column: bool = True, clip_percentile: float = CLIP_PERCENTILE, cmap: str = MAP_CMAP,
-         title: str | None = None, inputs=None, targets=None, class_names=None, image_ids=None):
+         title: str | None = None):
     """Methods × images: one row per image, one column per method (after the input, with
     ``input_column``), maps as Σ_c |A_c|; returns the matplotlib figure.
 
     ``source``: a store (``uni_lab.open_store``), its ``attribution`` DataArray, an ``Explanation``
-    or ``{method: Explanation}`` (then ``inputs``, ``targets``, ``class_names`` and ``image_ids``
-    describe the batch). ``scale``: ``"per_map"`` (each map on its own 0–1 scale) or ``"shared"``
-    (one scale for every map). ``alpha``: the maps' opacity over the image underneath (None: the
-    maps alone). Rows are labelled with the image, its class (by name where the store records the
-    model's class names) and F_c(x). Items not computed are drawn as empty panels saying so.
+    or ``{method: Explanation}`` (maps alone; :func:`from_explanation` adds the images, targets and
+    class names). ``methods``/``images``: names (default: every finished method, the first 8
+    finished images; ``images=None``: all of them). ``scale``: ``"per_map"`` (each map on its own
+    0–1 scale) or ``"shared"`` (one scale for every map). ``alpha``: the maps' opacity over the image
+    underneath (None: the maps alone). Rows are labelled with the image, its class (by name where
+    the store records the model's class names) and F_c(x). Items not computed are empty panels saying so.
     """
     import matplotlib.pyplot as plt
 
     if scale not in SCALES:
         raise InputError(f"scale must be one of {', '.join(SCALES)}; got '{scale}'.")
-    ds = _as_dataset(source, inputs, targets, class_names, image_ids)
-    model = _one_model(ds, model)
+    ds = _as_dataset(source)
+    model, methods, images = _finished(ds, model, methods, images)
     dm = ds.sel(model=model)
-    finished = dm["done"].any("image")
-    methods = _chosen(methods, [m for m in _names(ds.method.values) if bool(finished.sel({"method": m}))], "methods")
-    done_images = [i for i in _names(ds.image.values) if bool(dm["done"].sel(image=i).any())]
-    images = _chosen(images, done_images, "images")
-    if not methods or not images:
-        raise InputError(f"model '{model}' has no finished item to draw; run the store to completion first.")
-    has_input = "input" in dm.variables
-    input_column = input_column and has_input
-    names = list(class_names) if class_names is not None else ds.uni.class_names(model)
+    first = int(input_column and "input" in dm.variables)
     items = {(i, m): dm.sel({"image": i, "method": m}) for i in images for m in methods}
-    top = None
-    if scale == "shared":
-        top = shared_top([item["attribution"].values for item in items.values() if bool(item["done"])],
-                         clip_percentile)
-    first = int(input_column)
+    done = [item["attribution"].values for item in items.values() if bool(item["done"])]
+    top = shared_top(done, clip_percentile) if scale == "shared" else None
     fig, axes = plt.subplots(len(images), len(methods) + first, squeeze=False,
                              figsize=(1.9 * (len(methods) + first) + BAR_IN, 2.0 * len(images) + 0.6))
-    mappable = None
+    names, mappable = ds.uni.class_names(model), None
     for r, image in enumerate(images):
-        pixels = dm["input"].sel(image=image).values if has_input else None
-        if input_column:
-            show_image(axes[r, 0], pixels)
+        pixels = dm["input"].sel(image=image).values if "input" in dm.variables else None
+        if first:
+            show_image(axes[r, 0], pixels, "input" if r == 0 else None)
         for c, method in enumerate(methods, start=first):
-            item = items[(image, method)]
-            if bool(item["done"]):
-                mappable = show_map(axes[r, c], item["attribution"].values, top=top, image=pixels, alpha=alpha,
-                                    clip_percentile=clip_percentile, cmap=cmap)
+            if bool(items[(image, method)]["done"]):
+                mappable = show_map(axes[r, c], items[(image, method)]["attribution"].values, top=top, image=pixels,
+                                    alpha=alpha, clip_percentile=clip_percentile, cmap=cmap)
             else:
                 blank(axes[r, c], "not computed")
-            if r == 0:
-                axes[r, c].set_title(method)
+            axes[r, c].set_title(method if r == 0 else "")
         axes[r, 0].set_ylabel(_row_label(ds, model, image, names), fontsize=8)
-    if input_column:
-        axes[0, 0].set_title("input")
     if title:
         fig.suptitle(title, y=1.0)
     fig.tight_layout(rect=(0, 0, 1 - BAR_IN / fig.get_figwidth(), 1))  # the bar goes right of the maps, inside
@@ -281,6 +290,7 @@ def show(da: xr.DataArray, **kwargs):
     for ax in np.ravel(drawn.axs) if hasattr(drawn, "axs") else [drawn.axes]:  # one plot, or facets
         if ax is not None:
             ax.set_aspect("equal")
+            ax.grid(False)  # a style's grid (seaborn's whitegrid) would draw lines across the image
     return drawn
 
 
@@ -343,7 +353,5 @@ def path_traces(ds: xr.Dataset, *, model=None, methods=None, images=None, cols: 
     drawn = [m for m in methods if m in shown]
     handles = [Line2D([], [], color=colors[m], marker="o", ms=3, lw=1.4) for m in drawn]
     handles += [Line2D([], [], color="0.3", ls=ls, lw=1.4) for ls in ("-", "--")]
-    x, _, y1 = right_of(fig, axes, pad_in=0.1)
-    fig.legend(handles, drawn + ["conformant path", "non-conformant path"], loc="upper left", bbox_to_anchor=(x, y1),
-               bbox_transform=fig.transFigure, title="method", fontsize=8, title_fontsize=8, borderaxespad=0.0)
+    legend_right(fig, axes, handles, drawn + ["conformant path", "non-conformant path"], title="method")
     return fig
