@@ -374,3 +374,14 @@ def test_fig_uni_ablation_recompute_removes_only_its_own_cache(tmp_path):
     assert own.exists()
     mod._remove_own_cache(own)
     assert not own.exists()
+
+
+def test_method_specs_are_read_by_the_package():
+    """--methods splits as `uni-lab run` does (a wrapper's parentheses stay whole); a spec naming a
+    plugin that is not registered is skipped, any other bad spec stops the script with one line."""
+    args = _store_io.parser("t", "s.zarr").parse_args(["--methods", "smoothgrad(ig:black),no_such,ig:blur"])
+    specs = _store_io.method_specs(args)
+    assert specs == ["smoothgrad(ig:black)", "no_such", "ig:blur"]
+    assert _store_io.registered_methods(specs) == (["smoothgrad(ig:black)", "ig:blur"], ["no_such"])
+    with pytest.raises(SystemExit, match="explainer 'saliency' takes no baseline"):
+        _store_io.registered_methods(["saliency:black"])
