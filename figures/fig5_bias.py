@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import sys
 
-import numpy as np
 import pandas as pd
 
 from uni_lab.schema import maps_flag, metric_flag, metric_variable

@@ -114,6 +114,8 @@ def test_grid_from_the_attribution_dataarray(ds):
     fig = ds["attribution"].sel(model="tiny").uni.plot_grid(scale="shared")
     assert len(maps_of(fig)) == len(IMAGES) * len(METHODS)
     assert [ax.get_title() for ax in fig.axes[:len(METHODS)]] == list(METHODS)  # no input: maps only
+    one = ds["attribution"].uni.sel(model="tiny", method="ig:blur", image="coffee").uni.plot_grid()
+    assert len(maps_of(one)) == 1 and one.axes[0].get_title() == "ig:blur" and one.axes[0].get_ylabel() == "coffee"
 
 
 def test_grid_from_an_explanation(ds):
@@ -139,6 +141,12 @@ def test_bad_requests_are_one_line(ds):
         ds.uni.plot_grid(methods=["uni"])
     with pytest.raises(uni_lab.InputError, match="further dims"):
         ds["attribution"].sel(model="tiny").uni.plot()
+    with pytest.raises(uni_lab.InputError, match="dims y and x"):
+        ds["completeness_error"].uni.plot()
+    with pytest.raises(uni_lab.InputError, match="model 'other' is not in the store"):
+        ds.uni.plot_grid(model="other")
+    with pytest.raises(uni_lab.InputError, match="cannot draw a str"):
+        up.grid("runs/default.zarr")
 
 
 def test_dataarray_accessor_selects_on_the_method_dim(ds):

@@ -161,7 +161,7 @@ def _as_dataset(source) -> xr.Dataset:
         ds = source.to_dataset(name="attribution")
         items = [d for d in ("model", "method", "image") if d in source.dims]
         ds["done"] = source.notnull().any([d for d in source.dims if d not in items])
-        for dim, label in (("model", "model"), ("method", source.name or "attribution")):
+        for dim, label in (("model", "model"), ("method", source.name or "attribution"), ("image", "image")):
             if dim not in ds.dims:  # a selected label stays a scalar coordinate: it becomes the dim's one label
                 ds = ds.expand_dims(dim) if dim in ds.coords else ds.expand_dims({dim: [label]})
         return ds
@@ -272,6 +272,9 @@ def show(da: xr.DataArray, **kwargs):
     Pixels (``input``, ``baseline``, ...) are drawn as RGB; a map with a ``channel`` dim as
     Σ_c |A_c|; a 2-D array as it is. Further dims need ``col=``/``row=`` (xarray's facets);
     every other keyword goes to xarray's ``plot``. Returns what xarray's ``plot`` returns."""
+    if not {"y", "x"} <= set(da.dims):
+        raise InputError(f"uni.plot() draws maps and images (dims y and x); this array has dims {list(da.dims)}: "
+                         "use xarray's own .plot().")
     maps = da
     if "channel" in da.dims and da.name in PIXEL_VARIABLES:
         maps = da.clip(0, 1).transpose(..., "y", "x", "channel")
