@@ -137,7 +137,8 @@ def test_grid_from_an_explanation(ds):
 def test_bad_requests_are_one_line(ds):
     with pytest.raises(uni_lab.InputError, match="scale must be one of per_map, shared"):
         ds.uni.plot_grid(scale="global")
-    with pytest.raises(uni_lab.InputError, match=r"methods \['uni'\] not in the store"):
+    with pytest.raises(uni_lab.InputError, match=r"methods \['uni'\] not in the store or not finished there; "
+                                                 r"finished: ig:black, ig:blur"):
         ds.uni.plot_grid(methods=["uni"])
     with pytest.raises(uni_lab.InputError, match="further dims"):
         ds["attribution"].sel(model="tiny").uni.plot()

@@ -149,6 +149,8 @@ def from_explanation(source, inputs=None, targets=None, class_names=None, image_
         ds["input"] = (("image", "channel", "y", "x"), pixels)
     if targets is not None:
         t = np.asarray(targets.detach().cpu() if hasattr(targets, "detach") else targets).reshape(-1)
+        if t.size not in (1, n):
+            raise InputError(f"targets has {t.size} classes for {n} images; give one class, or one per image.")
         ds["target"] = ("image", np.broadcast_to(t, (n,)).astype(np.int64))
         ds["target"].attrs[CLASS_NAMES_ATTR] = json.dumps({"model": list(class_names)} if class_names else {})
     return ds
@@ -156,7 +158,8 @@ def from_explanation(source, inputs=None, targets=None, class_names=None, image_
 
 def _as_dataset(source) -> xr.Dataset:
     if isinstance(source, xr.Dataset):
-        return source
+        return source if "done" in source.variables else source.assign(done=source["attribution"].notnull().any(
+            [d for d in source["attribution"].dims if d not in ("model", "method", "image")]))
     if isinstance(source, xr.DataArray):  # maps alone: every item counts as done
         ds = source.to_dataset(name="attribution")
         items = [d for d in ("model", "method", "image") if d in source.dims]
@@ -188,7 +191,8 @@ def _chosen(wanted, have: list[str], what: str) -> list[str]:
     wanted = [wanted] if isinstance(wanted, str) else _names(wanted)
     absent = [w for w in wanted if w not in have]
     if absent:
-        raise InputError(f"{what} {absent} not in the store; it has {', '.join(have) or 'none finished'}.")
+        raise InputError(f"{what} {absent} not in the store or not finished there; finished: "
+                         f"{', '.join(have) or 'none'}.")
     return wanted
 
 
