@@ -10,18 +10,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-import _store_io as io
-
-
-def score_trace(ds: xr.Dataset) -> xr.DataArray:
-    """F_c(γ_k) in the output the store explained (probability, or the logit)."""
-    return ds["trace_logit"] if ds.uni.config.get("output") == "logit" else ds["trace_prob"]
-
-
-def conformant(row: np.ndarray) -> float:
-    """Akhtar & Jalwana's conformance: the path's minimum at α = 0 and its maximum at α = 1."""
-    row = row[np.isfinite(row)]
-    return float(row[0] <= row.min() and row[-1] >= row.max()) if row.size else float("nan")
+from uni_lab.plot import is_conformant
 
 
 def second_difference(row: np.ndarray) -> float:
@@ -41,7 +30,7 @@ def path_table(ds: xr.Dataset) -> pd.DataFrame:
     """One row per finished (model, method, image) that has a path trace."""
     from uni_lab.summary import monotone_fraction
 
-    f = score_trace(ds).load()
+    f = ds.uni.score_trace().load()
     mono = monotone_fraction(f)
     stored = {"monotone_fraction": stored_metric(ds, ("monotonicity_fraction", "metric_monotonicity_fraction")),
               "conformant": stored_metric(ds, ("monotonicity_conformant", "metric_monotonicity_conformant")),
@@ -58,7 +47,7 @@ def path_table(ds: xr.Dataset) -> pd.DataFrame:
                 row = f.sel(at).values.astype(float)
                 if not np.isfinite(row).any():
                     continue  # no path (saliency, ...): nothing to be monotone
-                derived = {"monotone_fraction": float(mono.sel(at)), "conformant": conformant(row),
+                derived = {"monotone_fraction": float(mono.sel(at)), "conformant": is_conformant(row),
                            "second_difference": second_difference(row), "grad_cosine": float("nan")}
                 for key, var in stored.items():
                     if var is not None and all(d in var.dims for d in at):

@@ -1,30 +1,28 @@
-"""Stores in, files out: what every figure script shares besides its drawing.
+"""The figure scripts' command line: their shared flags, and the stores they compute and cache.
 
 A script either opens the store it is given (``--store``, no model is built) or, with no
 arguments, opens its cached default under ``runs/figures/`` and computes it first with
 :func:`uni_lab.run` when it is missing or unfinished. Drawing code only ever sees an
-``xarray.Dataset``. Outputs go to ``figures/out/`` as PNG+PDF (tables: CSV+Markdown).
+``xarray.Dataset`` and reads it through ``ds.uni``; how figures look and are written is
+``_style``. Outputs go to ``figures/out/``.
 """
 from __future__ import annotations
 
 import argparse
-import sys
-import textwrap
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import xarray as xr
 
-from uni_lab.defaults import DEFAULT_STEPS
+from uni_lab.defaults import DEFAULT_STEPS, FIGURE_METHODS
+
+import _style
+# table2_faithfulness.py and fig4_robustness.py still reach these through this module
+from _style import headline, missing, save_figure, save_table, wrap  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = REPO / "runs" / "figures"
 OUT = REPO / "figures" / "out"
 DEFAULT_IMAGES = ("chelsea", "coffee")
-# The methods a default figure compares, in drawing order; those not registered (yet) are
-# skipped and named, so a script works before every method plugin exists.
-DEFAULT_METHODS = ("uni", "ig:black", "ig:blur", "blur_ig", "guided_ig")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,7 +37,7 @@ class _Parser(argparse.ArgumentParser):
         return parsed
 
 
-def parser(description: str, store_name: str, *, images=DEFAULT_IMAGES, methods=DEFAULT_METHODS,
+def parser(description: str, store_name: str, *, images=DEFAULT_IMAGES, methods=FIGURE_METHODS,
            steps: int = DEFAULT_STEPS, several_stores: bool = False) -> argparse.ArgumentParser:
     p = _Parser(description=description)
     p.add_argument("--plugins", action="append", default=[], metavar="MODULE_OR_FILE",
@@ -66,13 +64,10 @@ def parser(description: str, store_name: str, *, images=DEFAULT_IMAGES, methods=
     return p
 
 
-# How figures are written; ``parse`` applies a script's --dpi/--formats before it draws.
-FIGURE_OUTPUT = {"dpi": 150, "formats": ("png", "pdf")}
-
-
 def parse(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """The arguments, with --dpi/--formats applied to how figures are written."""
     args = p.parse_args(argv)
-    FIGURE_OUTPUT.update(dpi=args.dpi, formats=tuple(args.formats))
+    _style.FIGURE_OUTPUT.update(dpi=args.dpi, formats=tuple(args.formats))
     return args
 
 
@@ -86,14 +81,29 @@ def _rel(path: Path) -> str:
     return str(path)
 
 
-def registered_methods(specs) -> tuple[list[str], list[str]]:
-    """Split method specs into those whose explainer is registered and those that are not."""
-    import uni_lab
+def method_specs(args) -> list[str]:
+    """The specs of --methods (commas inside a wrapper's parentheses stay with it)."""
+    from uni_lab.commands._shared import split_methods
 
-    names = {p.name for p in uni_lab.list_plugins("explainer")}
+    return [m.strip() for m in split_methods(args.methods)]
+
+
+def registered_methods(specs) -> tuple[list[str], list[str]]:
+    """Split method specs into those that resolve and those naming a plugin that is not registered
+    (yet); any other fault of a spec stops the script with the package's one-line message."""
+    from uni_lab.errors import PluginError
+    from uni_lab.methods import resolve
+
     keep, skipped = [], []
     for spec in specs:
-        (keep if spec.split(":")[0].split("(")[0].strip() in names else skipped).append(spec)
+        try:
+            resolve(spec)
+        except PluginError as exc:
+            if not str(exc).startswith("unknown "):  # the registry's words for a name it does not hold
+                raise SystemExit(str(exc)) from None
+            skipped.append(spec)
+        else:
+            keep.append(spec)
     return keep, skipped
 
 
@@ -101,8 +111,7 @@ def compute_store(path: Path, args, *, methods=None, steps=None, sets=None) -> P
     """Run the embedded model on the photographs and cache the store at ``path`` (resumes)."""
     import uni_lab
 
-    specs = [m.strip() for m in (methods if methods is not None else args.methods.split(",")) if m.strip()]
-    keep, skipped = registered_methods(specs)
+    keep, skipped = registered_methods(methods if methods is not None else method_specs(args))
     if skipped:
         print(f"MISSING methods (not registered, skipped): {', '.join(skipped)}")
     print(f"computing {_rel(path)}: {args.model} on {', '.join(args.images)} with {', '.join(keep)}")
@@ -172,77 +181,6 @@ def open_loaded(path: Path) -> xr.Dataset:
     return ds
 
 
-def class_names(ds: xr.Dataset, model: str) -> list[str] | None:
-    """ImageNet-1k class names for a 1000-class ImageNet model of the store, else None (numbers).
-
-    A store records the model's description, not its head: a description with ``num_classes``
-    (or ``class_names``) says so itself; otherwise only the embedded EfficientNet-Lite models
-    with their embedded weights are known to be ImageNet-1k classifiers (plugins/models.py).
-    """
-    entry = ds.uni.config.get("models", {}).get(model, {})
-    if entry.get("class_names"):
-        return list(entry["class_names"])
-    if "num_classes" in entry:
-        imagenet = entry["num_classes"] == 1000 and entry.get("weights") != "random"
-    else:
-        imagenet = (str(entry.get("name", model)).startswith("efficientnet_lite")
-                    and str(entry.get("weights", "")).startswith("efficientnet-lite"))
-    if not imagenet:
-        return None
-    from uni_lab.models import imagenet_class_names  # timm's bundled ImageNetInfo: no network
-
-    return imagenet_class_names()
-
-
-def class_label(names: list[str] | None, index: int) -> str:
-    """``class 1: goldfish``: the number and the first of the class's synonyms (the number alone
-    without names)."""
-    if names and 0 <= index < len(names):
-        return f"class {index}: {names[index].split(',')[0]}"
-    return f"class {index}"
-
-
 def sel_method(obj, method: str):
-    return obj.sel({"method": method})
-
-
-def wrap(text: str, width: int = 150) -> str:
-    """Wrapped to ``width``, each line of ``text`` on its own (notes stay separate lines)."""
-    return "\n".join(part for line in text.splitlines() for part in textwrap.wrap(line, width))
-
-
-def save_figure(fig, stem: str, out_dir: Path) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{stem}.{fmt}" for fmt in FIGURE_OUTPUT["formats"]]
-    for p in paths:
-        fig.savefig(p, dpi=FIGURE_OUTPUT["dpi"] if p.suffix == ".png" else None, bbox_inches="tight")
-        print(f"wrote {p}")
-    return paths
-
-
-def save_table(df: pd.DataFrame, stem: str, out_dir: Path, caption_text: str = "") -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    csv, md = out_dir / f"{stem}.csv", out_dir / f"{stem}.md"
-    df.to_csv(csv, index=False)
-    md.write_text(df.to_markdown(index=False, floatfmt=".4g") + (f"\n\n{caption_text}\n" if caption_text else "\n"))
-    for p in (csv, md):
-        print(f"wrote {p}")
-    return [csv, md]
-
-
-def headline(title: str, df: pd.DataFrame) -> None:
-    """Print the numbers a figure plotted, so a log holds them without opening the image."""
-    print(f"\n== {title} ==")
-    print(df.to_string(index=False, float_format=lambda v: f"{v:.4g}") if not df.empty else "(nothing to report)")
-
-
-def missing(what: str, how: str) -> str:
-    """Say loudly what a figure could not draw and how to get it; returns the note for the figure."""
-    note = f"MISSING: {what} ({how})"
-    print(note, file=sys.stderr)
-    return note
-
-
-def finite_mean(values) -> float:
-    values = np.asarray(values, dtype=float)
-    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+    """Kept for table2_faithfulness.py and fig4_robustness.py: ``obj.uni.sel(method=method)``."""
+    return obj.uni.sel(method=method)

@@ -6,7 +6,8 @@
 from __future__ import annotations
 
 import sys
-import textwrap
+
+import uni_lab.plot as up
 
 import _store_io as io
 import _style as style
@@ -21,39 +22,16 @@ def draw(ds, out_dir, stem="fig2_attributions"):
     for model in map(str, ds.model.values):
         methods = style.ordered(ds.uni.done_methods(model))
         if not methods:
-            io.missing(f"finished items for model {model}", "the store has none; run it to completion")
+            style.missing(f"finished items for model {model}", "the store has none; run it to completion")
             continue
-        dm = ds.sel(model=model)
-        names = io.class_names(ds, model)
-        mappable = None
-        images = [str(i) for i in ds.image.values if bool(dm["done"].sel(image=i).any())]
-        fig, axes = plt.subplots(len(images), len(methods) + 1, squeeze=False,
-                                 figsize=(1.9 * (len(methods) + 1), 2.0 * len(images) + 0.6))
-        for r, image in enumerate(images):
-            di = dm.sel(image=image)
-            label = "\n".join([image, *textwrap.wrap(io.class_label(names, int(di["target"])), 26),
-                                f"F_c(x) = {float(di['prob_input']):.3f}"])
-            style.show_image(axes[r, 0], di["input"].values)
-            axes[r, 0].set_ylabel(label, fontsize=8)
-            for c, method in enumerate(methods, start=1):
-                item = io.sel_method(di, method)
-                if bool(item["done"]):
-                    mappable = style.show_map(axes[r, c], item["attribution"].values)
-                else:
-                    style.blank(axes[r, c], "not computed")
-                if r == 0:
-                    axes[r, c].set_title(method)
-        axes[0, 0].set_title("input")
-        fig.suptitle(f"Attributions |A| (channel sum, 99th-percentile scale) · {model}", y=1.0)
-        fig.tight_layout()
-        if mappable is not None:
-            style.map_colorbar(fig, axes[:, 1:], mappable)
-        style.footer(fig, io.wrap(ds.sel(model=[model]).uni.caption(methods), 170))
+        fig = up.grid(ds, model=model, methods=methods, images=None, alpha=None,
+                      title=f"Attributions |A| (channel sum, 99th-percentile scale) · {model}")
+        style.footer(fig, style.wrap(ds.sel(model=[model]).uni.caption(methods), 170))
         suffix = "" if ds.sizes["model"] == 1 else f"_{model}"
-        written += io.save_figure(fig, stem + suffix, out_dir)
+        written += style.save_figure(fig, stem + suffix, out_dir)
         plt.close(fig)
     table = summarize(ds)
-    io.headline("fig2: per-method summary of the drawn items", table)
+    style.headline("fig2: per-method summary of the drawn items", table)
     return written, table
 
 

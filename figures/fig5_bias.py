@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import sys
 
-import numpy as np
 import pandas as pd
 
 from uni_lab.schema import maps_flag, metric_flag, metric_variable
@@ -71,14 +70,14 @@ def draw(ds, out_dir, severity=None, stem="fig5_bias"):
     notes = []
     corruptions = [c for c in dict.fromkeys(long["corruption"]) if c != "clean"] if not long.empty else []
     if long.empty or not (long["corruption"] == "clean").any():
-        notes.append(io.missing("clean bias metrics", f"run `uni-lab evaluate {store} --metrics bias`"))
+        notes.append(style.missing("clean bias metrics", f"run `uni-lab evaluate {store} --metrics bias`"))
     if not corruptions:
-        notes.append(io.missing("corrupted inputs", f"run `uni-lab evaluate {store} --corruptions "
+        notes.append(style.missing("corrupted inputs", f"run `uni-lab evaluate {store} --corruptions "
                                 f"{','.join(CORRUPTIONS)} --perturbed-metrics bias`, or omit --store"))
     fam = families()
     absent = [m for m in METHODS if m not in set(map(str, ds.method.values))]
     if absent:
-        notes.append(io.missing(f"methods {absent} of the paper's comparison", "not in this store"))
+        notes.append(style.missing(f"methods {absent} of the paper's comparison", "not in this store"))
     methods = style.ordered(long["method"].unique()) if not long.empty else style.ordered(ds.uni.done_methods())
     colours = style.palette(methods)
     sev_done = sorted(int(s) for s in long["severity"].unique() if s > 0) if not long.empty else []
@@ -114,8 +113,8 @@ def draw(ds, out_dir, severity=None, stem="fig5_bias"):
             else:
                 sel = {"corruption": corruption, "severity": severity}
                 var, flag = ds["corruption_attribution"].sel(at).sel(sel), ds[maps_flag("corruption")].sel(at).sel(sel)
-            if bool(io.sel_method(flag, method)):
-                mappable = style.show_map(ax, io.sel_method(var, method).values, method)
+            if bool(flag.uni.sel(method=method)):
+                mappable = style.show_map(ax, var.uni.sel(method=method).values, method)
             else:
                 style.blank(ax, f"{method}: not computed")
         if mappable is not None:  # one bar per row of maps, beside it
@@ -140,8 +139,8 @@ def draw(ds, out_dir, severity=None, stem="fig5_bias"):
         style.legend_outside(fig, first_curves or fig.axes, *handles, title="method")
     fig.suptitle(f"Post-hoc bias under corruptions · image '{image}' · maps at severity {severity} · "
                  "curves: mean over images", y=0.995)
-    style.footer(fig, io.wrap("\n".join([text] + notes), 170))
-    written = io.save_figure(fig, stem, out_dir)
+    style.footer(fig, style.wrap("\n".join([text] + notes), 170))
+    written = style.save_figure(fig, stem, out_dir)
     plt.close(fig)
 
     if long.empty:
@@ -154,8 +153,8 @@ def draw(ds, out_dir, severity=None, stem="fig5_bias"):
         order = {m: i for i, m in enumerate(methods)}
         table = table.sort_values(["method", "corruption", "severity"],
                                   key=lambda s: s.map(order) if s.name == "method" else s)
-    written += io.save_table(table, stem, out_dir, "\n".join([text] + notes))
-    io.headline(f"fig5: bias per method, clean (severity 0) and at severity {max(sev_done or [0])} "
+    written += style.save_table(table, stem, out_dir, "\n".join([text] + notes))
+    style.headline(f"fig5: bias per method, clean (severity 0) and at severity {max(sev_done or [0])} "
                 "(mean over corruptions and images; full table in the CSV)", _headline(table, sev_done))
     return written, table
 

@@ -62,7 +62,7 @@ def collect(datasets) -> tuple[dict, pd.DataFrame]:
                 if b is None:
                     continue  # not a path method: no Riemann sum to be stable in
                 for image in map(str, ds.image.values):
-                    item = io.sel_method(ds.sel(model=model, image=image), method)
+                    item = ds.sel(model=model, image=image).uni.sel(method=method)
                     if not bool(item["done"]):
                         continue
                     key = (model, method, image, int(b))
@@ -111,7 +111,7 @@ def draw(datasets, out_dir, image=None, stem="fig7_stability"):
     style.setup()
     maps, items = collect(datasets)
     if items.empty:
-        io.missing("path-method items", "no store holds a finished path method")
+        style.missing("path-method items", "no store holds a finished path method")
         return [], pd.DataFrame()
     table = stability(maps, items)
     bs = sorted(table["B"].unique())
@@ -119,7 +119,7 @@ def draw(datasets, out_dir, image=None, stem="fig7_stability"):
     if len(bs) < 2:
         metric = pd.concat([from_metric(ds) for ds in datasets], ignore_index=True)
         if metric.empty:
-            io.missing("a second B", f"only B = {bs} is present; stability needs stores at several B or the "
+            style.missing("a second B", f"only B = {bs} is present; stability needs stores at several B or the "
                        "riemann_stability metric (uni-lab evaluate --metrics riemann_stability; or omit --store)")
         else:
             curves, source = metric, "curves: the stored riemann_stability metric"
@@ -176,8 +176,8 @@ def draw(datasets, out_dir, image=None, stem="fig7_stability"):
     if handles is not None:
         style.legend_outside(fig, curve_axes, *handles, title="method")
     text = datasets[-1].uni.caption(methods, steps=bs, extra=source)
-    style.footer(fig, io.wrap(text, 170))
-    written = io.save_figure(fig, stem, out_dir)
+    style.footer(fig, style.wrap(text, 170))
+    written = style.save_figure(fig, stem, out_dir)
     plt.close(fig)
 
     keys = ["method", "B"]
@@ -189,8 +189,8 @@ def draw(datasets, out_dir, image=None, stem="fig7_stability"):
                                                        "baseline_drift"]].mean()
     summary = summary.sort_values(["method", "B"], key=lambda s: s.map({m: i for i, m in enumerate(methods)})
                                   if s.name == "method" else s)
-    written += io.save_table(summary, stem, out_dir, text)
-    io.headline("fig7: stability against B (mean over images; reference = largest B)", summary)
+    written += style.save_table(summary, stem, out_dir, text)
+    style.headline("fig7: stability against B (mean over images; reference = largest B)", summary)
     return written, summary
 
 

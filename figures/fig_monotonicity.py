@@ -9,6 +9,8 @@ import sys
 
 import numpy as np
 
+import uni_lab.plot as up
+
 import _path_shape as shape
 import _store_io as io
 import _style as style
@@ -21,13 +23,12 @@ def draw(ds, out_dir, stem="fig_monotonicity"):
     style.setup()
     table = shape.path_table(ds)
     if table.empty:
-        io.missing("path traces", "no finished path-method item in the store")
+        style.missing("path traces", "no finished path-method item in the store")
         return [], table
     no_trace = sorted(set(ds.uni.done_methods()) - set(table["method"]))
     if no_trace:
         print(f"no path trace (not drawn): {', '.join(no_trace)}")
-    f = shape.score_trace(ds)
-    ylabel = "logit of c" if f.name == "trace_logit" else "F_c(γ(α))"
+    ylabel = "logit of c" if ds.uni.score_trace().name == "trace_logit" else "F_c(γ(α))"
     methods = style.ordered(table["method"].unique())
     colours = style.palette(methods)
     panels = [(m, i) for m in map(str, ds.model.values) for i in map(str, ds.image.values)
@@ -41,19 +42,8 @@ def draw(ds, out_dir, stem="fig_monotonicity"):
     for n, (model, image) in enumerate(panels):
         ax = fig.add_subplot(top[n // cols, n % cols])
         curve_axes.append(ax)
-        for method in methods:
-            at = {"model": model, "method": method, "image": image}
-            hit = table[(table["model"] == model) & (table["method"] == method) & (table["image"] == image)]
-            if hit.empty:
-                continue
-            alpha, val = ds["trace_alpha"].sel(at).values, f.sel(at).values
-            ok = np.isfinite(alpha) & np.isfinite(val)
-            dashed = hit["conformant"].iloc[0] < 1
-            ax.plot(alpha[ok], val[ok], "--" if dashed else "-", marker="o", ms=2.5, lw=1.4,
-                    color=colours[method], label=method)
-        ax.set_title(f"{image}" + (f" · {model}" if ds.sizes["model"] > 1 else ""))
-        ax.set_xlabel("α")
-        ax.set_ylabel(ylabel)
+        here = table[(table["model"] == model) & (table["image"] == image)]
+        up.path_trace(ax, ds, model, image, methods, colours, dict(zip(here["method"], here["conformant"])))
     # outside the panels: inside, it would cover the curves of some image
     handles = [Line2D([], [], color=colours[m], marker="o", ms=3, lw=1.4) for m in methods]
     handles += [Line2D([], [], color="0.3", ls=ls, lw=1.4) for ls in ("-", "--")]
@@ -80,12 +70,12 @@ def draw(ds, out_dir, stem="fig_monotonicity"):
         ax.set_ylim(0, max(float(np.nanmax(table[col].to_numpy(float), initial=0.0)), 1e-12) * 1.18)
     fig.suptitle(f"Class score along each path ({ylabel}) and its shape, per method "
                  "(bars: mean over images, dots: images)", y=0.98)
-    style.footer(fig, io.wrap(ds.uni.caption(methods), 170))
-    written = io.save_figure(fig, stem, out_dir)
+    style.footer(fig, style.wrap(ds.uni.caption(methods), 170))
+    written = style.save_figure(fig, stem, out_dir)
     plt.close(fig)
-    written += io.save_table(table, stem + "_items", out_dir)
-    written += io.save_table(per_method, stem, out_dir, ds.uni.caption(methods))
-    io.headline("fig_monotonicity: path shape per method (mean over images)", per_method)
+    written += style.save_table(table, stem + "_items", out_dir)
+    written += style.save_table(per_method, stem, out_dir, ds.uni.caption(methods))
+    style.headline("fig_monotonicity: path shape per method (mean over images)", per_method)
     return written, per_method
 
 

@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 import xarray as xr
 from torch import nn
@@ -135,7 +134,7 @@ def compute(path: Path, args) -> Path:
     base_acc = accuracy(clf, x[~is_train], y[~is_train])
     print(f"ROAR: {int(is_train.sum())} training / {int((~is_train).sum())} test digits at {SIZE}², "
           f"original test accuracy {base_acc:.3f} ({time.perf_counter() - t0:.1f} s)")
-    specs, skipped = io.registered_methods([m.strip() for m in args.methods.split(",") if m.strip()])
+    specs, skipped = io.registered_methods(io.method_specs(args))
     if skipped:
         print(f"MISSING methods (not registered, skipped): {', '.join(skipped)}")
     maps = {}
@@ -176,7 +175,7 @@ def compute(path: Path, args) -> Path:
 
 def settings(args) -> dict:
     return {"seed": args.seed, "epochs": args.epochs, "repeats": args.repeats, "rank": args.rank, "limit": args.limit,
-            "specs": [m.strip() for m in args.methods.split(",") if m.strip()]}
+            "specs": io.method_specs(args)}
 
 
 def draw(ds: xr.Dataset, out_dir: Path, stem: str = "fig_roar"):
@@ -192,7 +191,7 @@ def draw(ds: xr.Dataset, out_dir: Path, stem: str = "fig_roar"):
     ks = np.r_[0, ds.fraction.values] * 100
     base = float(ds["accuracy_original"])
     for m in methods + [RANDOM]:
-        ax.plot(ks, np.r_[base, mean.sel({"method": m}).values], marker="o", ms=3.5,
+        ax.plot(ks, np.r_[base, mean.uni.sel(method=m).values], marker="o", ms=3.5,
                 color="0.35" if m == RANDOM else colours[m], ls="--" if m == RANDOM else "-",
                 label=f"{m} (control)" if m == RANDOM else m)
     ax.set_xlabel("pixels removed and retrained without (%)")
@@ -203,9 +202,9 @@ def draw(ds: xr.Dataset, out_dir: Path, stem: str = "fig_roar"):
     ranking = "Σ_c |A_c|" if cfg["rank"] == "abs" else "signed Σ_c A_c"
     text = (f"Hooker et al. 2019. Removed pixels set to the training mean; ranking by {ranking}; "
             f"{cfg['epochs']} epochs; seed {cfg['seed']}. Lower than random = the method found pixels the task needs.")
-    style.footer(fig, io.wrap(text, 110))
+    style.footer(fig, style.wrap(text, 110))
     fig.tight_layout()
-    written = io.save_figure(fig, stem, out_dir)
+    written = style.save_figure(fig, stem, out_dir)
     plt.close(fig)
     table = mean.to_pandas()
     table.columns = [f"k={int(round(f * 100))}%" for f in table.columns]
@@ -214,8 +213,8 @@ def draw(ds: xr.Dataset, out_dir: Path, stem: str = "fig_roar"):
     # positive: removing what the method ranks highest hurt more than removing random pixels
     table["random_minus_method"] = (rnd.iloc[1:] - table.iloc[:, 1:len(FRACTIONS) + 1]).mean(axis=1)
     table = table.reset_index()
-    written += io.save_table(table, stem, out_dir, text)
-    io.headline("ROAR: test accuracy after removing the top-k % pixels and retraining", table)
+    written += style.save_table(table, stem, out_dir, text)
+    style.headline("ROAR: test accuracy after removing the top-k % pixels and retraining", table)
     return written, table
 
 
@@ -236,7 +235,7 @@ def main(argv=None) -> int:
     p.add_argument("--dpi", type=int, default=150)
     p.add_argument("--formats", nargs="+", default=["png", "pdf"], choices=("png", "pdf", "svg"))
     args = p.parse_args(argv)
-    io.FIGURE_OUTPUT.update(dpi=args.dpi, formats=tuple(args.formats))
+    style.FIGURE_OUTPUT.update(dpi=args.dpi, formats=tuple(args.formats))
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.store is not None:
         if not args.store.exists():

@@ -211,7 +211,7 @@ def draw(folder: Path, out_dir: Path, stem: str = "fig_uni_ablation"):
     style.setup()
     items, maps = collect(folder)
     if items.empty:
-        io.missing("ablation stores", f"none under {folder}; run without --store to compute them")
+        style.missing("ablation stores", f"none under {folder}; run without --store to compute them")
         return [], pd.DataFrame()
     summary = summarize(items)
     pick, why = choose(summary)
@@ -257,12 +257,12 @@ def draw(folder: Path, out_dir: Path, stem: str = "fig_uni_ablation"):
     style.legend_outside(fig, point_axes, handles, [f"{REFERENCE} (reference), one photograph",
                                                      "UNI setting, one photograph", "mean over photographs",
                                                      "criterion (docs/methods.md §2)"], fontsize=7)
-    fig.suptitle(io.wrap(f"UNI ablation on {items.image.nunique()} photographs (maps: {image}, seed 0). Chosen: {pick}. "
+    fig.suptitle(style.wrap(f"UNI ablation on {items.image.nunique()} photographs (maps: {image}, seed 0). Chosen: {pick}. "
                          f"{why}", 180), fontsize=8)
-    written = io.save_figure(fig, stem, out_dir)
+    written = style.save_figure(fig, stem, out_dir)
     plt.close(fig)
-    written += io.save_table(summary, stem, out_dir, f"Chosen by the criteria of docs/methods.md §2: {pick}. {why}.")
-    io.headline("UNI ablation (means over photographs; seed Spearman and featureless: worst photograph)", summary)
+    written += style.save_table(summary, stem, out_dir, f"Chosen by the criteria of docs/methods.md §2: {pick}. {why}.")
+    style.headline("UNI ablation (means over photographs; seed Spearman and featureless: worst photograph)", summary)
     print(f"\nchosen: {pick}\n{why}")
     return written, summary
 

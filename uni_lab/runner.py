@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from . import distributed, doubts, fastview
 from .accel import accelerate, to_device
+from .accessor import CLASS_NAMES_ATTR
 from .data import ImageDataset, batches, collate, list_images
 from .engine import partition
 from .errors import InputError, StoreError, UniLabError, named_failure
@@ -154,6 +155,8 @@ def plan(config: RunConfig) -> RunPlan:
         warnings.warn(too_big, stacklevel=3)
     layout = skeleton(names, specs, entries, size, max(map(_method_steps, method_list)), recorded, str(dev), memory,
                       plugin_origins(method_list, names), skipped=skipped_files, labels=label_of)
+    # for readers (ds.uni.class_names: figures, uni_lab.plot); outside the configuration, so a store resumes as before
+    layout["target"].attrs[CLASS_NAMES_ATTR] = json.dumps({c.name: c.class_names for c in clfs if c.class_names})
     if not config.overwrite:
         _check_resumable(Store(config.out), layout)
     return RunPlan(config, ctx, dev, method_list, clfs, entries, dataset, label_of, layout, part, workers, t_start)
