@@ -4,6 +4,9 @@
   parameters, defaults and accepted values, read from the registry (the plugin's own signature).
 - ``<!-- uni_lab:cli -->`` becomes the reference of every ``uni-lab`` subcommand, read from the
   argparse parsers that ``uni_lab.cli.build_parser`` builds.
+- ``<!-- uni_lab:run -->`` becomes ``uni_lab.run``'s signature and docstring, which are made from
+  ``RunConfig`` at import time (a static reader such as mkdocstrings sees only ``*args, **kwargs``).
+- Sphinx roles in docstrings (``:class:``, ``:func:``, ...) render as plain code.
 - Files that live outside ``docs/`` (``BENCHMARKS.md``, ``notebooks/tutorial_*.ipynb``) join the
   site under their own names, so the reports and tutorials are not copies that drift.
 - Every registered explainer must have a page ``explainers/<name>.md`` and every such page a
@@ -24,6 +27,11 @@ log = logging.getLogger("mkdocs.hooks.uni_lab")
 ROOT = Path(__file__).resolve().parents[2]
 PARAMS = re.compile(r"<!-- uni_lab:params (\w+) ([\w:]+) -->")
 CLI = "<!-- uni_lab:cli -->"
+RUN = "<!-- uni_lab:run -->"
+ROLE_MD = re.compile(r":(?:mod|func|class|meth|data|attr|exc):`~?([^`]+)`")
+ROLE_HTML = re.compile(r":(?:mod|func|class|meth|data|attr|exc):(<code>)~?")
+# the order a reader needs them in; a new subcommand comes last until it is placed here
+COMMANDS = ("run", "evaluate", "plugins", "check", "bench")
 OUTSIDE = {"BENCHMARKS.md": ROOT / "BENCHMARKS.md"}
 TUTORIALS = "notebooks"
 
@@ -49,13 +57,13 @@ def params_table(kind: str, name: str) -> str:
         rows.append(f"| `{key}` | {shown} | {_cell(what) or 'any'} | `--set {name}.{key}=...` |")
     if len(rows) == 2:
         return f"`{name}` takes no parameters."
-    return (f"Read from the signature of the registered {kind} `{name}` ({_cell(plugin.description)}); "
+    return (f"Read from the signature of the registered {kind} `{name}` ({_cell(plugin.description).rstrip('.')}); "
             f"`uni-lab plugins --kind {kind} '{name}'` prints the same.\n\n" + "\n".join(rows))
 
 
 def _options(parser: argparse.ArgumentParser) -> list[str]:
     formatter = parser._get_formatter()
-    rows = ["| option | default | meaning |", "|---|---|---|"]
+    rows = ["| option | meaning |", "|---|---|"]
     for action in parser._actions:
         if isinstance(action, argparse._HelpAction):
             continue
@@ -63,11 +71,12 @@ def _options(parser: argparse.ArgumentParser) -> list[str]:
         if action.option_strings and action.nargs != 0:
             names += f" `{formatter._format_args(action, formatter._get_default_metavar_for_optional(action))}`"
         default = action.default
-        shown = "" if default in (None, argparse.SUPPRESS, [], False) or action.nargs == 0 else f"`{default!r}`"
         help_text = formatter._expand_help(action) if action.help else ""
         if action.choices and "{" not in help_text:
             help_text += f" (one of {', '.join(map(str, action.choices))})"
-        rows.append(f"| {names} | {_cell(shown)} | {_cell(help_text)} |")
+        if default not in (None, argparse.SUPPRESS, [], False) and action.nargs != 0 and "default" not in help_text:
+            help_text += f" (default: `{default!r}`)"
+        rows.append(f"| {names} | {_cell(help_text)} |")
     return rows
 
 
@@ -77,11 +86,20 @@ def cli_reference() -> str:
     parser, _ = cli.build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     out = [f"`{parser.prog}`: {parser.description} Every subcommand prints this with `--help`.", ""]
-    for name, p in sub.choices.items():
+    for name, p in sorted(sub.choices.items(), key=lambda kv: (COMMANDS + (kv[0],)).index(kv[0])):
         usage = p.format_usage().removeprefix("usage: ").strip()
         out += [f"## `uni-lab {name}`", "", _cell(p.description or ""), "", "```text", usage, "```", "",
                 *_options(p), ""]
     return "\n".join(out)
+
+
+def run_reference() -> str:
+    import uni_lab
+
+    intro, fields = ROLE_MD.sub(r"`\1`", uni_lab.run.__doc__).strip().rsplit("\n\n", 1)
+    params = ",\n".join(f"    {p}" for p in uni_lab.run.__signature__.parameters.values())
+    items = "\n".join(f"- {line}" for line in fields.splitlines())
+    return f"```python\nuni_lab.run(\n{params},\n)\n```\n\n{intro}\n\n{items}"
 
 
 def explainers_with_pages(files) -> tuple[set, set]:
@@ -113,4 +131,10 @@ def on_page_markdown(markdown, page, config, files):
     markdown = PARAMS.sub(lambda m: params_table(m[1], m[2]), markdown)
     if CLI in markdown:
         markdown = markdown.replace(CLI, cli_reference())
+    if RUN in markdown:
+        markdown = markdown.replace(RUN, run_reference())
     return markdown
+
+
+def on_page_content(html, page, config, files):
+    return ROLE_HTML.sub(r"\1", html)
