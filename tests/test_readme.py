@@ -1,9 +1,11 @@
-"""The README's snippets, run as written.
+"""The README's snippets, and those of the documentation pages it was split into, run as written.
 
 Each fenced block is one of:
 
-- ``<!-- readme-test: ci -->`` before it: a set-up command; ``.ci/run`` must run the same steps
-  (CI executes them on a clean clone), and the slow test runs the main job it ends with;
+- ``<!-- readme-test: ci -->`` before it (the README only): a set-up command; ``.ci/run`` must run
+  the same steps (CI executes them on a clean clone), and the slow test runs the main job it ends with;
+- ``<!-- readme-test: docs -->`` (the README only): the documentation build, which ``.ci/run`` runs
+  after the tests;
 - a ``python`` block: executed as written, in a folder whose ``runs/`` holds small real stores of
   the embedded model at the paths the snippets read (same schema and labels, fewer methods);
 - a ``bash`` block: every ``uni-lab`` command in it is parsed by the real CLI parser here, and the
@@ -25,46 +27,80 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
+# the pages the README's how-to moved to; the reports (methods.md, results_real_model.md, ...) hold
+# record commands of hour-long measurements, not snippets to run
+PAGES = [README, *(REPO / "docs" / p for p in ("index.md", "getting-started.md", "store.md", "plugins.md", "findings.md")),
+         *sorted((REPO / "docs" / "guide").glob("*.md")), *sorted((REPO / "docs" / "explainers").glob("*.md"))]
 _BLOCK = re.compile(r"(?:<!-- readme-test: (?P<mark>[^>]*?) -->\s*\n)?```(?P<lang>\w+)\n(?P<body>.*?)\n```", re.S)
 
 
-def blocks() -> list[dict]:
-    found = [{"mark": (m["mark"] or "").strip(), "lang": m["lang"], "body": m["body"],
-              "line": README.read_text()[:m.start("body")].count("\n") + 1}
-             for m in _BLOCK.finditer(README.read_text())]
-    assert found, "no code blocks found in README.md"
+def blocks(page: Path = README) -> list[dict]:
+    text = page.read_text()
+    name = page.relative_to(REPO).as_posix()
+    found = [{"mark": (m["mark"] or "").strip(), "lang": m["lang"], "body": m["body"], "page": name,
+              "line": text[:m.start("body")].count("\n") + 1, "where": f"{name} line {text[:m.start('body')].count(chr(10)) + 1}"}
+             for m in _BLOCK.finditer(text)]
+    assert found or page != README, "no code blocks found in README.md"
     return found
 
 
 def _ids(bs):
-    return [f"line{b['line']}" for b in bs]
+    return [f"{b['page']}:{b['line']}" for b in bs]
 
 
-PYTHON = [b for b in blocks() if b["lang"] == "python"]
-BASH = [b for b in blocks() if b["lang"] == "bash" and not b["mark"].startswith("ci")]
-SETUP = [b for b in blocks() if b["mark"].startswith("ci")]
+ALL = [b for page in PAGES for b in blocks(page)]
+PYTHON = [b for b in ALL if b["lang"] == "python"]
+BASH = [b for b in ALL if b["lang"] == "bash" and b["mark"] not in ("ci", "docs")]
+SETUP = [b for b in blocks() if b["mark"] == "ci"]
+DOCS = [b for b in blocks() if b["mark"] == "docs"]
 
 
 def test_every_block_is_covered():
-    unknown = [b["line"] for b in blocks() if b["lang"] not in ("python", "bash")]
-    assert not unknown, f"README blocks at lines {unknown} are neither python nor bash; say how to test them"
+    unknown = [b["where"] for b in ALL if b["lang"] not in ("python", "bash")]
+    assert not unknown, f"blocks at {unknown} are neither python nor bash; say how to test them"
     assert len(SETUP) == 2, "the README must hold exactly the two set-up commands, marked <!-- readme-test: ci -->"
+    assert len(DOCS) == 1, "the README must hold the documentation build, marked <!-- readme-test: docs -->"
+    assert all(b["mark"] not in ("ci", "docs") for b in ALL if b["page"] != "README.md"), "set-up marks are the README's"
     for b in BASH:
         assert not b["mark"] or b["mark"] == "fast" or re.match(r"skip \S", b["mark"]), b
 
 
-def test_setup_commands_are_what_ci_runs():
+def _ci_steps() -> list[str]:
     ci = (REPO / ".ci" / "run").read_text()
-    ci_steps = [" ".join(w for w in shlex.split(line) if w != "-q") for line in ci.splitlines()
-                if line.strip() and not line.startswith("#")]
+    return [" ".join(w for w in shlex.split(line) if w != "-q") for line in ci.splitlines()
+            if line.strip() and not line.startswith("#")]
+
+
+def _in_ci(block: dict) -> list[str]:
+    """The block's ``&&`` steps that ``.ci/run`` does not run, in ``.ci/run``'s order."""
+    ci_steps, missing, at = _ci_steps(), [], -1
+    for step in [s.strip() for s in block["body"].split("&&")]:
+        words = " ".join(w for w in shlex.split(step) if w != "-q")
+        hits = [i for i, c in enumerate(ci_steps) if words == c or words.replace('"', "") == c.replace('"', "")]
+        after = [i for i in hits if i > at]
+        if not after:
+            missing.append(step)
+        else:
+            at = after[0]
+    return missing
+
+
+def test_setup_commands_are_what_ci_runs():
     main_job, tests = SETUP
     assert main_job["body"].strip().endswith("&& uni-lab run")
-    for step in [s.strip() for s in tests["body"].split("&&")]:
-        words = " ".join(w for w in shlex.split(step) if w != "-q")
-        assert any(words == c or words.replace('"', "") == c.replace('"', "") for c in ci_steps), (
-            f"README set-up step `{step}` is not in .ci/run")
+    missing = _in_ci(tests)
+    assert not missing, f"README set-up steps {missing} are not in .ci/run (in this order)"
     assert any(w.startswith("pip install -e .[figures") or w.startswith("pip install -e .[test,figures") for w in
                [" ".join(shlex.split(s.strip())) for s in main_job["body"].split("&&")])
+
+
+def test_docs_build_is_what_ci_runs_after_the_tests():
+    """The README's one command that builds the site is in .ci/run, after the test command, with --strict."""
+    (docs,) = DOCS
+    assert "mkdocs build --strict" in docs["body"]
+    assert not _in_ci(docs), f"README docs build `{docs['body']}` is not in .ci/run"
+    steps = _ci_steps()
+    assert steps.index("mkdocs build --strict") > steps.index("python -m pytest")
 
 
 def _uni_lab_commands(body: str) -> list[list[str]]:
@@ -87,7 +123,7 @@ def test_bash_commands_parse(block, capsys):
         try:
             parser.parse_args(args)
         except SystemExit as exc:
-            pytest.fail(f"README line {block['line']}: `uni-lab {' '.join(args)}` does not parse "
+            pytest.fail(f"{block['where']}: `uni-lab {' '.join(args)}` does not parse "
                         f"({capsys.readouterr().err.strip()}; exit {exc.code})")
 
 
@@ -113,13 +149,13 @@ def _env() -> dict:
 def test_python_snippet_runs_as_written(block, small_stores):
     out = subprocess.run([sys.executable, "-c", block["body"]], cwd=small_stores, env=_env(), capture_output=True,
                          text=True, timeout=600)
-    assert out.returncode == 0, f"README line {block['line']}:\n{block['body']}\n{out.stderr[-3000:]}"
+    assert out.returncode == 0, f"{block['where']}:\n{block['body']}\n{out.stderr[-3000:]}"
 
 
 def _run_bash(block: dict, cwd: Path) -> None:
     out = subprocess.run(["bash", "-euo", "pipefail", "-c", block["body"]], cwd=cwd, env=_env(), capture_output=True,
                          text=True, timeout=3600)
-    assert out.returncode == 0, f"README line {block['line']}:\n{block['body']}\n{out.stderr[-3000:]}"
+    assert out.returncode == 0, f"{block['where']}:\n{block['body']}\n{out.stderr[-3000:]}"
 
 
 FAST = [b for b in BASH if b["mark"] == "fast"]
@@ -151,5 +187,5 @@ def test_bash_block_runs_as_written(block, repo_copy):
 @pytest.mark.slow
 def test_main_job_runs_as_written(repo_copy):
     """The set-up command's last step (the installs are CI's): the default job on the eight photographs."""
-    _run_bash({"line": SETUP[0]["line"], "body": "uni-lab run"}, repo_copy)
+    _run_bash({"where": SETUP[0]["where"], "body": "uni-lab run"}, repo_copy)
     assert (repo_copy / "runs" / "default.zarr" / ".zmetadata").exists()

@@ -1,5 +1,5 @@
 """The schema module is the one statement of what a store holds: the writer, the evaluation,
-the checker, the README and the ``ds.uni`` readers must all agree with it."""
+the checker, the documented schema (docs/store.md) and the ``ds.uni`` readers must all agree with it."""
 from __future__ import annotations
 
 import re
@@ -15,7 +15,7 @@ from uni_lab import schema
 from uni_lab.check import expected_dims
 from uni_lab.skeleton import skeleton
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+SCHEMA_PAGE = Path(__file__).resolve().parents[1] / "docs" / "store.md"
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +39,8 @@ def test_skeleton_is_the_schema(n_images, size):
     assert expected_dims() == {n: v.dims for n, v in schema.RUN_VARIABLES.items()}
 
 
-def test_readme_table_lists_every_run_variable_with_its_dims():
-    text = README.read_text()
-    table = text[text.index("## Store schema"):text.index("## Figures and notebooks")]
+def test_schema_page_lists_every_run_variable_with_its_dims():
+    table = SCHEMA_PAGE.read_text()
     rows = {}
     for line in table.splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
@@ -49,7 +48,7 @@ def test_readme_table_lists_every_run_variable_with_its_dims():
             for name in re.findall(r"`([a-z_<>*]+)`", cells[0]):
                 rows[name] = tuple(d.strip() for d in cells[1].split(","))
     for name, var in schema.RUN_VARIABLES.items():
-        assert name in rows, f"README's store schema table lacks {name}"
+        assert name in rows, f"docs/store.md's schema table lacks {name}"
         assert rows[name] == var.dims, (name, rows[name])
 
 
