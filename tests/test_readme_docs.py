@@ -61,7 +61,7 @@ def test_parameter_tables_are_the_registry_s(hook):
 def test_run_reference_lists_every_run_keyword(hook):
     import inspect
 
-    text = hook.run_reference()
+    text = hook.signature_reference("run")
     for name in inspect.signature(uni_lab.run).parameters:
         assert f"- ``{name}`` (" in text, name
     assert ":class:" not in text and ":func:" not in text

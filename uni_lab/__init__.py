@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 # argument parsing) does not pay for importing torch.
 _LAZY = {"Explanation": "explanation", "Classifier": "models", "create_model": "models", "wrap": "models",
          "open_store": "store"}
+_SUBMODULES = ("plot",)  # matplotlib loads only when plotting is asked for
 
 
 def __getattr__(name: str):
@@ -24,11 +25,15 @@ def __getattr__(name: str):
         import importlib
 
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'uni_lab' has no attribute '{name}'")
 
 
 def __dir__():
-    return sorted(list(globals()) + list(_LAZY))
+    return sorted(list(globals()) + list(_LAZY) + list(_SUBMODULES))
 
 
 def explain(method: str, model, x, target=None, seeds=None, **params) -> "Explanation":

@@ -4,8 +4,8 @@
   parameters, defaults and accepted values, read from the registry (the plugin's own signature).
 - ``<!-- uni_lab:cli -->`` becomes the reference of every ``uni-lab`` subcommand, read from the
   argparse parsers that ``uni_lab.cli.build_parser`` builds.
-- ``<!-- uni_lab:run -->`` becomes ``uni_lab.run``'s signature and docstring, which are made from
-  ``RunConfig`` at import time (a static reader such as mkdocstrings sees only ``*args, **kwargs``).
+- ``<!-- uni_lab:run -->`` / ``<!-- uni_lab:evaluate -->`` become ``uni_lab.run``'s / ``uni_lab.evaluate``'s signature
+  and docstring, which are made from ``RunConfig`` / ``EvaluateConfig`` at import time (a static reader such as mkdocstrings sees only ``*args, **kwargs``).
 - Sphinx roles in docstrings (``:class:``, ``:func:``, ...) render as plain code.
 - Files that live outside ``docs/`` (``BENCHMARKS.md``, ``notebooks/tutorial_*.ipynb``) join the
   site under their own names, so the reports and tutorials are not copies that drift.
@@ -27,7 +27,7 @@ log = logging.getLogger("mkdocs.hooks.uni_lab")
 ROOT = Path(__file__).resolve().parents[2]
 PARAMS = re.compile(r"<!-- uni_lab:params (\w+) ([\w:]+) -->")
 CLI = "<!-- uni_lab:cli -->"
-RUN = "<!-- uni_lab:run -->"
+SIGNATURE = re.compile(r"<!-- uni_lab:(run|evaluate) -->")
 ROLE_MD = re.compile(r":(?:mod|func|class|meth|data|attr|exc):`~?([^`]+)`")
 ROLE_HTML = re.compile(r":(?:mod|func|class|meth|data|attr|exc):(<code>)~?")
 # the order a reader needs them in; a new subcommand comes last until it is placed here
@@ -93,13 +93,16 @@ def cli_reference() -> str:
     return "\n".join(out)
 
 
-def run_reference() -> str:
+def signature_reference(name: str) -> str:
+    """``uni_lab.run`` or ``uni_lab.evaluate``: both get their signature and docstring from a
+    declared configuration at import time."""
     import uni_lab
 
-    intro, fields = ROLE_MD.sub(r"`\1`", uni_lab.run.__doc__).strip().rsplit("\n\n", 1)
-    params = ",\n".join(f"    {p}" for p in uni_lab.run.__signature__.parameters.values())
+    fn = getattr(uni_lab, name)
+    intro, fields = ROLE_MD.sub(r"`\1`", fn.__doc__).strip().rsplit("\n\n", 1)
+    params = ",\n".join(f"    {p}" for p in fn.__signature__.parameters.values())
     items = "\n".join(f"- {line}" for line in fields.splitlines())
-    return f"```python\nuni_lab.run(\n{params},\n)\n```\n\n{intro}\n\n{items}"
+    return f"```python\nuni_lab.{name}(\n{params},\n)\n```\n\n{intro}\n\n{items}"
 
 
 def explainers_with_pages(files) -> tuple[set, set]:
@@ -131,8 +134,7 @@ def on_page_markdown(markdown, page, config, files):
     markdown = PARAMS.sub(lambda m: params_table(m[1], m[2]), markdown)
     if CLI in markdown:
         markdown = markdown.replace(CLI, cli_reference())
-    if RUN in markdown:
-        markdown = markdown.replace(RUN, run_reference())
+    markdown = SIGNATURE.sub(lambda m: signature_reference(m[1]), markdown)
     return markdown
 
 
