@@ -39,9 +39,9 @@ def path_table(ds: xr.Dataset) -> pd.DataFrame:
               "grad_cosine": stored_metric(ds, ("curvature_grad_cosine", "metric_curvature_grad_cosine"))}
     rows = []
     for model in map(str, ds.model.values):
-        for method in map(str, ds.method.values):
+        for method in map(str, ds.xai_method.values):
             for image in map(str, ds.image.values):
-                at = {"model": model, "method": method, "image": image}
+                at = {"model": model, "xai_method": method, "image": image}
                 if not bool(ds["done"].sel(at)):
                     continue
                 row = f.sel(at).values.astype(float)

@@ -62,7 +62,7 @@ def collect(datasets) -> tuple[dict, pd.DataFrame]:
                 if b is None:
                     continue  # not a path method: no Riemann sum to be stable in
                 for image in map(str, ds.image.values):
-                    item = ds.sel(model=model, image=image).uni.sel(method=method)
+                    item = ds.sel(model=model, image=image, xai_method=method)
                     if not bool(item["done"]):
                         continue
                     key = (model, method, image, int(b))
