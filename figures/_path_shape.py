@@ -53,7 +53,7 @@ def path_table(ds: xr.Dataset) -> pd.DataFrame:
                     if var is not None and all(d in var.dims for d in at):
                         value = float(var.sel(at))
                         derived[key] = value if np.isfinite(value) else derived[key]
-                rows.append({**at, **derived, "steps": int(np.isfinite(row).sum() - 1),
+                rows.append({"model": model, "method": method, "image": image, **derived, "steps": int(np.isfinite(row).sum() - 1),
                              "completeness_error": float(ds["completeness_error"].sel(at)),
                              "F_c(baseline)": float(row[np.isfinite(row)][0]),
                              "F_c(input)": float(row[np.isfinite(row)][-1])})

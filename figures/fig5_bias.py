@@ -49,7 +49,8 @@ def per_image(ds) -> pd.DataFrame:
     for key in BIASES:
         clean = ds.uni.evaluated(metric_variable("bias", key))
         if clean is not None:
-            frames.append(clean.to_dataframe(name="value").reset_index().rename(columns={"xai_method": "method"})[["model", "method", "image", "value"]]
+            frames.append(clean.to_dataframe(name="value").reset_index().rename(columns={"xai_method": "method"})
+                          [["model", "method", "image", "value"]]
                           .assign(severity=0, bias=key, corruption="clean"))
         corrupted = ds.uni.evaluated(metric_variable("bias", key, "corruption"))
         if corrupted is not None:

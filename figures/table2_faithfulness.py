@@ -40,7 +40,8 @@ def per_image(ds) -> tuple[pd.DataFrame, list[str]]:
         if values is None:
             missing.append(metric)
             continue
-        frame = values.to_dataframe(name="value").reset_index().rename(columns={"xai_method": "method"})[["model", "method", "image", "value"]]
+        frame = (values.to_dataframe(name="value").reset_index().rename(columns={"xai_method": "method"})
+                 [["model", "method", "image", "value"]])
         frames.append(frame.dropna(subset=["value"]).assign(metric=metric))
     return (pd.concat(frames) if frames else pd.DataFrame(columns=["model", "method", "image", "value", "metric"]),
             missing)
