@@ -123,7 +123,10 @@ def state(path) -> str:
     """``"old"`` (schema 2), ``"half"`` (a migration was interrupted), ``"current"`` (schema 3), or the
     schema number of any other store, as a string."""
     root = Path(path)
-    consolidated = _read_json(root / ".zmetadata").get("metadata", {})
+    consolidated = _read_json(root / ".zmetadata").get("metadata")
+    if not isinstance(consolidated, dict) or not isinstance(consolidated.get(".zattrs", {}), dict):
+        raise StoreError(f"'{root / '.zmetadata'}' holds no consolidated metadata; run `uni-lab check --repair "
+                         f"{root}` first.")
     seen = consolidated.get(".zattrs", {}).get("uni_lab_schema")
     own = _read_json(root / ".zattrs").get("uni_lab_schema")
     if seen == OLD_SCHEMA and own == OLD_SCHEMA and not (root / METHOD).exists() and not _any_new_dims(root):
