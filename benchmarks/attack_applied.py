@@ -19,7 +19,7 @@ import uni_lab
 from uni_lab.evaluation import load_model, read_explanation
 from uni_lab.registry import get
 from uni_lab.accessor import config_of
-from uni_lab.store import Store
+from uni_lab.store import open_store
 
 
 def main(argv=None) -> int:
@@ -32,12 +32,12 @@ def main(argv=None) -> int:
                     help="attack.param=value, e.g. ifgsm_attribution.iterations=1: an image the iterative attack "
                          "moves at its first step stays moved, so one iteration already gives its applied share")
     args = ap.parse_args(argv)
-    ds = Store(args.store).open()
+    ds = open_store(args.store)
     config = config_of(ds)
     model_name = str(ds.model.values[0])
     clf = load_model(model_name, config["models"][model_name], {})
     ids = [str(i) for i in ds.image.values]
-    methods = args.methods.split(",") if args.methods else [str(m) for m in ds.method.values]
+    methods = args.methods.split(",") if args.methods else [str(m) for m in ds.xai_method.values]
     sub = ds[["input", "target"]].sel(model=model_name).load()
     x = torch.from_numpy(sub["input"].transpose("image", "channel", "y", "x").values).float()
     target = torch.from_numpy(sub["target"].values).long()
@@ -49,7 +49,7 @@ def main(argv=None) -> int:
         plugin = get("attack", attack)
         params = plugin.resolved_params({"output": config.get("output", "prob"), **routed.get(("attack", attack), {})})
         for spec in methods:
-            exp = read_explanation(ds, "clean", {"model": model_name, "method": spec}, ids, "cpu")
+            exp = read_explanation(ds, "clean", {"model": model_name, "xai_method": spec}, ids, "cpu")
             t0 = time.perf_counter()
             adv = torch.cat([plugin(model=clf, x=x[i:i + 1], target=target[i:i + 1], seeds=None,
                                     explanation=_one(exp, i), **params) for i in range(len(ids))])

@@ -35,7 +35,7 @@ def run(out: Path, methods: str, env: dict, launcher=(), extra=()) -> None:
 
 def maps(path: Path) -> dict:
     ds = xr.open_zarr(path)
-    return {(m, v): ds[v].sel({"method": m}).values for m in map(str, ds.method.values) for v in MAPS}
+    return {(m, v): ds[v].sel(xai_method=m).values for m in map(str, ds.xai_method.values) for v in MAPS}
 
 
 def max_rel(a: dict, b: dict) -> dict:
@@ -55,7 +55,7 @@ def seed_study(root: Path, env: dict) -> dict:
 
     for seed in (0, 1):
         run(root / f"seed{seed}.zarr", "uni", env, extra=["--seed", str(seed)])
-    a, b = (xr.open_zarr(root / f"seed{s}.zarr").sel({"method": "uni"}) for s in (0, 1))
+    a, b = (xr.open_zarr(root / f"seed{s}.zarr").sel(xai_method="uni") for s in (0, 1))
     rows = {}
     for image in IMAGES:
         x, y = a.attribution.sel(image=image).values.ravel(), b.attribution.sel(image=image).values.ravel()

@@ -84,7 +84,7 @@ def measured(folder: Path, out: Path) -> dict:
             "store_busy_share": m["store_busy_s"] / m["wall_s"], "files": len(files), "chunk_files": len(data)}
 
 
-COORDS = {"model", "method", "image", "image_source", "image_hash", "label", "channel", "y", "x", "step"}
+COORDS = {"model", "xai_method", "image", "image_source", "image_hash", "label", "channel", "y", "x", "step"}
 
 
 def values(path: Path) -> dict:

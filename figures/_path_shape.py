@@ -39,9 +39,9 @@ def path_table(ds: xr.Dataset) -> pd.DataFrame:
               "grad_cosine": stored_metric(ds, ("curvature_grad_cosine", "metric_curvature_grad_cosine"))}
     rows = []
     for model in map(str, ds.model.values):
-        for method in map(str, ds.method.values):
+        for method in map(str, ds.xai_method.values):
             for image in map(str, ds.image.values):
-                at = {"model": model, "method": method, "image": image}
+                at = {"model": model, "xai_method": method, "image": image}
                 if not bool(ds["done"].sel(at)):
                     continue
                 row = f.sel(at).values.astype(float)
@@ -53,7 +53,7 @@ def path_table(ds: xr.Dataset) -> pd.DataFrame:
                     if var is not None and all(d in var.dims for d in at):
                         value = float(var.sel(at))
                         derived[key] = value if np.isfinite(value) else derived[key]
-                rows.append({**at, **derived, "steps": int(np.isfinite(row).sum() - 1),
+                rows.append({"model": model, "method": method, "image": image, **derived, "steps": int(np.isfinite(row).sum() - 1),
                              "completeness_error": float(ds["completeness_error"].sel(at)),
                              "F_c(baseline)": float(row[np.isfinite(row)][0]),
                              "F_c(input)": float(row[np.isfinite(row)][-1])})

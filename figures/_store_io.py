@@ -182,5 +182,5 @@ def open_loaded(path: Path) -> xr.Dataset:
 
 
 def sel_method(obj, method: str):
-    """Kept for table2_faithfulness.py and fig4_robustness.py: ``obj.uni.sel(method=method)``."""
-    return obj.uni.sel(method=method)
+    """Kept for table2_faithfulness.py and fig4_robustness.py: ``obj.sel(xai_method=method)``."""
+    return obj.sel(xai_method=method)

@@ -45,13 +45,14 @@ def per_image(ds) -> pd.DataFrame:
     for var in SCORES:
         values = ds.uni.evaluated(var)
         if values is not None:
-            frames.append(values.to_dataframe(name="value").reset_index()
+            frames.append(values.to_dataframe(name="value").reset_index().rename(columns={"xai_method": "method"})
                           [["model", "method", "image", "attack", "value"]].assign(score=var))
     extra = {}
     for var in ("attack_label_kept", "attack_linf"):
         if var in ds.data_vars:
             flagged = ds[var].where(ds[input_flag("attack")]) if input_flag("attack") in ds.data_vars else ds[var]
-            extra[var] = flagged.to_dataframe(name=var).reset_index()[["model", "method", "image", "attack", var]]
+            extra[var] = (flagged.to_dataframe(name=var).reset_index().rename(columns={"xai_method": "method"})
+                          [["model", "method", "image", "attack", var]])
     long = pd.concat(frames).dropna(subset=["value"]) if frames else pd.DataFrame(
         columns=["model", "method", "image", "attack", "value", "score"])
     for frame in extra.values():

@@ -49,11 +49,12 @@ def per_image(ds) -> pd.DataFrame:
     for key in BIASES:
         clean = ds.uni.evaluated(metric_variable("bias", key))
         if clean is not None:
-            frames.append(clean.to_dataframe(name="value").reset_index()[["model", "method", "image", "value"]]
+            frames.append(clean.to_dataframe(name="value").reset_index().rename(columns={"xai_method": "method"})
+                          [["model", "method", "image", "value"]]
                           .assign(severity=0, bias=key, corruption="clean"))
         corrupted = ds.uni.evaluated(metric_variable("bias", key, "corruption"))
         if corrupted is not None:
-            frames.append(corrupted.to_dataframe(name="value").reset_index()
+            frames.append(corrupted.to_dataframe(name="value").reset_index().rename(columns={"xai_method": "method"})
                           [["model", "method", "image", "corruption", "severity", "value"]].assign(bias=key))
     if not frames:
         return pd.DataFrame(columns=["model", "method", "image", "corruption", "severity", "value", "bias"])
@@ -75,7 +76,7 @@ def draw(ds, out_dir, severity=None, stem="fig5_bias"):
         notes.append(style.missing("corrupted inputs", f"run `uni-lab evaluate {store} --corruptions "
                                 f"{','.join(CORRUPTIONS)} --perturbed-metrics bias`, or omit --store"))
     fam = families()
-    absent = [m for m in METHODS if m not in set(map(str, ds.method.values))]
+    absent = [m for m in METHODS if m not in set(map(str, ds.xai_method.values))]
     if absent:
         notes.append(style.missing(f"methods {absent} of the paper's comparison", "not in this store"))
     methods = style.ordered(long["method"].unique()) if not long.empty else style.ordered(ds.uni.done_methods())
@@ -113,8 +114,8 @@ def draw(ds, out_dir, severity=None, stem="fig5_bias"):
             else:
                 sel = {"corruption": corruption, "severity": severity}
                 var, flag = ds["corruption_attribution"].sel(at).sel(sel), ds[maps_flag("corruption")].sel(at).sel(sel)
-            if bool(flag.uni.sel(method=method)):
-                mappable = style.show_map(ax, var.uni.sel(method=method).values, method)
+            if bool(flag.sel(xai_method=method)):
+                mappable = style.show_map(ax, var.sel(xai_method=method).values, method)
             else:
                 style.blank(ax, f"{method}: not computed")
         if mappable is not None:  # one bar per row of maps, beside it

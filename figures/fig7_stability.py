@@ -62,7 +62,7 @@ def collect(datasets) -> tuple[dict, pd.DataFrame]:
                 if b is None:
                     continue  # not a path method: no Riemann sum to be stable in
                 for image in map(str, ds.image.values):
-                    item = ds.sel(model=model, image=image).uni.sel(method=method)
+                    item = ds.sel(model=model, image=image, xai_method=method)
                     if not bool(item["done"]):
                         continue
                     key = (model, method, image, int(b))
@@ -96,10 +96,10 @@ def from_metric(ds) -> pd.DataFrame:
     sp, rel = ds.uni.evaluated("riemann_stability_spearman"), ds.uni.evaluated("riemann_stability_rel_error")
     if sp is None or rel is None:
         return pd.DataFrame()
-    keys = ["model", "method", "image", "steps"]
+    keys = ["model", "xai_method", "image", "steps"]
     frame = (sp.to_dataframe(name="spearman").reset_index()[keys + ["spearman"]]
              .merge(rel.to_dataframe(name="rel_l2").reset_index()[keys + ["rel_l2"]], on=keys)
-             .dropna(subset=["spearman", "rel_l2"]).rename(columns={"steps": "B"}))
+             .dropna(subset=["spearman", "rel_l2"]).rename(columns={"steps": "B", "xai_method": "method"}))
     ref = json.loads(sp.attrs.get("uni_lab_params", "{}")).get("reference_steps")
     return frame.assign(B_ref=ref)
 

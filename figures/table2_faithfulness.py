@@ -40,7 +40,8 @@ def per_image(ds) -> tuple[pd.DataFrame, list[str]]:
         if values is None:
             missing.append(metric)
             continue
-        frame = values.to_dataframe(name="value").reset_index()[["model", "method", "image", "value"]]
+        frame = (values.to_dataframe(name="value").reset_index().rename(columns={"xai_method": "method"})
+                 [["model", "method", "image", "value"]])
         frames.append(frame.dropna(subset=["value"]).assign(metric=metric))
     return (pd.concat(frames) if frames else pd.DataFrame(columns=["model", "method", "image", "value", "metric"]),
             missing)
@@ -92,9 +93,9 @@ def draw(ds, out_dir, stem="table2_faithfulness"):
     if curves:
         for ax, var in zip(axes[1], curves):
             data = ds.uni.evaluated(var)
-            frac_dim = next(d for d in data.dims if d not in ("model", "method", "image"))
+            frac_dim = next(d for d in data.dims if d not in ("model", "xai_method", "image"))
             for method in methods:
-                curve = io.sel_method(data, method).mean([d for d in data.dims if d not in ("method", frac_dim)])
+                curve = io.sel_method(data, method).mean([d for d in data.dims if d not in ("xai_method", frac_dim)])
                 if np.isfinite(curve.values).any():
                     ax.plot(curve[frac_dim].values, curve.values, color=colours[method], label=method)
             name = var.replace("_curve", "")

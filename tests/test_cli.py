@@ -51,17 +51,17 @@ def test_user_baseline_runs_by_name_and_lands_in_the_store(image_dir, tmp_path, 
     printed = capsys.readouterr().out
     assert "ig:cli_grey" in printed and "completeness_error" in printed
     ds = xr.open_zarr(out)
-    assert list(ds.method.values) == ["ig:cli_grey", "uni"]
+    assert list(ds.xai_method.values) == ["ig:cli_grey", "uni"]
     assert list(ds.image.values) == ["img0", "img1", "img2"]
     assert bool(ds.done.all())
-    grey = ds.sel({"method": "ig:cli_grey"})
+    grey = ds.sel(xai_method="ig:cli_grey")
     assert np.allclose(grey.baseline.values, 0.25)
     assert np.isfinite(grey.attribution.values).all() and np.abs(grey.attribution.values).sum() > 0
     assert ds.trace_prob.sizes["step"] == 7
     assert ds.uni.config["methods"]["ig:cli_grey"]["baseline_params"] == {"level": 0.25}
     assert ds.uni.config["methods"]["uni"]["baseline_params"]["eps"] == 0.025
     # the stored input is exactly what was explained: IG's completeness ties it to the stored traces
-    sel = ds.sel({"method": "uni", "model": "tiny"})
+    sel = ds.sel(xai_method="uni", model="tiny")
     total = sel.attribution.sum(("channel", "y", "x")).values
     delta = sel.trace_prob.isel(step=-1).values - sel.trace_prob.isel(step=0).values
     err = np.abs(total - delta) / np.maximum(np.abs(delta), 1e-12)
@@ -140,9 +140,9 @@ def test_a_failing_method_leaves_no_partial_item(image_dir, tmp_path, capsys):
                     "--steps", "3"], tmp_path, capsys)
     assert rc == 2 and "ig:cli_boom" in err and "boom" in err
     ds = xr.open_zarr(tmp_path / "e.zarr")
-    assert bool(ds.done.sel({"method": "ig:black"}).all())
-    assert not bool(ds.done.sel({"method": "ig:cli_boom"}).any())
-    assert np.isnan(ds.attribution.sel({"method": "ig:cli_boom"}).values).all()
+    assert bool(ds.done.sel(xai_method="ig:black").all())
+    assert not bool(ds.done.sel(xai_method="ig:cli_boom").any())
+    assert np.isnan(ds.attribution.sel(xai_method="ig:cli_boom").values).all()
 
 
 def test_main_job_on_the_embedded_model(tmp_path, capsys):
@@ -154,7 +154,7 @@ def test_main_job_on_the_embedded_model(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "efficientnet_lite0" in printed and "uni" in printed
     ds = xr.open_zarr(out)
-    assert set(ds.dims) == {"model", "method", "image", "channel", "y", "x", "step"}
+    assert set(ds.dims) == {"model", "xai_method", "image", "channel", "y", "x", "step"}
     assert int(ds.target.sel(model="efficientnet_lite0", image="chelsea")) == 285  # Egyptian cat (docs/methods.md §8)
     assert ds.input.shape == (1, 1, 3, 224, 224) and bool(ds.done.all())
     cfg = ds.uni.config

@@ -158,9 +158,9 @@ def test_metric_stores_per_image_values(name, evaluated):
                   and v.startswith(prefix) and not v.startswith("done_")]
         assert values, f"metric '{name}' stored no values ({prefix or 'clean'})"
         for v in values:
-            assert evaluated[v].dims[:3] == ("model", "method", "image"), v
-            for i, method in enumerate(evaluated.method.values):
-                finite = np.isfinite(evaluated[v].isel(method=i).values)
+            assert evaluated[v].dims[:3] == ("model", "xai_method", "image"), v
+            for i, method in enumerate(evaluated.xai_method.values):
+                finite = np.isfinite(evaluated[v].isel(xai_method=i).values)
                 # IG from black has a baseline, a path trace and Riemann steps: every metric applies to it
                 assert finite.all() or (method != "ig:black" and not finite.any()), \
                     f"{v} ({method}): not finite for every image"  # elsewhere: NaN for all where it does not apply

@@ -80,7 +80,7 @@ def _set_ratio(path, method_index: int, ratios) -> None:
 
 def test_uni_baseline_that_is_not_featureless_is_flagged(uni_store):
     ds = open_store(uni_store)
-    methods = list(map(str, ds.method.values))
+    methods = list(map(str, ds.xai_method.values))
     # chelsea above the bar, coffee below it; IG-black's baseline is not UNI's and never judged by it
     _set_ratio(uni_store, methods.index("uni"), [3 * FEATURELESS_RATIO, FEATURELESS_RATIO / 2])
     _set_ratio(uni_store, methods.index("ig:black"), [0.9, 0.9])
@@ -97,14 +97,14 @@ def test_uni_baseline_that_is_not_featureless_is_flagged(uni_store):
 
 
 def test_featureless_uni_baseline_is_not_flagged(uni_store):
-    _set_ratio(uni_store, list(map(str, open_store(uni_store).method.values)).index("uni"),
+    _set_ratio(uni_store, list(map(str, open_store(uni_store).xai_method.values)).index("uni"),
                [FEATURELESS_RATIO, FEATURELESS_RATIO / 10])  # the bar itself passes: F_c(x') <= 0.1 F_c(x)
     assert record(Store(uni_store), refresh=True) == []
     assert "doubt" not in summarize(open_store(uni_store)).columns
 
 
 def test_recorded_doubts_are_not_used_once_items_changed(uni_store):
-    uni = list(map(str, open_store(uni_store).method.values)).index("uni")
+    uni = list(map(str, open_store(uni_store).xai_method.values)).index("uni")
     _set_ratio(uni_store, uni, [0.5, 0.5])
     assert [sorted(d["images"]) for d in record(Store(uni_store), refresh=True)] == [["chelsea", "coffee"]]
     g = zarr.open_group(str(uni_store), mode="r+")

@@ -46,7 +46,7 @@ def test_a_clean_metric_named_attack_something_is_clean(store, tiny_model, named
     res = uni_lab.evaluate(store, metrics="attack_success", attacks="random_noise", perturbed_metrics="robustness",
                            sets={"robustness.k": 20}, models=[tiny_model], progress=False)
     ds = xr.open_zarr(store)
-    assert ds["attack_success"].dims == ("model", "method", "image")  # not under the attack dim
+    assert ds["attack_success"].dims == ("model", "xai_method", "image")  # not under the attack dim
     assert bool(ds["done_attack_success"].all()) and "done_attack_attack_success" not in ds
     assert bool(ds["done_attack"].all()) and bool(ds["done_attack_robustness"].all())  # the attack's own flags
     expected = np.abs(ds["attribution"].values).reshape(1, 1, 2, -1).sum(-1)

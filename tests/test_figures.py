@@ -172,14 +172,14 @@ def test_table2_numbers_are_the_store_means(evaluated, tmp_path):
     for _, row in wide.iterrows():
         for metric in mod.METRICS:
             printed = float(row[metric].split()[0])
-            assert printed == pytest.approx(flagged_mean(ds, metric, f"done_{metric}", method=row["method"]), abs=1e-4)
+            assert printed == pytest.approx(flagged_mean(ds, metric, f"done_{metric}", xai_method=row["method"]), abs=1e-4)
 
 
 def test_fig4_numbers_are_the_store_means(evaluated, tmp_path):
     mod, ds, table = draw_table("fig4_robustness", evaluated, tmp_path)
     assert set(table["attack"]) == set(mod.ATTACKS)
     for _, row in table.iterrows():
-        at = {"method": row["method"], "attack": row["attack"]}
+        at = {"xai_method": row["method"], "attack": row["attack"]}
         assert row["spearman"] == pytest.approx(flagged_mean(ds, "attack_robustness_spearman",
                                                              "done_attack_robustness", **at))
         assert row["topk"] == pytest.approx(flagged_mean(ds, "attack_robustness_topk", "done_attack_robustness", **at))
@@ -190,7 +190,7 @@ def test_fig4_leaves_out_attacks_that_did_not_move_the_input(evaluated, tmp_path
     """A rejected attack returns x itself (δ = 0, robustness 1 by construction): it must not count."""
     mod = script("fig4_robustness")
     ds = _store_io.open_loaded(evaluated)
-    at = {"model": "tiny", "method": "ig:black", "image": "chelsea", "attack": "fgsm_attribution"}
+    at = {"model": "tiny", "xai_method": "ig:black", "image": "chelsea", "attack": "fgsm_attribution"}
     ds["attack_linf"].loc[at] = 0.0
     _, table = mod.draw(ds, tmp_path)
     assert "NOT APPLIED: fgsm_attribution on ig:black for 1 image(s)" in capsys.readouterr().out
@@ -205,10 +205,10 @@ def test_fig5_numbers_are_the_store_means(evaluated, tmp_path):
     assert set(table["corruption"]) == {"clean", *small_stores.CORRUPTIONS}
     clean = table[table["corruption"] == "clean"].set_index("method")
     for method in small_stores.METHODS:
-        assert clean.loc[method, "colour"] == pytest.approx(flagged_mean(ds, "bias_colour", "done_bias", method=method))
+        assert clean.loc[method, "colour"] == pytest.approx(flagged_mean(ds, "bias_colour", "done_bias", xai_method=method))
     row = table[(table["corruption"] == "gaussian_noise") & (table["severity"] == 2)].set_index("method").loc["uni"]
     assert row["frequency"] == pytest.approx(flagged_mean(ds, "corruption_bias_frequency", "done_corruption_bias",
-                                                          method="uni", corruption="gaussian_noise", severity=2))
+                                                          xai_method="uni", corruption="gaussian_noise", severity=2))
 
 
 def test_monotonicity_from_trace_matches_the_metric_plugins(evaluated, tmp_path):
@@ -221,7 +221,7 @@ def test_monotonicity_from_trace_matches_the_metric_plugins(evaluated, tmp_path)
     mono = monotone_fraction(f)
     for method in small_stores.METHODS:
         for image in small_stores.IMAGES:
-            at = {"model": "tiny", "method": method, "image": image}
+            at = {"model": "tiny", "xai_method": method, "image": image}
             row = f.sel(at).values
             assert float(mono.sel(at)) == pytest.approx(float(ds["monotonicity_fraction"].sel(at)))
             assert is_conformant(row) == float(ds["monotonicity_conformant"].sel(at))
@@ -258,8 +258,8 @@ def test_fig7_stability_over_stores(over_steps, tmp_path, drawn):
     # an independent estimate of one point: ranks by scipy.stats.rankdata, correlation by numpy
     from scipy.stats import rankdata
 
-    a2 = datasets[0].sel({"method": "uni", "image": "chelsea"})["attribution"].values.ravel()
-    a8 = datasets[2].sel({"method": "uni", "image": "chelsea"})["attribution"].values.ravel()
+    a2 = datasets[0].sel(xai_method="uni", image="chelsea")["attribution"].values.ravel()
+    a8 = datasets[2].sel(xai_method="uni", image="chelsea")["attribution"].values.ravel()
     rho = np.corrcoef(rankdata(a2), rankdata(a8))[0, 1]
     point = mod.stability(*mod.collect(datasets)).set_index(["method", "image", "B"]).loc[("uni", "chelsea", 2)]
     assert point["spearman"] == pytest.approx(rho, abs=1e-9)
@@ -288,7 +288,7 @@ def test_fig7_draws_the_stored_riemann_stability_metric(evaluated, tmp_path, cap
     assert_drawn(tmp_path, "fig7_stability", table=True)
     row = summary.set_index(["method", "B"]).loc[("uni", 2)]
     flag = ds["done_riemann_stability"]
-    expected = ds["riemann_stability_spearman"].where(flag).sel({"method": "uni", "steps": 2}).mean()
+    expected = ds["riemann_stability_spearman"].where(flag).sel(xai_method="uni", steps=2).mean()
     assert row["spearman"] == pytest.approx(float(expected))
 
 
@@ -343,7 +343,7 @@ def test_no_arguments_computes_and_caches_with_the_real_model(tmp_path, capsys, 
     out = capsys.readouterr().out
     assert "MISSING methods (not registered, skipped): no_such_method" in out
     ds = xr.open_zarr(tmp_path / "runs" / "methods.zarr")
-    assert list(ds.method.values) == ["ig:black"] and bool(ds["done"].all())
+    assert list(ds.xai_method.values) == ["ig:black"] and bool(ds["done"].all())
     assert int(ds["target"].sel(model="efficientnet_lite0", image="chelsea")) == 285  # Egyptian cat: real weights
     assert_drawn(tmp_path / "out", "fig2_attributions")
     assert "class 285: Egyptian cat" in drawn[0].axes[0].get_ylabel()  # an ImageNet model's rows name the class

@@ -488,7 +488,7 @@ def test_every_method_fills_a_store_through_the_runner(soft_model, tmp_path):
     assert bool(ds.done.all())
     path_methods = ["smoothgrad(ig:black)", "smoothgrad(uni)", "blur_ig", "guided_ig", "agi"]
     for spec in specs:
-        item = ds.sel({"method": spec})
+        item = ds.sel(xai_method=spec)
         assert np.isfinite(item.attribution.values).all(), spec
         has_trace = bool(np.isfinite(item.trace_prob.values).all())
         assert has_trace == (spec in path_methods), spec

@@ -298,10 +298,10 @@ def test_evaluate_fills_labelled_variables_without_recomputing_stored_maps(tiny_
                    sets={"robustness.k": 20, "mufidelity.n_subsets": 16})
     ds = xr.open_zarr(tiny_store)
     np.testing.assert_array_equal(ds["attribution"].values, before)
-    assert ds["mufidelity"].dims == ("model", "method", "image")
-    assert ds["deletion_curve"].dims == ("model", "method", "image", "fraction")
-    assert ds["attack_robustness_topk"].dims == ("model", "method", "image", "attack")
-    assert ds["corruption_bias_colour"].dims == ("model", "method", "image", "corruption", "severity")
+    assert ds["mufidelity"].dims == ("model", "xai_method", "image")
+    assert ds["deletion_curve"].dims == ("model", "xai_method", "image", "fraction")
+    assert ds["attack_robustness_topk"].dims == ("model", "xai_method", "image", "attack")
+    assert ds["corruption_bias_colour"].dims == ("model", "xai_method", "image", "corruption", "severity")
     assert ds["corruption_input"].dims == ("model", "image", "corruption", "severity", "channel", "y", "x")
     assert bool(ds["done_mufidelity"].all()) and bool(ds["done_attack_robustness"].all())
     sev = ds["done_corruption"].sel(corruption="brightness")
@@ -349,7 +349,7 @@ def test_evaluate_resumes_only_missing_items_and_refuses_other_parameters(tiny_s
     with pytest.raises(uni_lab.UniLabError, match="_test_counting"):
         evaluate(tiny_store, metrics="_test_counting", models=[tiny_model], batch_size=2, progress=False,
                  sets={"_test_counting.fail_on": "x"}, methods="ig:black")
-    done = xr.open_zarr(tiny_store)["done__test_counting"].sel({"method": "ig:black"}).values[0]
+    done = xr.open_zarr(tiny_store)["done__test_counting"].sel(xai_method="ig:black").values[0]
     assert done.tolist() == [True, True, False]  # the first batch is kept, the failed one is not marked done
     with pytest.raises(StoreError, match="fail_on"):
         evaluate(tiny_store, metrics="_test_counting", models=[tiny_model], progress=False)

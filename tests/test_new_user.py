@@ -264,7 +264,7 @@ def test_images_space_or_comma_separated_in_run_and_evaluate(folder, tmp_path, c
     code = cli.main(["evaluate", str(out), "--plugins", str(PLUGIN), "--metrics", "deletion", "--images", "im0", "im2",
                      "--methods", "ig:black", "--no-progress", "--device", "cpu"])
     assert code == 0, capsys.readouterr().err
-    done = open_store(out)["done_deletion"].sel(model="tiny16").sel({"method": "ig:black"})
+    done = open_store(out)["done_deletion"].sel(model="tiny16", xai_method="ig:black")
     assert done.values.tolist() == [True, False, True]
 
 

@@ -87,7 +87,7 @@ def test_old_stores_of_imagenet_models_get_imagenet_names():
 
 
 def test_per_map_and_shared_scales(ds):
-    sums = {m: np.abs(ds["attribution"].sel({"model": "tiny", "method": m}).values.astype(float)).sum(1)
+    sums = {m: np.abs(ds["attribution"].sel(model="tiny", xai_method=m).values.astype(float)).sum(1)
             for m in METHODS}
     per_map = maps_of(ds.uni.plot_grid(scale="per_map"))
     assert len(per_map) == len(IMAGES) * len(METHODS)
@@ -152,7 +152,7 @@ def test_bad_requests_are_one_line(ds):
 
 def test_dataarray_accessor_selects_on_the_method_dim(ds):
     picked = ds["attribution"].uni.sel(method="ig:blur", image="chelsea")
-    assert "method" not in picked.dims and str(picked["method"].values) == "ig:blur"
+    assert "xai_method" not in picked.dims and str(picked["xai_method"].values) == "ig:blur"
 
 
 def corner_colours(ax) -> tuple[np.ndarray, np.ndarray]:
@@ -202,7 +202,7 @@ def test_path_traces(ds):
     for ax, image in zip(panels, IMAGES):
         assert [line.get_label() for line in ax.lines] == list(METHODS)
         for line, method in zip(ax.lines, METHODS):
-            values = f.sel({"model": "tiny", "method": method, "image": image}).values
+            values = f.sel(model="tiny", xai_method=method, image=image).values
             np.testing.assert_allclose(line.get_ydata(), values[np.isfinite(values)])
             assert (line.get_linestyle() == "--") == (up.is_conformant(values) < 1)
     assert len(fig.legends) == 1

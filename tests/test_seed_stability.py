@@ -79,12 +79,12 @@ def test_cli_evaluate_stores_seed_stability_per_item(tmp_path, tiny_model):
         registry.unregister("model", "_test_tiny_seed")
     ds = xr.open_zarr(out)
     for key in ("spearman_mean", "spearman_min", "rel_l2_mean", "rel_l2_max", "rel_l2_stored"):
-        assert ds[f"seed_stability_{key}"].dims == ("model", "method", "image")
+        assert ds[f"seed_stability_{key}"].dims == ("model", "xai_method", "image")
     assert bool(ds["done_seed_stability"].all())
     assert '"n_seeds": 3' in ds["seed_stability_spearman_mean"].attrs["uni_lab_params"]
     sp = ds["seed_stability_spearman_mean"].sel(model="_test_tiny_seed")
-    assert (sp.sel({"method": "ig:black"}).values == 1).all()
-    assert (sp.sel({"method": "ig:uniform"}).values < 1).all()
+    assert (sp.sel(xai_method="ig:black").values == 1).all()
+    assert (sp.sel(xai_method="ig:uniform").values < 1).all()
     assert (ds["seed_stability_rel_l2_stored"].values < 1e-5).all()  # the run's seeds give the stored maps again
     mono, prob = ds["monotonicity_spearman"].values, ds["trace_prob"].values
     flat = np.nanmax(prob, -1) == np.nanmin(prob, -1)  # a saturated F_c = 1 path has no ranks: NaN

@@ -125,7 +125,7 @@ def test_a_methods_stored_name_says_its_path(images, tmp_path):
     out = tmp_path / "s.zarr"
     p = _run(images, out, "--set", "ig.path=blur")
     assert p.returncode == 0, p.stderr
-    assert [str(m) for m in Store(out).open().method.values] == ["saliency", "ig:black@blur"]
+    assert [str(m) for m in Store(out).open().xai_method.values] == ["saliency", "ig:black@blur"]
 
 
 def test_input_size_on_the_command_line(tmp_path):

@@ -14,8 +14,8 @@ import json
 import numpy as np
 import xarray as xr
 
-from .errors import StoreError
-from .schema import flag_of
+from .errors import InputError, StoreError
+from .schema import METHOD, flag_of
 
 
 def config_of(ds: xr.Dataset) -> dict:
@@ -39,15 +39,19 @@ def class_label(names: list[str] | None, index: int) -> str:
 
 
 class _Shared:
-    """What both accessors offer: selection on the ``method`` dim by keyword, and the map grid."""
+    """What both accessors offer: selection with ``method=`` as an alias of the dim, and the map grid."""
 
     def __init__(self, obj):
         self._obj = obj
 
     def sel(self, **labels):
-        """``.uni.sel(method="uni", image="chelsea")``: ``sel`` keeps ``method`` for its own keyword
-        (nearest-neighbour lookup), so selecting on the ``method`` dim by keyword needs this accessor
-        or a dict, ``.sel({"method": "uni"})``."""
+        """``.uni.sel(method="uni", image="chelsea")``: ``method=`` is an alias of the methods dim
+        ``xai_method`` (its name up to schema 2), kept so that code written then still runs. Plain
+        xarray selects on the dim itself: ``ds.sel(xai_method="uni", image="chelsea")``."""
+        if "method" in labels and "method" not in self._obj.dims:
+            if METHOD in labels:
+                raise InputError("pass the method once: method= is an alias of xai_method=.")
+            labels[METHOD] = labels.pop("method")
         return self._obj.sel(labels)
 
     def plot_grid(self, **kwargs):
@@ -59,7 +63,7 @@ class _Shared:
 
 @xr.register_dataarray_accessor("uni")
 class UniArrayAccessor(_Shared):
-    """``ds.attribution.uni``: selection by ``method`` and plots of stored maps the right way up."""
+    """``ds.attribution.uni``: selection with the ``method=`` alias and plots of stored maps the right way up."""
 
     def plot(self, **kwargs):
         """One stored map or image, row 0 at the top (:func:`uni_lab.plot.show`; xarray's own ``.plot()``
@@ -106,7 +110,7 @@ class UniAccessor(_Shared):
     def done_items(self) -> list[tuple[str, str, str]]:
         """``(model, method, image)`` of every finished item."""
         done = self._ds["done"].values
-        return [(self._ds.model.values[a], self._ds.method.values[b], self._ds.image.values[c])
+        return [(self._ds.model.values[a], self._ds[METHOD].values[b], self._ds.image.values[c])
                 for a, b, c in zip(*np.nonzero(done))]
 
     def done_methods(self, model=None, image=None) -> list[str]:
@@ -114,9 +118,9 @@ class UniAccessor(_Shared):
         done = self._ds["done"]
         at = {d: v for d, v in (("model", model), ("image", image)) if v is not None}
         done = done.sel(at) if at else done
-        axes = [d for d in done.dims if d != "method"]
+        axes = [d for d in done.dims if d != METHOD]
         any_done = done.any(axes) if axes else done
-        return [str(m) for m in self._ds.method.values if bool(any_done.sel({"method": m}))]
+        return [str(m) for m in self._ds[METHOD].values if bool(any_done.sel({METHOD: m}))]
 
     def doubts(self) -> list[dict]:
         """Doubtful results (:mod:`uni_lab.doubts`): ``{kind, model, method, images, message}`` each;
@@ -174,7 +178,7 @@ class UniAccessor(_Shared):
     def caption(self, methods=None, extra: str = "", steps=None) -> str:
         """One line of provenance from the store's attrs: model, output, seed, B, method parameters."""
         ds, cfg = self._ds, self._config()
-        methods = list(methods if methods is not None else ds.method.values)
+        methods = list(methods if methods is not None else ds[METHOD].values)
         models = ", ".join(cfg.get("models", {}) or map(str, ds.model.values))
         if steps is None:
             steps = sorted({s for s in (self.method_steps(m) for m in methods) if s is not None})

@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from . import migrate
 from .errors import StoreError
 from .accessor import config_of
 from .locks import evaluation_lock
 from .ownership import is_partial
-from .schema import IMAGE, ITEM, RUN_VARIABLES, SCHEMA_VERSION
+from .schema import IMAGE, ITEM, METHOD, RUN_VARIABLES, SCHEMA_VERSION
 from .store import Store
 
 BLOCK_IMAGES = 256  # images per dask block: bounded memory, few tasks
@@ -30,7 +31,7 @@ def expected_dims() -> dict[str, tuple[str, ...]]:
     return {name: var.dims for name, var in RUN_VARIABLES.items()}
 
 
-def schema_problems(ds: xr.Dataset, expected: xr.Dataset | None = None) -> list[str]:
+def schema_problems(ds: xr.Dataset, expected: xr.Dataset | None = None, path="STORE") -> list[str]:
     """What makes ``ds`` not a well-formed store (or not the store ``expected`` describes)."""
     problems = []
     try:
@@ -38,8 +39,12 @@ def schema_problems(ds: xr.Dataset, expected: xr.Dataset | None = None) -> list[
     except StoreError as exc:
         return [str(exc)]
     layout = json.loads(ds.attrs.get("uni_lab_chunks", "{}"))
-    if ds.attrs.get("uni_lab_schema") != SCHEMA_VERSION:
-        problems.append(f"schema version {ds.attrs.get('uni_lab_schema')!r}; this uni_lab writes {SCHEMA_VERSION}.")
+    schema = ds.attrs.get("uni_lab_schema")
+    if schema != SCHEMA_VERSION:
+        problems.append(f"schema version {schema!r}; this uni_lab writes {SCHEMA_VERSION}"
+                        + (f"; {migrate.hint(path)}." if schema == migrate.OLD_SCHEMA else "."))
+        if schema == migrate.OLD_SCHEMA:  # every item variable's dims differ by that one name: said once
+            return problems
     for name, dims in expected_dims().items():
         if name not in ds.variables:
             problems.append(f"variable '{name}' is missing.")
@@ -51,7 +56,7 @@ def schema_problems(ds: xr.Dataset, expected: xr.Dataset | None = None) -> list[
             if chunks is not None and block % chunks[dims.index("image")]:
                 problems.append(f"variable '{name}' is chunked {chunks} on image, which does not divide the store's "
                                 f"block of {block} images: shards and ranks would share chunk files.")
-    for dim, key in (("model", "models"), ("method", "methods"), ("image", "images")):
+    for dim, key in zip(ITEM, ("models", "methods", "images")):
         labels = [str(v) for v in ds[dim].values] if dim in ds.coords else []
         if len(set(labels)) != len(labels):
             problems.append(f"coordinate '{dim}' repeats labels.")
@@ -146,8 +151,9 @@ class Report:
         if any(self.repaired):
             lines.append(f"repaired: {self.repaired[0]} items and all items of {self.repaired[1]} images marked "
                          "not done; rerun the same command to recompute them")
-        lines.append("consistent" if self.consistent else
-                     f"INCONSISTENT: run `uni-lab check --repair {self.path}`, then rerun the same command")
+        fix = (f"`{migrate.COMMAND} {self.path}`" if any(migrate.COMMAND in p for p in self.problems)
+               else f"`uni-lab check --repair {self.path}`, then rerun the same command")
+        lines.append("consistent" if self.consistent else f"INCONSISTENT: run {fix}")
         return "\n".join(lines)
 
 
@@ -248,10 +254,13 @@ def check_store(path: str | Path, repair: bool = False) -> Report:
         with evaluation_lock(store):  # no run or evaluation may write while metadata is rebuilt
             rebuilt = repair_metadata(store.path)
     ds = store.open()
-    report = Report(Path(path), problems=schema_problems(ds), rebuilt=rebuilt)
+    report = Report(Path(path), problems=schema_problems(ds, path=path), rebuilt=rebuilt)
+    if migrate.interrupted(store.path):
+        report.problems.insert(0, f"a migration to schema {SCHEMA_VERSION} was interrupted; rerun "
+                                  f"`{migrate.COMMAND} {path}` to finish it.")
     report.stray = sorted(str(p.relative_to(store.path)) for p in store.path.rglob("*.partial")
                           if p.is_file() and not p.is_symlink() and is_partial(p.name))
-    if any("missing" in p or "dims" in p for p in report.problems) or "done" not in ds:
+    if any("missing" in p or "dims" in p or "schema version" in p for p in report.problems) or "done" not in ds:
         return report
     raw, ds = ds, ds.chunk({"image": BLOCK_IMAGES})
     done = _compute(ds["done"], raw["done"], lambda v: v, "done", report)
@@ -260,15 +269,15 @@ def check_store(path: str | Path, repair: bool = False) -> Report:
     done = done.astype(bool)
     report.total, report.done = int(done.size), int(done.sum())
     for model in done.model.values:
-        for method in done.method.values:
-            d = done.sel({"model": model, "method": method})
+        for method in done[METHOD].values:
+            d = done.sel({"model": model, METHOD: method})
             report.by_method[(str(model), str(method))] = (int(d.sum()), int(d.size))
     report.missing = _labels(~done)
-    image_done = done.any("method")
+    image_done = done.any(METHOD)
     for name, var in ds.data_vars.items():
         if name == "done" or not set(IMAGE) <= set(var.dims):
             continue
-        on_items = "method" in var.dims
+        on_items = METHOD in var.dims
         mask = done if on_items else image_done
         other = [d for d in var.dims if d not in ITEM]
 

@@ -23,7 +23,7 @@ import numpy as np
 import xarray as xr
 
 from .errors import StoreError
-from .schema import DOUBTS_ATTR, DOUBTS_STATE_ATTR, MAP
+from .schema import DOUBTS_ATTR, DOUBTS_STATE_ATTR, MAP, METHOD
 
 # docs/methods.md §2, criterion 1: a UNI baseline is featureless when F_c(x') <= 0.1 * F_c(x)
 FEATURELESS_RATIO = 0.1
@@ -163,7 +163,7 @@ def _zero_maps(ds, done: np.ndarray) -> list[dict]:
     zero = done & (peak == 0)
     out = []
     for mi, mei in zip(*np.nonzero(zero.any(-1))):
-        model, method = str(ds.model.values[mi]), str(ds.method.values[mei])
+        model, method = str(ds.model.values[mi]), str(ds[METHOD].values[mei])
         ids = [str(i) for i in ds.image.values[zero[mi, mei]]]
         out.append({"kind": "zero_map", "model": model, "method": method, "images": ids,
                     "message": f"{method} on {model}: the map is zero everywhere on {len(ids)} of "
@@ -178,7 +178,7 @@ def _not_featureless(ds, done: np.ndarray) -> list[dict]:
     methods = _config(ds).get("methods", {})
     base, at_input = ds["prob_baseline"].values, ds["prob_input"].values
     out = []
-    for mei, method in enumerate(map(str, ds.method.values)):
+    for mei, method in enumerate(map(str, ds[METHOD].values)):
         if not _uses_uni(methods.get(method, {})):
             continue
         for mi, model in enumerate(map(str, ds.model.values)):

@@ -23,6 +23,11 @@ _CHUNK = re.compile(r"\d+(\.\d+)*" + _PARTIAL)
 _META = re.compile(r"(\.zgroup|\.zattrs|\.zmetadata|\.zarray)" + _PARTIAL)
 
 
+def is_member(name: str) -> bool:
+    """Whether ``name`` is a file name uni_lab writes in a variable's folder (metadata, chunk, temporary)."""
+    return bool(_CHUNK.fullmatch(name) or _META.fullmatch(name))
+
+
 def is_partial(name: str) -> bool:
     """Whether ``name`` is zarr's temporary file of an interrupted write (``0.0.<hex>.partial``)."""
     return bool(_CHUNK.fullmatch(name) or _META.fullmatch(name)) and name.endswith(".partial")

@@ -21,6 +21,7 @@ import xarray as xr
 
 from .accessor import CLASS_NAMES_ATTR, class_label
 from .errors import InputError
+from .schema import ITEM, METHOD
 
 SCALES = ("per_map", "shared")
 CLIP_PERCENTILE = 99.0
@@ -138,10 +139,10 @@ def from_explanation(source, inputs=None, targets=None, class_names=None, image_
     ids = _names(image_ids) if image_ids is not None else [f"image {i}" for i in range(n)]
     if len(ids) != n:
         raise InputError(f"image_ids names {len(ids)} images but the Explanation has {n}; give one id per image.")
-    ds = xr.Dataset({"attribution": (("method", "image", "channel", "y", "x"), maps),
-                     "done": (("method", "image"), np.ones(maps.shape[:2], bool))},
-                    coords={"method": list(explanations), "image": ids})
-    ds = ds.expand_dims(model=["model"]).transpose("model", "method", "image", ...)
+    ds = xr.Dataset({"attribution": ((METHOD, "image", "channel", "y", "x"), maps),
+                     "done": ((METHOD, "image"), np.ones(maps.shape[:2], bool))},
+                    coords={METHOD: list(explanations), "image": ids})
+    ds = ds.expand_dims(model=["model"]).transpose(*ITEM, ...)
     if inputs is not None:
         pixels = np.asarray(inputs.detach().cpu().float()) if hasattr(inputs, "detach") else np.asarray(inputs, float)
         if pixels.shape != maps.shape[1:]:
@@ -159,12 +160,12 @@ def from_explanation(source, inputs=None, targets=None, class_names=None, image_
 def _as_dataset(source) -> xr.Dataset:
     if isinstance(source, xr.Dataset):
         return source if "done" in source.variables else source.assign(done=source["attribution"].notnull().any(
-            [d for d in source["attribution"].dims if d not in ("model", "method", "image")]))
+            [d for d in source["attribution"].dims if d not in ITEM]))
     if isinstance(source, xr.DataArray):  # maps alone: every item counts as done
         ds = source.to_dataset(name="attribution")
-        items = [d for d in ("model", "method", "image") if d in source.dims]
+        items = [d for d in ITEM if d in source.dims]
         ds["done"] = source.notnull().any([d for d in source.dims if d not in items])
-        for dim, label in (("model", "model"), ("method", source.name or "attribution"), ("image", "image")):
+        for dim, label in zip(ITEM, ("model", source.name or "attribution", "image")):
             if dim not in ds.dims:  # a selected label stays a scalar coordinate: it becomes the dim's one label
                 ds = ds.expand_dims(dim) if dim in ds.coords else ds.expand_dims({dim: [label]})
         return ds
@@ -211,8 +212,8 @@ def _finished(ds: xr.Dataset, model, methods, images) -> tuple[str, list[str], l
     """The model, and the methods and images to draw: those asked for, else those with a finished item
     (images: the first ``images`` of them when it is a number, every one for None)."""
     model = _one_model(ds, model)
-    done = ds["done"].sel(model=model).transpose("method", "image").values
-    have_methods = [m for m, d in zip(_names(ds.method.values), done.any(1)) if d]
+    done = ds["done"].sel(model=model).transpose(METHOD, "image").values
+    have_methods = [m for m, d in zip(_names(ds[METHOD].values), done.any(1)) if d]
     have_images = [i for i, d in zip(_names(ds.image.values), done.any(0)) if d]
     methods = _chosen(methods, have_methods, "methods")
     images = have_images[:images] if isinstance(images, int) else _chosen(images, have_images, "images")
@@ -243,7 +244,7 @@ def grid(source, *, model=None, methods=None, images=8, scale: str = "per_map", 
     model, methods, images = _finished(ds, model, methods, images)
     dm = ds.sel(model=model)
     first = int(input_column and "input" in dm.variables)
-    items = {(i, m): dm.sel({"image": i, "method": m}) for i in images for m in methods}
+    items = {(i, m): dm.sel({"image": i, METHOD: m}) for i in images for m in methods}
     done = [item["attribution"].values for item in items.values() if bool(item["done"])]
     top = shared_top(done, clip_percentile) if scale == "shared" else None
     fig, axes = plt.subplots(len(images), len(methods) + first, squeeze=False,
@@ -291,7 +292,7 @@ def show(da: xr.DataArray, **kwargs):
         plot = maps.plot
     extra = [d for d in maps.dims if d not in ("y", "x", "channel", kwargs.get("col"), kwargs.get("row"))]
     if extra:
-        raise InputError(f"this array has further dims {extra}; select one item first (.uni.sel(method=..., "
+        raise InputError(f"this array has further dims {extra}; select one item first (.sel(xai_method=..., "
                          "image=...)) or spread them with col=/row=.")
     drawn = plot(yincrease=False, **kwargs)
     for ax in np.ravel(drawn.axs) if hasattr(drawn, "axs") else [drawn.axes]:  # one plot, or facets
@@ -313,11 +314,11 @@ def path_trace(ax, ds: xr.Dataset, model: str, image: str, methods=None, colors=
     """F_c(γ(α)) against α of each finished path method on one image, a non-conformant path dashed
     (``conformant``: method → 0/1 where known already). Returns the methods drawn."""
     f = ds.uni.score_trace()
-    methods = _names(ds.method.values) if methods is None else list(methods)
+    methods = _names(ds[METHOD].values) if methods is None else list(methods)
     colors = colors or {m: f"C{i % 10}" for i, m in enumerate(methods)}
     drawn = []
     for method in methods:
-        at = {"model": model, "method": method, "image": image}
+        at = {"model": model, METHOD: method, "image": image}
         values = f.sel(at).values.astype(float)
         if not bool(ds["done"].sel(at)) or not np.isfinite(values).any():
             continue  # not computed, or no path (saliency, ...)
@@ -341,10 +342,10 @@ def path_traces(ds: xr.Dataset, *, model=None, methods=None, images=None, cols: 
 
     models = _names(ds.model.values) if model is None else [_one_model(ds, model)]
     images = _chosen(images, _names(ds.image.values), "images")
-    methods = _chosen(methods, _names(ds.method.values), "methods")
+    methods = _chosen(methods, _names(ds[METHOD].values), "methods")
     colors = colors or {m: f"C{i % 10}" for i, m in enumerate(methods)}
     f = ds.uni.score_trace()
-    has_path = (ds["done"] & f.notnull().any("step")).sel({"method": methods})
+    has_path = (ds["done"] & f.notnull().any("step")).sel({METHOD: methods})
     panels = [(m, i) for m in models for i in images if bool(has_path.sel(model=m, image=i).any())]
     if not panels:
         raise InputError("no finished path-method item to draw (methods without a path have no trace).")

@@ -18,14 +18,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-SCHEMA_VERSION = 2  # 2: integer target, predicted, label, image_hash; chunks span blocks of images
+# 2: integer target, predicted, label, image_hash; chunks span blocks of images. 3: the methods dim is
+# METHOD, not "method" (xarray's ``sel`` takes ``method=`` as its own keyword); uni_lab.migrate reads
+# and rewrites stores of schema 2.
+SCHEMA_VERSION = 3
 ZARR_FORMAT = 2  # consolidated metadata and variable-length strings that every zarr reader knows
 CHANNELS = ("R", "G", "B")
 TRACE_KEYS = ("alpha", "prob", "logit", "grad_norm", "distance")
 
 MAP = ("channel", "y", "x")
+METHOD = "xai_method"  # Quantus's word (``xai_methods``); plain ``ds.sel(xai_method="uni")`` selects on it
 IMAGE = ("model", "image")
-ITEM = ("model", "method", "image")
+ITEM = ("model", METHOD, "image")
 # The dims the evaluation conditions add to an item (CONDITIONS, below, declares them).
 LABEL_DIMS = ITEM + ("attack", "corruption", "severity")
 
@@ -116,7 +120,7 @@ def run_chunks(dims: tuple, sizes: dict, layout: dict) -> tuple:
     for d in dims:
         if d == "image":
             out.append(layout["maps"] if maps else layout["images"])
-        elif d in ("model", "method"):
+        elif d in ("model", METHOD):
             out.append(1 if per_method else sizes[d])
         else:
             out.append(sizes[d])

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import xarray as xr
 
-from .schema import CHANNELS, COORD_DESCRIPTIONS, RUN_VARIABLES, SCHEMA_VERSION, chunking, run_chunks
+from .schema import CHANNELS, COORD_DESCRIPTIONS, METHOD, RUN_VARIABLES, SCHEMA_VERSION, chunking, run_chunks
 
 
 def versions() -> dict:
@@ -40,7 +40,7 @@ def skeleton(models, methods, images, size, max_steps: int, config: dict, device
 
     h, w = size
     layout = chunking(len(images), size)
-    sizes = {"model": len(models), "method": len(methods), "image": len(images), "channel": 3, "y": h, "x": w,
+    sizes = {"model": len(models), METHOD: len(methods), "image": len(images), "channel": 3, "y": h, "x": w,
              "step": max_steps + 1}
     data = {}
     for name, var in RUN_VARIABLES.items():
@@ -57,7 +57,7 @@ def skeleton(models, methods, images, size, max_steps: int, config: dict, device
             data[name].encoding["_FillValue"] = None
     ds = xr.Dataset(
         data,
-        coords={"model": strings(models), "method": strings(methods), "image": strings(i.id for i in images),
+        coords={"model": strings(models), METHOD: strings(methods), "image": strings(i.id for i in images),
                 "image_source": ("image", strings(i.source for i in images)),
                 "image_hash": ("image", strings(getattr(i, "digest", "") for i in images)),
                 "label": ("image", np.full(len(images), -1, np.int64) if labels is None

@@ -27,7 +27,7 @@ from .accessor import config_of
 from .errors import StoreError
 from .evaluation_variables import EvaluationVariables
 from .locks import lock_folder
-from .schema import ZARR_FORMAT
+from .schema import ITEM, ZARR_FORMAT
 from .zarr_io import assign, metadata_files
 
 FLUSH_S = 60.0  # staged items are written at the latest this long after the first of their chunk
@@ -121,8 +121,11 @@ class Store(EvaluationVariables):
         return True
 
     def refuse_other_configuration(self, existing: xr.Dataset, ds: xr.Dataset) -> None:
-        """A store is resumed only by the configuration that wrote it (``uni_lab_config``)."""
+        """A store is resumed only by the configuration that wrote it (``uni_lab_config``), in this schema."""
+        from .migrate import refuse_old
+
         old = config_of(existing)
+        refuse_old(self.path, existing.attrs.get("uni_lab_schema"))
         differing = _diff(old, json.loads(ds.attrs["uni_lab_config"]))
         if differing:
             hint = (f" A store made with the fast view {old.get('fast_view', 'off')} resumes with "
@@ -365,7 +368,7 @@ class Store(EvaluationVariables):
         for name, item in damaged:
             arr = g[name]
             dims = arr.attrs["_ARRAY_DIMENSIONS"]
-            at = dict(zip(("model", "method", "image") if len(item) == 3 else ("model", "image"), item))
+            at = dict(zip(ITEM if len(item) == 3 else ("model", "image"), item))
             ranges = []
             for d, n, c in zip(dims, arr.shape, arr.chunks):
                 ranges.append([self.index_of(d, [at[d]])[0] // c] if d in at else range(-(-n // c)))
@@ -385,11 +388,11 @@ class Store(EvaluationVariables):
         ``input`` (never the fill value once written) must be present. Cheap next to the compute:
         each such chunk is read once. Returns ``(damaged, items, inputs)`` as :meth:`drop_chunks` and
         :meth:`reset` take them (labels), with every item and input of a damaged chunk."""
-        from .schema import IMAGE, ITEM, RUN_VARIABLES
+        from .schema import IMAGE, RUN_VARIABLES
 
         g = self.group()
         done, written = self.done(), self._read("target") >= 0
-        labels = {d: [str(v) for v in g[d][:]] for d in ("model", "method", "image")}
+        labels = {d: [str(v) for v in g[d][:]] for d in ITEM}
         mine = np.zeros(done.shape[-1], bool)
         mine[list(images)] = True
         damaged, items, inputs = [], set(), set()
@@ -440,7 +443,7 @@ class Store(EvaluationVariables):
         by label, so the next run recomputes them (``uni-lab check --repair``)."""
         g = self.group()
         for model, method, image in items:
-            (mi,), (mei,), (ii,) = self.index_of("model", [model]), self.index_of("method", [method]), self.index_of("image", [image])
+            (mi,), (mei,), (ii,) = (self.index_of(d, [v]) for d, v in zip(ITEM, (model, method, image)))
             g["done"][mi, mei, ii] = False
         for model, image in images:
             (mi,), (ii,) = self.index_of("model", [model]), self.index_of("image", [image])
@@ -471,6 +474,10 @@ def _runs(indices) -> list[tuple[int, int, slice]]:
 
 
 def open_store(path: str | Path, lazy: bool = True) -> xr.Dataset:
-    """Open a store with dask-backed variables (``lazy``) or loaded into memory."""
-    ds = Store(path).open()
+    """Open a store with dask-backed variables (``lazy``) or loaded into memory. A store of schema 2
+    is read under schema 3's names (:func:`uni_lab.migrate.renamed`, with a notice naming
+    ``uni-lab migrate``), so ``ds.sel(xai_method="uni")`` works on every store."""
+    from .migrate import renamed
+
+    ds = renamed(Store(path).open(), path)
     return ds if lazy else ds.load()

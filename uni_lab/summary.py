@@ -6,6 +6,7 @@ import pandas as pd
 import xarray as xr
 
 from . import doubts
+from .schema import METHOD
 
 
 def monotone_fraction(prob: xr.DataArray) -> xr.DataArray:
@@ -43,8 +44,8 @@ def summarize(ds: xr.Dataset) -> pd.DataFrame:
         accuracy = (ds["predicted"] == ds["label"]).load()
     rows = []
     for model in ds.model.values:
-        for method in ds.method.values:
-            sel = {"model": model, "method": method}
+        for method in ds[METHOD].values:
+            sel = {"model": model, METHOD: method}
             mask = done.sel(sel).values
             if not mask.any():
                 continue

@@ -44,8 +44,9 @@ from ..accessor import config_of
 from ..errors import StoreError
 from ..evaluate_config import EvaluateConfig
 from ..locks import evaluation_lock
+from ..migrate import refuse_old
 from ..models import preserving, resolve_device
-from ..schema import SCHEMA_VERSION
+from ..schema import METHOD
 from ..store import Store
 from .conditions import CLEAN, Attacked, Condition, Corrupted
 from .jobs import Job, compute
@@ -100,7 +101,7 @@ def plan(config: EvaluateConfig) -> EvaluationPlan:
                        perturbed_metrics=config.perturbed_metrics, sets=config.sets,
                        output=recorded.get("output", "prob"))
     selection.check_names(ds)
-    specs = subset("method", [str(m) for m in ds.method.values], config.methods)
+    specs = subset("method", [str(m) for m in ds[METHOD].values], config.methods)
     ids = subset("image", [str(i) for i in ds.image.values], config.images)
     dev = resolve_device(config.device)
     if not config.recompute:
@@ -114,10 +115,7 @@ def plan(config: EvaluateConfig) -> EvaluationPlan:
 
 def check_schema(st: Store, ds) -> None:
     """Its variables may mean other things in another schema: such a store is never written into."""
-    if ds.attrs.get("uni_lab_schema") != SCHEMA_VERSION:
-        raise StoreError(f"store '{st.path}' has schema version {ds.attrs.get('uni_lab_schema')!r}; this uni_lab "
-                         f"evaluates schema {SCHEMA_VERSION} only. Evaluate it with the uni_lab that wrote it, "
-                         "or rerun `uni-lab run` into a new --out.")
+    refuse_old(st.path, ds.attrs.get("uni_lab_schema"))
 
 
 def execute(plan: EvaluationPlan) -> EvalResult:

@@ -15,7 +15,7 @@ import torch
 from ..errors import UniLabError, named_failure
 from ..explanation import Explanation
 from ..registry import Plugin
-from ..schema import MAP, condition, perturbed_variables
+from ..schema import MAP, METHOD, condition, perturbed_variables
 from .stored import Batch, explanation_values, read_explanation
 
 
@@ -38,7 +38,7 @@ class Condition:
     def sel(self, model, method=None, **extra) -> dict:
         out = {"model": model, **dict(self.labels), **extra}
         if method is not None:
-            out["method"] = method
+            out[METHOD] = method
         return out
 
 

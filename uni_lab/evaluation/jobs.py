@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from ..accessor import config_of
 from ..errors import PluginError, named_failure
 from ..models import Classifier
-from ..schema import ITEM, LABEL_DIMS, MetricFlag, MetricValue, Variable
+from ..schema import ITEM, LABEL_DIMS, METHOD, MetricFlag, MetricValue, Variable
 from ..seeding import image_seed
 from ..store import Store
 from .conditions import CLEAN, Attacked, Condition, Corrupted, Perturbed
@@ -115,7 +115,7 @@ def compute(st: Store, ds: xr.Dataset, plan) -> None:
         for spec in plan.specs:
             job = Job(out, clf, model_name, spec, MethodCall(method_from_config(spec, config["methods"][spec])),
                       todo.params, dev)
-            item_ids = [i for i in ids if bool(done.sel({"method": spec, "image": i}))]
+            item_ids = [i for i in ids if bool(done.sel({METHOD: spec, "image": i}))]
             bar = tqdm(total=len(item_ids) * (1 + len(conditions)), desc=f"evaluate {model_name} {spec}",
                        unit="item", disable=not plan.config.progress, leave=False)
             for s in range(0, len(item_ids), batch_size):

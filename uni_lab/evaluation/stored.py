@@ -16,7 +16,7 @@ from ..explanation import Explanation
 from ..methods import Method
 from ..models import Classifier, create_model
 from ..registry import get, registry
-from ..schema import MAP, TRACE_KEYS, condition, explanation_variables
+from ..schema import MAP, METHOD, TRACE_KEYS, condition, explanation_variables
 
 PROB_TOLERANCE = 1e-3  # reloaded vs stored F_c(x): device and batch-order noise, far below a different model
 
@@ -158,7 +158,7 @@ class Batch:
         sub = ds[["input", "target"]].sel(model=model, image=ids).load()
         x = torch.from_numpy(sub["input"].transpose("image", *MAP).values).float().to(dev)
         target = torch.from_numpy(sub["target"].values).long().to(dev)
-        exp = read_explanation(ds, "clean", {"model": model, "method": method}, ids, dev)
+        exp = read_explanation(ds, "clean", {"model": model, METHOD: method}, ids, dev)
         return cls(list(ids), x, target, torch.tensor([seeds[i] for i in ids]), exp)
 
     def take(self, ids: list) -> "Batch":

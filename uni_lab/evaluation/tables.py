@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from ..schema import LABEL_DIMS, flag_of, input_flag, is_metric
+from ..schema import LABEL_DIMS, METHOD, flag_of, input_flag, is_metric
 
 
 def metric_table(ds: xr.Dataset):
@@ -28,16 +28,16 @@ def metric_table(ds: xr.Dataset):
     ds = ds[list(dict.fromkeys(needed))].load()
     rows = []
     for model in ds.model.values:
-        for method in ds.method.values:
+        for method in ds[METHOD].values:
             row = {"model": str(model), "method": str(method)}
             if attacked in ds.data_vars:
-                moved = ds["attack_linf"].sel({"model": model, "method": method}) > 0
+                moved = ds["attack_linf"].sel({"model": model, METHOD: method}) > 0
                 for a in ds.attack.values:
-                    done = ds[attacked].sel({"model": model, "method": method, "attack": a})
+                    done = ds[attacked].sel({"model": model, METHOD: method, "attack": a})
                     row[f"attack_accepted[{a}]"] = _mean(moved.sel(attack=a).where(done))
             for v in names:
-                da = ds[v].sel({"model": model, "method": method})
-                flag = ds[flag_of(ds[v])].sel({"model": model, "method": method})
+                da = ds[v].sel({"model": model, METHOD: method})
+                flag = ds[flag_of(ds[v])].sel({"model": model, METHOD: method})
                 da = da.where(flag)
                 if "attack" in da.dims:
                     da = da.where(moved)
