@@ -50,8 +50,12 @@ class _Work(TorchDispatchMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         self.ops += 1
-        formula = flop_registry.get(func._overloadpacket)
-        if formula is not None:
+        if func._overloadpacket is torch.ops.aten.convolution_backward:
+            # torch's formula ignores groups for the weight gradient (N× too many for the images-as-
+            # groups per-sample gradient); each gradient costs as many multiply-adds as the forward
+            grad_out, weight, mask = args[0], args[2], args[10]
+            self.flops += sum(mask[:2]) * 2 * grad_out.numel() * weight[0].numel()
+        elif (formula := flop_registry.get(func._overloadpacket)) is not None:
             self.flops += formula(*args, **kwargs, out_val=out)
         return out
 
