@@ -7,8 +7,9 @@
 # 1. `uni-lab bench --device cuda` for EfficientNet-Lite0 (embedded weights) and ResNet-18
 #    (random weights) at 224²: UNI against its floor of (1 + T + B) plain passes, with UNI's phase
 #    split (unlearn, match, integrate) from the same reps, IG against Captum, images/s of $METHODS;
-# 2. benchmarks/unlearn_check.py: per-image unlearning per model (which path, host syncs under
-#    torch.cuda.set_sync_debug_mode, torch.func batching rules missing, cost in floor passes);
+# 2. benchmarks/unlearn_check.py --counts: per-image unlearning per model (which path and chunk
+#    sizes, host syncs under torch.cuda.set_sync_debug_mode, torch.func batching rules missing,
+#    cost in floor passes timed, and each UNI phase's FLOPs and ATen ops counted in floor passes);
 # 3. a run of N = 1,000 generated JPEGs (256², resized to 224²) with uni and ig:black, decoded by
 #    --workers processes, timed, then `uni-lab check`.
 # Every step has its own time limit (*_TIMEOUT, seconds; together 7 min 50 s): a step over it is
@@ -67,7 +68,7 @@ print(f"bench {r['model']} {r['size'][0]}²: uni_vs_floor {r['uni_vs_floor']:.3f
 PY
 done
 bounded "$UNLEARN_TIMEOUT" "unlearn_check" python benchmarks/unlearn_check.py --device "$DEVICE" --size "$BENCH_SIZE" \
-  --reps 3 --models "$UNLEARN_MODELS" > "$OUT/unlearn_${BENCH_SIZE}.jsonl"
+  --reps 3 --counts --models "$UNLEARN_MODELS" > "$OUT/unlearn_${BENCH_SIZE}.jsonl"
 cat "$OUT/unlearn_${BENCH_SIZE}.jsonl"
 bounded "$IMAGES_TIMEOUT" "images $N" python benchmarks/scale.py images "$OUT/jpeg$N" "$N" "$SIZE"
 start=$(date +%s.%N)

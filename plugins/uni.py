@@ -13,12 +13,15 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
+import weakref
 from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
 from annotated_types import Ge
 from torch.func import functional_call, grad, vmap
+from torch.overrides import TorchFunctionMode
+from torch.utils.flop_counter import FlopCounterMode
 
 import uni_lab
 from uni_lab.accel import activation_bytes, fit_batch
@@ -77,9 +80,9 @@ def unlearned_log_probs(model, x, target, eta: float = 1.0, chunk: int | None = 
             if grads is not None:
                 grads = {k: dense(g) for k, g in grads.items()}
             else:
-                with torch.enable_grad():
+                with torch.enable_grad(), _BatchingRules():
                     grads = vmap(grad(loss), in_dims=(None, 0, 0))(params, xs, ts)
-            with torch.no_grad():
+            with torch.no_grad(), _BatchingRules():
                 for k, g in grads.items():  # θ̂ = θ + η g, built in the gradient's own memory
                     g.mul_(eta).add_(params[k])
                 logits = vmap(forward)(grads, xs)
@@ -88,31 +91,101 @@ def unlearned_log_probs(model, x, target, eta: float = 1.0, chunk: int | None = 
     return torch.cat(out)
 
 
+class _BatchingRules(TorchFunctionMode):
+    """Ops that torch.func has no batching rule for, replaced by exact equivalents that have one.
+
+    Without a rule vmap loops over the images and warns "performance drop": global average
+    pooling (``aten::as_strided_``; ConvNeXt, Swin) and fused attention kernels (ViT-B/16's
+    ``_native_multi_head_attention`` and ``_scaled_dot_product_flash_attention_for_cpu``).
+    Pooling to 1×1 is a mean over the spatial dims; attention is ``softmax(q kᵀ·s + mask) v``.
+    Any other use (an output size other than 1, dropout) runs unchanged. While a mode is active,
+    ``nn.MultiheadAttention`` leaves its fused fast path for this very formula.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.adaptive_avg_pool2d:
+            size = kwargs.get("output_size", args[1] if len(args) > 1 else None)
+            if size == 1 or (isinstance(size, (tuple, list)) and tuple(size) == (1, 1)):
+                return args[0].mean((-2, -1), keepdim=True)
+        elif func is F.scaled_dot_product_attention:
+            out = _attention(*args, **kwargs)
+            if out is not None:
+                return out
+        elif func is F.multi_head_attention_forward and not kwargs.get("is_causal") and len(args) <= _NEED_WEIGHTS:
+            # With weights asked for, it computes attention by bmm and softmax instead of the fused
+            # kernel (this mode is off inside the call, so the kernel could not be replaced there)
+            want = kwargs.get("need_weights", True)
+            out, weights = func(*args, **{**kwargs, "need_weights": True})
+            return out, (weights if want else None)
+        return func(*args, **kwargs)
+
+
+_NEED_WEIGHTS = 15  # multi_head_attention_forward's positional index of need_weights
+
+
+def _attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    if dropout_p or enable_gqa:
+        return None
+    scores = (q @ k.transpose(-2, -1)) * (scale if scale is not None else q.shape[-1] ** -0.5)
+    if is_causal:
+        keep = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+        scores = scores.masked_fill(~keep, float("-inf"))
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask
+    return scores.softmax(-1) @ v
+
+
 # Per image, unlearning holds its gradient (= θ̂, built in place) plus vmap's per-sample
 # temporaries, and a forward/backward of activations; both factors are deliberately generous.
 PARAM_COPIES, ACTIVATION_COPIES = 3, 4
 
 
-# Images unlearned at once at most. Chunks are padded to their size, so a batch of one image
-# pays for this many; a divisor of the default batches (8, and the bench's 16).
+# Images per chunk at most (unlearning and matching alike). Chunks are padded to their size, so
+# a batch of one image pays for the whole chunk; a chunk of 16 arises only for images whose
+# forward costs at most 1/16 of the work below (Lite0 at 64², ResNet-18 at 32²), where on CPU
+# per-op overhead dominates: 16 images unlearn in one chunk for about what 8 cost.
 UNLEARN_CAP = 16
-# Activation bytes a chunk is sized to hold. Per-op overhead dominates small chunks of small
-# images (Lite0 at 64², 16 images: 9 floor passes in chunks of 4, 4 in one chunk of 16), while
-# at 224² chunks of 4 cost no more than larger ones: a chunk holds about this much work, so the
-# padding a lone image pays for stays about the same time whatever the image size.
-UNLEARN_WORK = {"cpu": 512 * 2**20, "cuda": 16 * 2**30}
+# Forward FLOPs of one image a chunk is sized to hold (torch's FLOP counter, one image, once per
+# model and shape): the padding of a short chunk then never costs more than this much work, and
+# expensive images get small chunks. Unlearning keeps per-image gradients and runs small batched
+# kernels, whose CPU cost per image was lowest at chunks of about 3.5 GFLOP (Lite0 at 224²: 4
+# images; 8 cost ~1.3× more per image); matching runs plain passes, which gain from larger
+# batches: 8 GFLOP gives Lite0 at 224² chunks of 8, the default batch, so a default run pays
+# for no padded image. ResNet-18 and ConvNeXt-T at 224² (3.6 and 8.9 GFLOP) unlearn one image
+# at a time, at most ~15 % dearer per image than in chunks of 8 (ResNet-18, CPU).
+UNLEARN_FLOPS = {"cpu": 3.5e9, "cuda": 256e9}
+MATCH_FLOPS = {"cpu": 8e9, "cuda": 512e9}
+_FLOPS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def forward_flops(model, x) -> int:
+    """FLOPs of one forward of one image of ``x``'s shape (torch's FLOP counter), cached per model and shape."""
+    key = (tuple(x.shape[1:]), x.dtype, str(x.device))
+    cache = _FLOPS.setdefault(model, {})
+    if key not in cache:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x[:1].detach())
+        cache[key] = int(counter.get_total_flops())
+    return cache[key]
+
+
+def _chunk(model, x, work: dict, fits: int) -> int:
+    """At most ``fits`` and :data:`UNLEARN_CAP` images, about ``work`` FLOPs of forward, rounded down to
+    a power of two (it then divides the usual batches of 8 and 16, which leaves no padded images)."""
+    per_image = max(1, forward_flops(model, x))
+    chunk = max(1, min(fits, UNLEARN_CAP, int(work.get(x.device.type, work["cpu"]) // per_image)))
+    return 1 << (chunk.bit_length() - 1)
 
 
 def unlearn_chunk_size(model, x) -> int:
-    """Images unlearned at once: about :data:`UNLEARN_WORK` of activations, as many as the plan
-    holds, at most :data:`UNLEARN_CAP`, rounded down to a power of two (it then divides the
-    usual batches, which leaves no padded images); a function of the model, the image shape and
-    the device type, never of the batch."""
+    """Images unlearned at once: about :data:`UNLEARN_FLOPS` of forward work, as many as the memory
+    plan holds, at most :data:`UNLEARN_CAP`, a power of two; a function of the model, the image
+    shape and the device type, never of the batch."""
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     act = activation_bytes(model, x[:1])
     fits = fit_batch(PARAM_COPIES * param_bytes + ACTIVATION_COPIES * act, x.device, cap=UNLEARN_CAP)
-    chunk = max(1, min(fits, UNLEARN_WORK.get(x.device.type, UNLEARN_WORK["cpu"]) // act))
-    return 1 << (chunk.bit_length() - 1)
+    return _chunk(model, x, UNLEARN_FLOPS, fits)
 
 
 def unlearned_log_probs_reference(model, x, target, eta: float = 1.0) -> torch.Tensor:
@@ -213,12 +286,10 @@ def uni_baseline(x, model, target, seeds=None, *, eta: float = 1.0, eps: Positiv
 
 
 def match_chunk_size(model, x) -> int:
-    """Images matched at once: about :data:`UNLEARN_WORK` of activations, at most :data:`UNLEARN_CAP`,
-    a power of two; a function of the model, the image shape and the device type only (never of the
+    """Images matched at once: about :data:`MATCH_FLOPS` of forward work, at most :data:`UNLEARN_CAP`, a
+    power of two; a function of the model, the image shape and the device type only (never of the
     batch or of free memory)."""
-    act = activation_bytes(model, x[:1])
-    chunk = max(1, min(UNLEARN_CAP, UNLEARN_WORK.get(x.device.type, UNLEARN_WORK["cpu"]) // act))
-    return 1 << (chunk.bit_length() - 1)
+    return _chunk(model, x, MATCH_FLOPS, UNLEARN_CAP)
 
 
 def _match_in_chunks(model, x, target_lp, seeds, **kw) -> torch.Tensor:

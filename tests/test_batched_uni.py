@@ -238,3 +238,94 @@ def test_uni_baseline_is_bitwise_the_same_in_any_batch(tiny_model):
         part = base(x[sel], tiny_model, target[sel], seeds=seeds[sel], **params)
         for k, i in enumerate(sel):
             assert torch.equal(part[k], full[i]), (sel, i)
+
+
+class SmallMaps(nn.Module):
+    """3×3 convs on 2×2 maps (with and without padding), whose per-image gradients are cheaper kept
+    as factors of their unfolded input, after a 3×3 conv on a larger map, which stays dense."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.down = nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False)
+        self.same = nn.Conv2d(16, 16, 3, padding=1)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.down(torch.relu(self.stem(x))))
+        return self.head(torch.relu(self.same(h)).mean((2, 3)))
+
+
+def test_kxk_convs_on_small_maps_stay_factored_and_exact():
+    torch.manual_seed(9)
+    model = uni_lab.wrap(SmallMaps(), mean=(0.5,) * 3, std=(0.25,) * 3, input_size=(8, 8), name="small_maps")
+    x = torch.rand(5, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    target = model(x).argmax(-1)
+    m64, x64 = _double(model), x.double()
+    grads = per_sample_grads(m64, x64, target)
+    factored = per_sample_grads(m64, x64, target, factored=True)
+    assert not isinstance(factored["net.stem.weight"], Outer)  # 16 positions of 27 inputs: dense
+    for name in ("net.down.weight", "net.same.weight"):
+        assert isinstance(factored[name], Outer), name
+    for k, g in grads.items():
+        assert torch.allclose(dense(factored[k]), g, rtol=0, atol=1e-12), k
+    reference = unlearned_log_probs_reference(m64, x64, target, eta=1.0)
+    assert torch.allclose(unlearned_log_probs(m64, x64, target, eta=1.0), reference, rtol=0, atol=1e-10)
+    whole = unlearned_log_probs(model, x, target)
+    for s, e in ((0, 1), (2, 5), (1, 3)):  # and bitwise the same in any batch
+        assert torch.equal(whole[s:e], unlearned_log_probs(model, x[s:e], target[s:e])), (s, e)
+
+
+def test_chunks_hold_a_fixed_amount_of_forward_work(bn_model, real_model, monkeypatch):
+    """Chunk sizes follow the FLOPs of one image's forward, never the batch: cheap images share a
+    chunk of 16, costly ones get small chunks, so padding a short batch never costs much."""
+    from uni_lab.plugins import uni as uni_plugin
+
+    x = torch.rand(3, 3, 16, 16)
+    per_image = uni_plugin.forward_flops(bn_model, x)
+    assert per_image > 0 and per_image == uni_plugin.forward_flops(bn_model, x[:1])
+    monkeypatch.setitem(uni_plugin.UNLEARN_FLOPS, "cpu", 3 * per_image)
+    monkeypatch.setitem(uni_plugin.MATCH_FLOPS, "cpu", 5 * per_image)
+    assert unlearn_chunk_size(bn_model, x) == 2 and unlearn_chunk_size(bn_model, x[:1]) == 2
+    assert uni_plugin.match_chunk_size(bn_model, x) == 4
+    monkeypatch.undo()
+    # Lite0: 64² images in chunks of 16; at 224² unlearning in 4s and matching in 8s (the default batch)
+    sizes = {s: (unlearn_chunk_size(real_model, torch.rand(1, 3, s, s)),
+                 uni_plugin.match_chunk_size(real_model, torch.rand(1, 3, s, s))) for s in (64, 224)}
+    assert sizes == {64: (16, 16), 224: (4, 8)}
+
+
+class PoolAttend(nn.Module):
+    """What unlearning leaves to torch.func: layer norm, global average pooling and attention."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 4, stride=4)
+        self.norm = nn.LayerNorm(8)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = self.conv(x)
+        tokens = self.norm(h.flatten(2).transpose(1, 2))
+        mixed, _ = self.attn(tokens, tokens, tokens, need_weights=False)
+        att = nn.functional.scaled_dot_product_attention(tokens, tokens, tokens)
+        pooled = nn.functional.adaptive_avg_pool2d(h, 1).flatten(1)
+        return self.head(torch.cat([mixed.mean(1) + att.mean(1), pooled], 1))
+
+
+def test_vmap_unlearning_runs_without_per_image_fallbacks(recwarn):
+    """Global pooling and fused attention have no torch.func batching rule (vmap loops over the
+    images and warns "performance drop"); unlearning replaces them by exact equivalents."""
+    torch.manual_seed(2)
+    model = uni_lab.wrap(PoolAttend().eval(), mean=(0.5,) * 3, std=(0.25,) * 3, input_size=(16, 16), name="pa")
+    x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        target = model(x).argmax(-1)
+    m64 = _double(model)
+    assert per_sample_grads(m64, x.double(), target) is None  # the vmap path
+    batched = unlearned_log_probs(m64, x.double(), target)
+    assert torch.allclose(batched, unlearned_log_probs_reference(m64, x.double(), target), rtol=0, atol=1e-10)
+    unlearned_log_probs(model, x, target)
+    drops = [str(w.message) for w in recwarn if "performance drop" in str(w.message)]
+    assert not drops, drops

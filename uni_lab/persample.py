@@ -69,13 +69,16 @@ class Outer:
         return torch.bmm(self.gy, torch.bmm(self.x.transpose(1, 2), h))
 
 
-def _pointwise_factored(cin: int, cout: int, positions: int) -> bool:
-    """Whether a pointwise conv's per-image gradient is cheaper kept factored.
+def _factored(fan_in: int, cout: int, positions: int, taps: int = 1) -> bool:
+    """Whether a conv's per-image gradient is cheaper kept factored.
 
-    Dense: ``L·in·out`` to build and as much to apply; factored: ``L·L'·(in + out)`` to apply
-    (``L' = L``). Shapes only, never the batch, so an image's arithmetic does not depend on
-    its companions."""
-    return positions * (cin + cout) <= cin * cout
+    Dense: ``L·fan_in·out`` to build and as much to apply (``fan_in = in·k²``); factored:
+    ``L·L'·(fan_in + out)`` to apply (``L' = L``). A k×k kernel (``taps = k² > 1``) must win
+    by 2×: its factored form also unfolds the input k²-fold, while its dense gradient comes
+    from the conv library's fast backward kernel (ResNet-18's 14×14 layers at 224², a near
+    tie by the plain count, ran 3× slower factored). Shapes only, never the batch, so an
+    image's arithmetic does not depend on its companions."""
+    return positions * (fan_in + cout) * (2 if taps > 1 else 1) <= fan_in * cout
 
 
 def _bind(func, args, kwargs) -> dict:
@@ -158,12 +161,7 @@ def _conv_weight_grad(x, gy, w, stride, padding, dilation, groups, factored=Fals
     n, cin = x.shape[:2]
     cout, cin_g, kh, kw = w.shape
     lout = gy.shape[2] * gy.shape[3]
-    if (kh, kw) == (1, 1) and padding == (0, 0) and groups == 1:
-        cols = x[:, :, ::stride[0], ::stride[1]].reshape(n, cin, lout)
-        if factored and _pointwise_factored(cin, cout, lout):
-            return Outer(gy.reshape(n, cout, lout), cols, (n, *w.shape))
-        return torch.bmm(gy.reshape(n, cout, lout), cols.transpose(1, 2)).view(n, *w.shape)
-    if cin_g == 1:
+    if cin_g == 1 and groups > 1:
         # Depthwise (any stride, dilation, channel multiplier): ∂L/∂w[t] = Σ_o gy[o]·xp[o·s + t·d]
         # correlates each padded input channel with its own output gradient spread out by the
         # stride, read at every d-th offset. That is one depthwise conv, which the conv library
@@ -173,9 +171,26 @@ def _conv_weight_grad(x, gy, w, stride, padding, dilation, groups, factored=Fals
                        None, 1, 0, stride, n * cin)
         out = out[:, :, :(kh - 1) * dilation[0] + 1:dilation[0], :(kw - 1) * dilation[1] + 1:dilation[1]]
         return out.reshape(n, *w.shape)
-    cols = F.unfold(x, (kh, kw), dilation=dilation, padding=padding, stride=stride)  # (N, Cin·k, L)
-    cols = cols.view(n, groups, cin_g * kh * kw, lout)
-    return torch.einsum("ngol,ngil->ngoi", gy.reshape(n, groups, cout // groups, lout), cols).reshape(n, *w.shape)
+    if factored and groups == 1 and _factored(cin * kh * kw, cout, lout, kh * kw):
+        # Few output positions (late layers): the gradient stays Σ_l gy_l ⊗ cols_l, and the
+        # per-image forward applies it to its own columns without ever building it.
+        return Outer(gy.reshape(n, cout, lout), _columns(x, (kh, kw), stride, padding, dilation), (n, *w.shape))
+    if (kh, kw) == (1, 1) and padding == (0, 0) and groups == 1:
+        cols = _columns(x, (1, 1), stride, padding, dilation)
+        return torch.bmm(gy.reshape(n, cout, lout), cols.transpose(1, 2)).view(n, *w.shape)
+    # Dense k×k kernels: the weight gradient of one conv with the images as groups is every
+    # image's own gradient, from the conv library's backward kernel (unfold + einsum built
+    # k² copies of the input and cost ResNet-18 at 224² 2-4× more).
+    g = torch.nn.grad.conv2d_weight(x.reshape(1, n * cin, *x.shape[2:]), (n * cout, cin_g, kh, kw),
+                                    gy.reshape(1, n * cout, *gy.shape[2:]), stride, padding, dilation, n * groups)
+    return g.view(n, *w.shape)
+
+
+def _columns(x, kernel, stride, padding, dilation) -> torch.Tensor:
+    """``(N, in·k², L)``: the input values each output position sees (a strided view for pointwise convs)."""
+    if tuple(kernel) == (1, 1) and tuple(padding) == (0, 0):
+        return x[:, :, ::stride[0], ::stride[1]].reshape(x.shape[0], x.shape[1], -1)
+    return F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)
 
 
 def per_sample_grads(model, x: torch.Tensor, target: torch.Tensor,
@@ -300,12 +315,11 @@ class _PerImage(_ParamMode):
         w, b, g = a["weight"], a["bias"], int(a["groups"])
         cout = w.shape[0]
         if isinstance(gw, Outer):  # θ's part batched as usual (its bias included), plus the factored change
-            st = _pair(a["stride"])
             out = torch.conv2d(*args, **kwargs)
-            xs = x[:, :, ::st[0], ::st[1]].reshape(n, x.shape[1], -1)
-            out = out + self.eta * gw.times(xs).view(out.shape)
+            cols = _columns(x, w.shape[2:], _pair(a["stride"]), _pair(a["padding"]), _pair(a["dilation"]))
+            out = out + self.eta * gw.times(cols).view(out.shape)
             return out if gb is None else out + self.eta * gb.view(n, cout, 1, 1)
-        elif w.shape[1] == 1:
+        elif w.shape[1] == 1 and g > 1:
             # Depthwise: each image's own kernels θ + η·g_i are small, so they are built and run
             # as one conv (the images stacked along channels, one group each) instead of θ's
             # pass plus a second pass of the same size for the change.
