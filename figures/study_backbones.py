@@ -202,7 +202,7 @@ def items(ds) -> pd.DataFrame:
 # (claim, where it comes from, measure, column, better, compared against: None = every other method)
 CLAIMS = [
     ("UNI's baseline is featureless: F_c(x') <= 0.1 F_c(x) on every photograph",
-     "METHODS.md §2 (F_c(γ(α)) rises from near zero); docs/methods.md §2 criterion 1",
+     "docs/methods.md §2 (F_c(γ(α)) rises from near zero; criterion 1)",
      "max over photographs of F_c(x')/F_c(x)", "fc_ratio", "featureless", None),
     ("UNI has the highest MuFidelity", "paper Table 2; docs/results_real_model.md",
      "mean MuFidelity over photographs (higher is better)", "mufidelity", "higher", None),
@@ -212,7 +212,7 @@ CLAIMS = [
      "higher", None),
     ("UNI's path is the most monotone", "paper Table 1; docs/results_real_model.md",
      "mean Spearman(α_k, F_c(γ_k)) (the paper's monotonicity)", "monotonicity", "higher", None),
-    ("UNI's completeness error is smaller than IG-black's at the same B", "METHODS.md §2 (expected behaviour)",
+    ("UNI's completeness error is smaller than IG-black's at the same B", "docs/methods.md §2 (expected behaviour)",
      "mean completeness error", "completeness", "lower", "ig:black"),
     ("UNI's path is the most complete (smallest completeness error)", "docs/results_real_model.md",
      "mean completeness error", "completeness", "lower", None),
@@ -281,13 +281,17 @@ def featureless_rows(ds, frame: pd.DataFrame) -> pd.DataFrame:
 
 # ---------------------------------------------------------------------------------------------- the page
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _cell(row) -> str:
     if row["holds"] is None or pd.isna(row["holds"]):
         return "not measured"
     verdict = "**holds**" if row["holds"] else "**does not hold**"
     if not row["other_method"]:  # featurelessness: the worst photograph, and every one above the bar
         extra = f"; above {FEATURELESS}: {row['note']}" if row["note"] else ""
-        return f"{verdict}: max {row['uni']:.3f} over {row['n']} photographs{extra}"
+        return f"{verdict}: max {row['uni']:.3f} over {_count(row['n'], 'photograph')}{extra}"
     note = f"; {row['note']}" if row["note"] else ""
     return (f"{verdict}: UNI {row['uni']:.3f} (n={row['n']}) vs {row['other_method']} {row['other']:.3f} "
             f"(n={row['other_n']}){note}")
@@ -334,8 +338,8 @@ def _settings(ds, timing: list[dict]) -> list[str]:
                                         f"{'×'.join(map(str, m.get('input_size', [])))})"
                                         for name, m in models.items()) + ".",
         f"- **Transform**: the run's default, {transform}. It is the first backbone's ({first}) evaluation "
-        f"transform: a store with several models feeds every backbone the same pixels, so Lite1 and Lite2 "
-        f"see {size} rather than their native size.",
+        f"transform: a store with several models feeds every backbone the same pixels, so the others see "
+        f"{size} rather than their native size.",
         f"- **Methods** (B = {ds.uni.method_steps(UNI)}, output `{config.get('output')}`, seed "
         f"{config.get('seed')}): " + "; ".join(f"`{ds.uni.method_label(m)}`" for m in map(str, ds.method.values))
         + ". UNI is today's registered default.",
@@ -356,8 +360,8 @@ def _settings(ds, timing: list[dict]) -> list[str]:
         parts = "; ".join(f"{s['started_utc']} UTC, {s['seconds'] / 60:.1f} min, 1-min load {s['load_start']} at "
                           f"start and {s['load_end']} at end" for s in timing)
         photographs = sum(s["photographs"] for s in timing)
-        lines.append(f"- **Time**: {total / 60:.1f} min of wall time to compute {photographs} "
-                     f"photographs on {timing[-1]['cpus']} CPU cores ({len(timing)} session"
+        lines.append(f"- **Time**: {total / 60:.1f} min of wall time to compute {_count(photographs, 'photograph')} "
+                     f"on {timing[-1]['cpus']} CPU cores ({len(timing)} session"
                      f"{'s' if len(timing) > 1 else ''}: {parts}). The machine was shared with other jobs, so "
                      "this is an upper bound on the study's own cost.")
     else:
@@ -373,14 +377,14 @@ def page(ds, claims, photos, wide2, table4, figures: dict, timing, planned) -> s
         "`python figures/study_backbones.py` finishes the rest (finished photographs are kept).\n")
     md = lambda df: df.to_markdown(index=False, floatfmt=".3f")
     return "\n".join([
-        "# The seed paper's claims on three real backbones",
+        f"# The seed paper's claims on {_count(ds.sizes['model'], 'backbone')}",
         "",
         "Written by `python figures/study_backbones.py` from the study's stores, one per photograph, each "
         f"holding every backbone and method, read as one dataset (`{ds.attrs.get('store_path', '?')}`); "
         "`--store FOLDER` redraws this page from them alone. "
         "Numbers are means over the photographs unless said otherwise; every number below is read from the "
-        "store. Eleven photographs are not the paper's ImageNet validation set: read the verdicts as "
-        "what these backbones do on these photographs.",
+        f"stores. {_count(len(planned), 'photograph')} are not the paper's ImageNet validation set: read the "
+        "verdicts as what these backbones do on these photographs.",
         status,
         "## Settings",
         "",
