@@ -161,9 +161,11 @@ def open_study(folder: Path) -> tuple[xr.Dataset, list[str], list[dict]]:
         raise SystemExit(f"no finished photograph in '{folder}'; run without --store to compute them.")
     parts = [io.open_loaded(folder / f"{i}.zarr") for i in finished]
     configs = [json.loads(d.attrs["uni_lab_config"]) for d in parts]
-    same = lambda c: {k: v for k, v in c.items() if k != "images"}
-    for image, config in zip(finished, configs):
-        if same(config) != same(configs[0]):
+    # the run's settings bar the image, and every metric's and attack's parameters
+    same = lambda c, d: ({k: v for k, v in c.items() if k != "images"},
+                         json.loads(d.attrs.get("uni_lab_evaluation", "{}")))
+    for image, config, part in zip(finished, configs, parts):
+        if same(config, part) != same(configs[0], parts[0]):
             raise SystemExit(f"study_backbones: '{folder / (image + '.zarr')}' was made with other settings than "
                              f"'{finished[0]}.zarr'; recompute the study (--recompute) or move it away.")
     ds = xr.concat(parts, dim="image", data_vars="minimal", coords="minimal", compat="override",

@@ -157,3 +157,21 @@ def test_an_unknown_backbone_is_one_line_and_writes_nothing(tmp_path):
                   "--out-dir", str(tmp_path / "figs"), "--docs", str(tmp_path / "claims.md")])
     assert "no_such_backbone" in str(exc.value) and "\n" not in str(exc.value)
     assert not any(tmp_path.iterdir())
+
+
+def test_stores_made_with_other_settings_are_not_read_as_one(study, tmp_path):
+    """A photograph evaluated with another metric parameter would silently mix two studies."""
+    import json
+    import shutil
+
+    import zarr
+
+    mod, base = study
+    folder = tmp_path / "study"
+    shutil.copytree(base / "cache" / "study_backbones", folder)
+    group = zarr.open_group(folder / "coffee.zarr", mode="r+")
+    recorded = json.loads(group.attrs["uni_lab_evaluation"])
+    recorded["metric:mufidelity"] = {**recorded["metric:mufidelity"], "n_subsets": 999}
+    group.attrs["uni_lab_evaluation"] = json.dumps(recorded)
+    with pytest.raises(SystemExit, match="coffee.zarr' was made with other settings"):
+        mod.open_study(folder)
