@@ -238,7 +238,7 @@ def claim_rows(frame: pd.DataFrame) -> pd.DataFrame:
             if better == "featureless":
                 row.update(uni=float(uni.max()) if len(uni) else np.nan, n=len(uni), other_method="",
                            other=np.nan, other_n=0,
-                           note=", ".join(f"{i} {r:.3f}" for i, r in sub[sub["method"] == UNI]
+                           note=", ".join(f"{i} {r:.3g}" for i, r in sub[sub["method"] == UNI]
                                              .set_index("image")["fc_ratio"].items() if r > FEATURELESS))
                 row["holds"] = None if not len(uni) else bool(uni.max() <= FEATURELESS)
                 rows.append(row)
@@ -293,10 +293,10 @@ def _cell(row) -> str:
     verdict = "**holds**" if row["holds"] else "**does not hold**"
     if not row["other_method"]:  # featurelessness: the worst photograph, and every one above the bar
         extra = f"; above {FEATURELESS}: {row['note']}" if row["note"] else ""
-        return f"{verdict}: max {row['uni']:.3f} over {_count(row['n'], 'photograph')}{extra}"
-    note = f"; {row['note']}" if row["note"] else ""
-    return (f"{verdict}: UNI {row['uni']:.3f} (n={row['n']}) vs {row['other_method']} {row['other']:.3f} "
-            f"(n={row['other_n']}){note}")
+        return f"{verdict}: max {row['uni']:.3g} over {_count(row['n'], 'photograph')}{extra}"
+    note = "; ".join(n for n in ("a tie" if row["uni"] == row["other"] else "", row["note"]) if n)
+    return (f"{verdict}: UNI {row['uni']:.3g} (n={row['n']}) vs {row['other_method']} {row['other']:.3g} "
+            f"(n={row['other_n']}){'; ' + note if note else ''}")
 
 
 def claims_table(claims: pd.DataFrame) -> pd.DataFrame:
@@ -326,7 +326,7 @@ def verdicts(claims: pd.DataFrame) -> list[str]:
     return lines
 
 
-def _settings(ds, timing: list[dict]) -> list[str]:
+def _settings(ds, timing: list[dict], planned: int) -> list[str]:
     config = ds.uni.config
     models = config.get("models", {})
     size = "×".join(map(str, config.get("size", [])))
@@ -350,7 +350,8 @@ def _settings(ds, timing: list[dict]) -> list[str]:
         + "; " + "; ".join(f"`{fig4._attack_params(ds, a)}`" for a in ATTACKS) + ".",
         "- **Labels**: the photographs have no ImageNet labels, so each backbone explains its own top-1 class "
         "on the clean photograph (the store's `target`; listed per photograph below).",
-        f"- **Photographs** ({ds.sizes['image']}): every photograph the installed packages ship: "
+        f"- **Photographs** ({ds.sizes['image']} of {planned} planned finished): every photograph the installed "
+        "packages ship; finished: "
         + ", ".join(f"{p} ({', '.join(g['photograph'])})" for p, g in
                     pd.DataFrame({"photograph": list(map(str, ds.image.values)),
                                   "package": [package_of(str(config.get('images', {}).get(str(i), '')))
@@ -390,7 +391,7 @@ def page(ds, claims, photos, wide2, table4, figures: dict, timing, planned) -> s
         status,
         "## Settings",
         "",
-        *_settings(ds, timing),
+        *_settings(ds, timing, len(planned)),
         "",
         "## Verdicts",
         "",
@@ -409,7 +410,7 @@ def page(ds, claims, photos, wide2, table4, figures: dict, timing, planned) -> s
         f"F_c(x')/F_c(x) of UNI's baseline (featureless: at most {FEATURELESS}), with the class each backbone "
         "explains (its own top-1) and its probability F_c(x).",
         "",
-        md(photos),
+        photos.to_markdown(index=False, floatfmt=".3g"),
         "",
         "## Table 2 per backbone",
         "",
@@ -452,7 +453,8 @@ def draw(ds, out_dir: Path, docs: Path, timing=(), planned=()) -> tuple[list[Pat
 
 def main(argv=None) -> int:
     p = io.parser(__doc__.splitlines()[0], "study_backbones", images=())
-    p.set_defaults(model=",".join(MODELS), out_dir=io.REPO / "docs" / "figures", formats=["png"])
+    # small PNGs: the page is read in a browser, and they are committed beside it
+    p.set_defaults(model=",".join(MODELS), out_dir=io.REPO / "docs" / "figures", formats=["png"], dpi=60)
     p.add_argument("--eval-set", action="append", default=[], metavar="NAME.PARAM=VALUE",
                    help="a metric or attack parameter other than its default (repeatable; stated on the page)")
     p.add_argument("--docs", type=Path, default=io.REPO / "docs" / "claims.md",
