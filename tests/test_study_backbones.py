@@ -134,9 +134,11 @@ def test_claims_are_the_store_numbers(study):
 def test_redraw_from_the_store_writes_the_same_page(study, tmp_path):
     mod, base = study
     store = base / "cache" / "study_backbones"
-    docs = base / "redrawn.md"  # beside the first page: its links to the figures read the same
+    docs = base / "claims.md"  # the same place: its links to the figures read the same
+    computed = docs.read_text()
+    docs.unlink()
     assert mod.main(["--store", str(store), "--out-dir", str(base / "figs"), "--docs", str(docs)]) == 0
-    assert docs.read_text() == (base / "claims.md").read_text()
+    assert docs.read_text() == computed
 
 
 def test_a_foreign_manifest_is_refused_not_replaced(tmp_path):
