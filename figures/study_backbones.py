@@ -382,7 +382,8 @@ def page(ds, claims, photos, wide2, table4, figures: dict, timing, planned) -> s
     return "\n".join([
         f"# The seed paper's claims on {_count(ds.sizes['model'], 'backbone')}",
         "",
-        "Written by `python figures/study_backbones.py` from the study's stores, one per photograph, each "
+        "Written by `python figures/study_backbones.py` (after `pip install -e \".[figures,backbones]\"`) from the "
+        "study's stores, one per photograph, each "
         f"holding every backbone and method, read as one dataset (`{ds.attrs.get('store_path', '?')}`); "
         "`--store FOLDER` redraws this page from them alone. "
         "Numbers are means over the photographs unless said otherwise; every number below is read from the "
