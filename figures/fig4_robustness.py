@@ -10,6 +10,7 @@ the same L∞ budget (``random_noise``); 1 = the map did not move. Reads what
 """
 from __future__ import annotations
 
+import itertools
 import sys
 
 import pandas as pd
@@ -77,11 +78,12 @@ def draw(ds, out_dir, image=None, stem="fig4_robustness"):
         absent = sorted(set(ATTACKS) - set(long["attack"]))
         if absent:
             notes.append(io.missing(f"attacks {absent}", "not evaluated in this store"))
-    unapplied = (long[~long["applied"].astype(bool)].drop_duplicates(["method", "attack", "image"])
-                 .groupby(["method", "attack"])["image"].count()) if not long.empty else pd.Series(dtype=int)
-    for (method, attack), n in unapplied.items():
-        notes.append(f"NOT APPLIED: {attack} on {method} for {n} image(s): every candidate would change the "
-                     "label, so δ = 0; these items are left out of the scores")
+    unapplied = (long[~long["applied"].astype(bool)].drop_duplicates(["model", "method", "attack", "image"])
+                 .groupby(["model", "method", "attack"])["image"].count()) if not long.empty else pd.Series(dtype=int)
+    several = long["model"].nunique() > 1 if not long.empty else False
+    for (model, method, attack), n in unapplied.items():
+        notes.append(f"NOT APPLIED: {attack} on {method}{f' ({model})' if several else ''} for {n} image(s): every "
+                     "candidate would change the label, so δ = 0; these items are left out of the scores")
         print(notes[-1])
     methods = style.ordered(long["method"].unique()) if not long.empty else style.ordered(ds.uni.done_methods())
     attacks = [a for a in ATTACKS if a in set(long.get("attack", []))] + \
@@ -92,9 +94,12 @@ def draw(ds, out_dir, image=None, stem="fig4_robustness"):
 
     show_maps = "attack_attribution" in ds.data_vars and not long.empty
     map_axes, mappable, bar_axes, handles = [], None, [], None
-    fig = plt.figure(figsize=(max(2.0 * (len(methods) + 1), 11), (2.0 * (1 + len(attacks)) if show_maps else 0) + 3.6))
-    grid = fig.add_gridspec(2 if show_maps else 1, 1, height_ratios=[1 + len(attacks), 1.9] if show_maps else [1])
-    if show_maps:
+    models = list(dict.fromkeys(long["model"])) if not long.empty else [None]
+    fig = plt.figure(figsize=(max(2.0 * (len(methods) + 1), 11),
+                              (2.0 * (1 + len(attacks)) if show_maps else 0) + 3.6 * len(models)))
+    grid = fig.add_gridspec(2 if show_maps else 1, 1, height_ratios=[1 + len(attacks), 1.9 * len(models)]
+                            if show_maps else [1])
+    if show_maps:  # the maps of the first backbone; the bars below are per backbone
         model = str(long["model"].iloc[0])
         image = image or str(long["image"].iloc[0])
         maps = grid[0].subgridspec(1 + len(attacks), len(methods) + 1)
@@ -105,7 +110,7 @@ def draw(ds, out_dir, image=None, stem="fig4_robustness"):
             pixels = ds["input"].sel(at).values if attack is None else None
             if attack is not None:  # the attacked input differs per method; show the first method's
                 pixels = io.sel_method(ds["attack_input"].sel(at).sel(attack=attack), methods[0]).values
-            style.show_image(ax, pixels, "input" if r == 0 else None)
+            style.show_image(ax, pixels, ("input" + (f" ({model})" if several else "")) if r == 0 else None)
             ax.set_ylabel(label, fontsize=8)
             for c, method in enumerate(methods, start=1):
                 ax = fig.add_subplot(maps[r, c])
@@ -120,11 +125,14 @@ def draw(ds, out_dir, image=None, stem="fig4_robustness"):
                                               method if r == 0 else None)
                 else:
                     style.blank(ax, "not computed")
-    bars = (grid[1] if show_maps else grid[0]).subgridspec(1, 2, wspace=0.25)
-    for i, (var, label) in enumerate(SCORES.items()):
-        ax = fig.add_subplot(bars[0, i])
+    bars = (grid[1] if show_maps else grid[0]).subgridspec(len(models), 2, wspace=0.25, hspace=0.6)
+    for (r, model), (i, (var, label)) in itertools.product(enumerate(models), enumerate(SCORES.items())):
+        ax = fig.add_subplot(bars[r, i])
         bar_axes.append(ax)
-        sub = long[(long["score"] == var) & long["applied"].astype(bool)] if not long.empty else long
+        sub = long[(long["score"] == var) & long["applied"].astype(bool) & (long["model"] == model)] \
+            if not long.empty else long
+        if several:
+            ax.set_title(model)
         if sub.empty:
             style.blank(ax, f"{label}: not evaluated")
             continue
@@ -152,7 +160,7 @@ def draw(ds, out_dir, image=None, stem="fig4_robustness"):
     if long.empty:
         table = pd.DataFrame(columns=["method", "attack"])
     else:
-        keys = ["method", "attack"]
+        keys = ["model", "method", "attack"]
         items = long.drop_duplicates(keys + ["image"])
         extra = {name: (var, agg) for name, var, agg in (("label_kept", "attack_label_kept", "mean"),
                                                          ("linf", "attack_linf", "max")) if var in items}
@@ -162,10 +170,10 @@ def draw(ds, out_dir, image=None, stem="fig4_robustness"):
         scores = used.pivot_table(index=keys, columns="score", values="value", aggfunc="mean")
         table = (counts.join(scores).reset_index()
                  .rename(columns={"attack_robustness_spearman": "spearman", "attack_robustness_topk": "topk"}))
-        table = table.sort_values(["method", "attack"], key=lambda s: s.map(
-            {m: i for i, m in enumerate(methods if s.name == "method" else attacks)}))
+        order = {"model": models, "method": methods, "attack": attacks}
+        table = table.sort_values(keys, key=lambda s: s.map({m: i for i, m in enumerate(order[s.name])}))
     written += io.save_table(table, stem, out_dir, "\n".join([text] + notes))
-    io.headline("fig4: robustness per method and attack (mean over the images the attack moved)", table)
+    io.headline("fig4: robustness per backbone, method and attack (mean over the images the attack moved)", table)
     return written, table
 
 

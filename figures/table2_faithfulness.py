@@ -63,37 +63,37 @@ def draw(ds, out_dir, stem="table2_faithfulness"):
     table = (long.groupby(["model", "method", "metric"], as_index=False)["value"]
              .agg(mean="mean", std="std", images="count")) if not long.empty else \
         pd.DataFrame(columns=["model", "method", "metric", "mean", "std", "images"])
-    wide = _wide(table, methods, present)
+    wide = _wide(table, methods)
     written = io.save_table(wide, stem, out_dir, "\n".join([text] + notes))
     written += io.save_table(table, stem + "_long", out_dir)
 
     curves = [c for c in ("deletion_curve", "insertion_curve") if ds.uni.evaluated(c) is not None]
-    fig, axes = plt.subplots(2 if curves else 1, 3, squeeze=False, figsize=(13, 7.4 if curves else 3.9))
+    # one row per backbone: its bars (mean over images, dots = images) and its curves
+    models = list(dict.fromkeys(long["model"])) if not long.empty else [str(m) for m in ds.model.values]
+    fig, axes = plt.subplots(len(models), len(METRICS) + len(curves), squeeze=False,
+                             figsize=(4.3 * (len(METRICS) + len(curves)), 3.9 * len(models)))
     colours = style.palette(methods)
-    model_legend = None
-    for ax, metric in zip(axes[0], METRICS):
-        sub = long[long["metric"] == metric]
-        if sub.empty:
-            style.blank(ax, f"{metric}: not evaluated")
-            ax.set_title(metric)
-            continue
-        multi = sub["model"].nunique() > 1
-        sns.barplot(data=sub, x="method", y="value", order=methods, hue="model" if multi else "method",
-                    palette=None if multi else colours, errorbar=None, ax=ax, legend=multi, alpha=0.85)
-        sns.stripplot(data=sub, x="method", y="value", order=methods, color="0.15", size=3.5, ax=ax,
-                      dodge=False, jitter=0.15)
-        if multi:
-            model_legend = style.take_legend(ax)
-        ax.set_title(f"{metric} ({BETTER[metric]})")
-        ax.set_xlabel("")
-        ax.set_ylabel(metric)
-        ax.tick_params(axis="x", rotation=35)
-        for lab in ax.get_xticklabels():
-            lab.set_ha("right")
-    if curves:
-        for ax, var in zip(axes[1], curves):
-            data = ds.uni.evaluated(var)
-            frac_dim = next(d for d in data.dims if d not in ("model", "xai_method", "image"))
+    for row, model in zip(axes, models):
+        for ax, metric in zip(row, METRICS):
+            sub = long[(long["metric"] == metric) & (long["model"] == model)]
+            title = f"{model}: {metric}" if len(models) > 1 else metric
+            if sub.empty:
+                style.blank(ax, f"{metric}: not evaluated")
+                ax.set_title(title)
+                continue
+            sns.barplot(data=sub, x="method", y="value", order=methods, hue="method", palette=colours,
+                        errorbar=None, ax=ax, legend=False, alpha=0.85)
+            sns.stripplot(data=sub, x="method", y="value", order=methods, color="0.15", size=3.5, ax=ax,
+                          dodge=False, jitter=0.15)
+            ax.set_title(f"{title} ({BETTER[metric]})")
+            ax.set_xlabel("")
+            ax.set_ylabel(metric)
+            ax.tick_params(axis="x", rotation=35)
+            for lab in ax.get_xticklabels():
+                lab.set_ha("right")
+        for ax, var in zip(row[len(METRICS):], curves):
+            data = ds.uni.evaluated(var).sel(model=model)
+            frac_dim = next(d for d in data.dims if d not in ("xai_method", "image"))
             for method in methods:
                 curve = io.sel_method(data, method).mean([d for d in data.dims if d not in ("xai_method", frac_dim)])
                 if np.isfinite(curve.values).any():
@@ -101,15 +101,13 @@ def draw(ds, out_dir, stem="table2_faithfulness"):
             name = var.replace("_curve", "")
             ax.set_xlabel("fraction of pixels " + ("removed" if name == "deletion" else "inserted"))
             ax.set_ylabel("F_c (mean over images)")
-            ax.set_title(f"{name} curve")
-        for ax in axes[1, len(curves):]:
-            ax.set_visible(False)
-    fig.suptitle("Faithfulness per method: bars = mean over images, dots = images", y=1.0)
+            ax.set_title(f"{model}: {name} curve" if len(models) > 1 else f"{name} curve")
+    fig.suptitle("Faithfulness per method" + (" and backbone (one row each)" if len(models) > 1 else "")
+                 + ": bars = mean over images, dots = images", y=1.0)
     fig.tight_layout()
-    if model_legend is not None:
-        style.legend_outside(fig, axes[0], *model_legend, title="model")
     if curves:  # beside the curves, not over them
-        style.legend_outside(fig, axes[1, :len(curves)], *axes[1, 0].get_legend_handles_labels(), title="method")
+        style.legend_outside(fig, axes[:, len(METRICS):], *axes[0, len(METRICS)].get_legend_handles_labels(),
+                             title="method")
     style.footer(fig, io.wrap("\n".join([text] + notes), 170))
     written += io.save_figure(fig, stem, out_dir)
     plt.close(fig)
@@ -117,20 +115,18 @@ def draw(ds, out_dir, stem="table2_faithfulness"):
     return written, wide
 
 
-def _wide(table: pd.DataFrame, methods, metrics) -> pd.DataFrame:
-    """Rows method, one column per (metric, model): 'mean ± std (n)', as the paper's table reads."""
+def _wide(table: pd.DataFrame, methods) -> pd.DataFrame:
+    """Rows (model, method), one column per metric: 'mean ± std (n)', as the paper's table reads per backbone."""
     rows = []
-    for method in methods:
-        row = {"method": method}
-        for _, r in table[table["method"] == method].iterrows():
-            col = r["metric"] if table["model"].nunique() == 1 else f"{r['metric']} [{r['model']}]"
-            row[col] = f"{r['mean']:.4f} ± {r['std']:.4f} (n={int(r['images'])})" if r["images"] > 1 \
-                else f"{r['mean']:.4f} (n=1)"
-        rows.append(row)
+    for model in dict.fromkeys(table["model"]):
+        for method in methods:
+            row = {"model": model, "method": method}
+            for _, r in table[(table["model"] == model) & (table["method"] == method)].iterrows():
+                row[r["metric"]] = f"{r['mean']:.4f} ± {r['std']:.4f} (n={int(r['images'])})" if r["images"] > 1 \
+                    else f"{r['mean']:.4f} (n=1)"
+            rows.append(row)
     wide = pd.DataFrame(rows)
-    ordered = ["method"] + sorted((c for c in wide.columns if c != "method"),
-                                  key=lambda c: (METRICS.index(c.split(" [")[0]) if c.split(" [")[0] in METRICS else 9, c))
-    return wide[ordered] if not wide.empty else wide
+    return wide[["model", "method"] + [m for m in METRICS if m in wide.columns]] if not wide.empty else wide
 
 
 def main(argv=None) -> int:
