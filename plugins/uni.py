@@ -358,7 +358,10 @@ def uni_baseline_reference(x, model, target, seeds=None, *, eta: float = 1.0, ep
     Same maths and seeds as :func:`uni_baseline`, one image at a time (what batching replaces);
     the tests hold the batched baseline to it and the benchmark times it.
     """
-    _check_uni_params(norm, eps, step_size, pgd_steps, None, start, step_rule, kl_tol)
+    # called directly (tests, bench), not through the registry: the same declared checks
+    uni_lab.registry.get("baseline", "uni").check_params(
+        dict(eta=eta, eps=eps, pgd_steps=pgd_steps, step_size=step_size, norm=norm, start=start,
+             step_rule=step_rule, kl_tol=kl_tol))
     seeds = None if seeds is None else torch.as_tensor(seeds)
     out = []
     for i in range(x.shape[0]):
@@ -374,22 +377,6 @@ def uni_baseline_reference(x, model, target, seeds=None, *, eta: float = 1.0, ep
 # registered baseline, so the core never imports a plugin's module.
 uni_baseline.timed_phases = timed_phases
 uni_baseline.reference = uni_baseline_reference
-
-
-def _check_uni_params(norm, eps, step_size, pgd_steps, unlearn_chunk, start="uniform", step_rule="auto",
-                      kl_tol=0.0) -> None:
-    if norm not in NORMS:
-        raise InputError(f"uni.norm must be one of {NORMS}, got '{norm}'.")
-    if start not in STARTS:
-        raise InputError(f"uni.start must be one of {STARTS}, got '{start}'.")
-    if step_rule not in STEP_RULES:
-        raise InputError(f"uni.step_rule must be one of {STEP_RULES}, got '{step_rule}'.")
-    if not kl_tol >= 0:
-        raise InputError(f"uni.kl_tol must be >= 0 (0: never stop early), got {kl_tol}.")
-    if eps <= 0 or step_size <= 0 or pgd_steps < 0:
-        raise InputError("uni needs eps > 0, step_size > 0 and pgd_steps >= 0.")
-    if unlearn_chunk is not None and int(unlearn_chunk) < 1:
-        raise InputError("uni.unlearn_chunk must be a positive number of images, or None to fit the memory budget.")
 
 
 @uni_lab.explainer("uni")
