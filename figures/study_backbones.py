@@ -103,7 +103,7 @@ def compute(folder: Path, args) -> Path:
     time and load are recorded in the folder's manifest."""
     import uni_lab
     from uni_lab.data import list_images
-    from uni_lab.evaluate import evaluate
+    from uni_lab import evaluate
 
     models = [m.strip() for m in args.model.split(",") if m.strip()]
     keep, skipped = io.registered_methods([m.strip() for m in args.methods.split(",") if m.strip()])
@@ -274,9 +274,8 @@ def featureless_rows(ds, frame: pd.DataFrame) -> pd.DataFrame:
     out["package"] = [package_of(str(config.get("images", {}).get(i, ""))) for i in out["photograph"]]
     uni = frame[frame["method"] == UNI].set_index(["model", "image"])
     for model in map(str, ds.model.values):
-        names = io.class_names(ds, model)
         target = ds["target"].sel(model=model)
-        out[f"{model}: class"] = [io.class_label(names, int(target.sel(image=i))) for i in out["photograph"]]
+        out[f"{model}: class"] = [ds.uni.class_label(model, int(target.sel(image=i))) for i in out["photograph"]]
         out[f"{model}: F_c(x)"] = [float(ds["prob_input"].sel(model=model, image=i)) for i in out["photograph"]]
         out[f"{model}: F_c(x')/F_c(x)"] = [uni["fc_ratio"].get((model, i), np.nan) for i in out["photograph"]]
     return out
