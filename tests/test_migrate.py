@@ -274,3 +274,16 @@ def test_migrate_refuses_in_one_line_and_changes_nothing(tmp_path, capsys, make,
     assert rc == 2
     _one_line(err, *words)
     assert _files(tmp_path) == before
+
+
+def test_a_symlinked_coordinate_folder_is_never_emptied(tmp_path, capsys):
+    # a folder where a killed migration would leave the new coordinate, but a link to a user's files
+    out = _copy(tmp_path)
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "0").write_bytes(b"mine")
+    (out / "xai_method").symlink_to(user, target_is_directory=True)
+    rc, _, err = _cli(capsys, "migrate", out)
+    assert rc == 2
+    _one_line(err, "symbolic link", "nothing was removed")
+    assert (user / "0").read_bytes() == b"mine"

@@ -205,6 +205,9 @@ def _migrate_locked(root: Path, given: str) -> str:
 def _remove_folder(folder: Path, given: str) -> None:
     """A coordinate's folder, file by file, ``.zarray`` last (until then it is still an array folder),
     then the folder, with ``rmdir``: it fails rather than remove a file that is not uni_lab's."""
+    if folder.is_symlink():  # its files are wherever the link points: not provably uni_lab's
+        raise StoreError(f"'{folder}' is a symbolic link, which uni_lab did not write; nothing was removed: "
+                         f"replace it by the folder itself and rerun `{COMMAND} {given}`.")
     members = sorted(folder.iterdir(), key=lambda p: (p.name == ".zarray", p.name))
     foreign = [p.name for p in members if not (ownership.is_member(p.name) and p.is_file() and not p.is_symlink())]
     if foreign:
