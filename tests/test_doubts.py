@@ -115,3 +115,17 @@ def test_recorded_doubts_are_not_used_once_items_changed(uni_store):
         assert [d["images"] for d in of(ds)] == [["chelsea"]]
     finally:
         g["done"][0, uni, 1] = True
+
+
+def test_model_explained_at_another_size_is_flagged(tmp_path):
+    """A store holds one input per image, at the first model's size: a second model with another
+    input size is warned about before any compute, and named in the store and the summary."""
+    small = uni_lab.wrap(train_tiny().net, mean=(0.5,) * 3, std=(0.25,) * 3, input_size=(16, 16), name="small")
+    large = uni_lab.wrap(train_tiny(seed=1).net, mean=(0.5,) * 3, std=(0.25,) * 3, input_size=(24, 24), name="large")
+    with pytest.warns(UserWarning, match=r"at small's 16×16: large \(24×24\) will be explained at that size"):
+        res = _run([small, large], ["ig:black"], tmp_path / "s.zarr")
+    doubts = [d for d in _recorded(res.path) if d["kind"] == "not_native_size"]
+    assert [(d["model"], d["input_size"], d["size"], d["images"]) for d in doubts] == \
+        [("large", [24, 24], [16, 16], IMAGES)]
+    assert "not its input size" in res.summary.set_index("model").loc["large", "doubt"]
+    assert "doubt: large: explained at 16×16" in format_table(res.summary)

@@ -10,6 +10,9 @@ message}`` (``method`` is None where the doubt is the model's):
 - ``zero_map``: a method's map is zero at every channel and pixel of an image.
 - ``baseline_not_featureless``: a UNI item whose baseline keeps ``F_c(x') > 0.1 · F_c(x)``, the
   criterion the UNI default was chosen by (docs/methods.md §2, criterion 1).
+- ``not_native_size``: a model explained at another input size than its own. A store holds one
+  input per image, at the first model's size, so in a run of several models the others see
+  pixels they were not made for (EfficientNet-Lite1 at Lite0's 224² instead of its 240²).
 
 A run records them in the store attribute :data:`~uni_lab.schema.DOUBTS_ATTR` (with the done
 state they were found in, :data:`~uni_lab.schema.DOUBTS_STATE_ATTR`) and its summary shows them.
@@ -32,7 +35,7 @@ FEATURELESS_RATIO = 0.1
 CONSTANT_RTOL, CONSTANT_ATOL = 1e-9, 1e-12
 SHOWN = 5  # images named in a message; the store attribute lists them all
 LABELS = {"constant_output": "constant output", "zero_map": "zero map",
-          "baseline_not_featureless": "baseline not featureless"}
+          "baseline_not_featureless": "baseline not featureless", "not_native_size": "not its input size"}
 
 
 def find(ds: xr.Dataset) -> list[dict]:
@@ -47,6 +50,7 @@ def find(ds: xr.Dataset) -> list[dict]:
             out += _constant_output(ds, mi, model, done[mi], output)
     out += _zero_maps(ds, done)
     out += _not_featureless(ds, done)
+    out += _not_native_size(ds, done)
     return out
 
 
@@ -197,6 +201,28 @@ def _not_featureless(ds, done: np.ndarray) -> list[dict]:
                                    f"(docs/methods.md §2): {shown}; such a map sums to F_c(x) − F_c(x'), only "
                                    "a part of F_c(x)."})
     return out
+
+
+def _not_native_size(ds, done: np.ndarray) -> list[dict]:
+    config = _config(ds)
+    size, models = config.get("size"), config.get("models", {})
+    out = []
+    for mi, model in enumerate(map(str, ds.model.values)):
+        own = models.get(model, {}).get("input_size")
+        if size is None or own is None or list(own) == list(size) or not done[mi].any():
+            continue
+        ids = [str(i) for i in ds.image.values[done[mi].any(0)]]
+        first = next(iter(models), "?")
+        out.append({"kind": "not_native_size", "model": model, "method": None, "images": ids,
+                    "input_size": list(own), "size": list(size),
+                    "message": f"{model}: explained at {_size(size)}, the store's input size (its first model's, "
+                               f"{first}), not at its own {_size(own)}: its scores and maps are for inputs it was "
+                               f"not made for; run it alone (--model {model}) for its own size."})
+    return out
+
+
+def _size(hw) -> str:
+    return "×".join(map(str, hw))
 
 
 def _uses_uni(entry: dict) -> bool:
