@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from uni_lab.methods import changed_plugins
 from uni_lab.schema import metric_flag
 
 import _store_io as io
@@ -168,6 +169,11 @@ def open_study(folder: Path) -> tuple[xr.Dataset, list[str], list[dict]]:
         if same(config, part) != same(configs[0], parts[0]):
             raise SystemExit(f"study_backbones: '{folder / (image + '.zarr')}' was made with other settings than "
                              f"'{finished[0]}.zarr'; recompute the study (--recompute) or move it away.")
+        edited = changed_plugins(json.loads(parts[0].attrs.get("uni_lab_plugins", "{}")),
+                                 json.loads(part.attrs.get("uni_lab_plugins", "{}")))
+        if edited:  # same settings, other code: e.g. a study resumed after UNI's unlearning changed
+            raise SystemExit(f"study_backbones: '{folder / (image + '.zarr')}' was computed with other source code "
+                             f"for {', '.join(edited)} than '{finished[0]}.zarr'; recompute the study (--recompute).")
     ds = xr.concat(parts, dim="image", data_vars="minimal", coords="minimal", compat="override",
                    combine_attrs="override")
     ds.attrs["uni_lab_config"] = json.dumps({**configs[0], "images": {k: v for c in configs

@@ -177,3 +177,22 @@ def test_stores_made_with_other_settings_are_not_read_as_one(study, tmp_path):
     group.attrs["uni_lab_evaluation"] = json.dumps(recorded)
     with pytest.raises(SystemExit, match="coffee.zarr' was made with other settings"):
         mod.open_study(folder)
+
+
+def test_stores_made_by_other_plugin_code_are_not_read_as_one(study, tmp_path):
+    """Same settings, other code (a study resumed after UNI's source changed) would mix two UNIs."""
+    import json
+    import shutil
+
+    import zarr
+
+    mod, base = study
+    folder = tmp_path / "study"
+    shutil.copytree(base / "cache" / "study_backbones", folder)
+    group = zarr.open_group(folder / "coffee.zarr", mode="r+")
+    plugins = json.loads(group.attrs["uni_lab_plugins"])
+    assert plugins["baseline:uni"]["source_sha256"]
+    plugins["baseline:uni"]["source_sha256"] = "0" * 16
+    group.attrs["uni_lab_plugins"] = json.dumps(plugins)
+    with pytest.raises(SystemExit, match=r"coffee.zarr' was computed with other source code for baseline:uni"):
+        mod.open_study(folder)
