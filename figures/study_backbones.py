@@ -371,11 +371,19 @@ def _settings(ds, timing: list[dict], planned: int) -> list[str]:
         photographs = sum(s["photographs"] for s in timing)
         lines.append(f"- **Time**: {total / 60:.1f} min of wall time to compute {_count(photographs, 'photograph')} "
                      f"on {timing[-1]['cpus']} CPU cores ({len(timing)} session"
-                     f"{'s' if len(timing) > 1 else ''}: {parts}). The machine was shared with other jobs, so "
-                     "this is an upper bound on the study's own cost.")
+                     f"{'s' if len(timing) > 1 else ''}: {parts}). " + _load_note(timing))
     else:
         lines.append("- **Time**: not recorded (the stores were not computed by this script).")
     return lines
+
+
+def _load_note(timing: list[dict]) -> str:
+    """Whether the recorded loads leave room for other work than the study's own threads."""
+    cpus = max(int(s.get("cpus") or 1) for s in timing)
+    if all(s["load_start"] <= cpus / 2 and s["load_end"] <= cpus + 0.5 for s in timing):
+        return (f"The 1-minute load stayed near the study's own {cpus} threads, so the machine was otherwise "
+                "about idle: this is the study's own cost.")
+    return "The machine was shared with other jobs, so this is an upper bound on the study's own cost."
 
 
 def page(ds, claims, photos, wide2, table4, figures: dict, timing, planned) -> str:

@@ -196,3 +196,11 @@ def test_stores_made_by_other_plugin_code_are_not_read_as_one(study, tmp_path):
     group.attrs["uni_lab_plugins"] = json.dumps(plugins)
     with pytest.raises(SystemExit, match=r"coffee.zarr' was computed with other source code for baseline:uni"):
         mod.open_study(folder)
+
+
+def test_time_note_says_idle_only_when_the_load_allows_it():
+    mod = importlib.import_module("study_backbones")
+    idle = [{"cpus": 2, "load_start": 0.5, "load_end": 1.9}]
+    busy = [{"cpus": 2, "load_start": 0.5, "load_end": 1.9}, {"cpus": 2, "load_start": 9.6, "load_end": 2.2}]
+    assert "otherwise about idle" in mod._load_note(idle)
+    assert "upper bound" in mod._load_note(busy) and "idle" not in mod._load_note(busy)
