@@ -77,12 +77,13 @@ def _median(fn, reps: int) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="efficientnet_lite0")
+    p.add_argument("--weights", default=None, help="'random' for models without embedded weights (timing only)")
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--chunks", default="2,4,8,16")
     args = p.parse_args()
-    clf = create_model(args.model)
+    clf = create_model(args.model, weights=args.weights).eval()
     x = bench_batch(args.size, args.batch)
     with torch.no_grad():
         t = clf(x).argmax(-1)
@@ -109,6 +110,9 @@ def main() -> None:
           f"{pass_s:.3f} s; the plan's chunk {chunk}")
     print("unlearning of the batch by chunk size, in floor passes: "
           + "; ".join(f"{k}: {statistics.median(v) / pass_s:.2f}" for k, v in times.items() if k != "floor"))
+    if ps.per_sample_grads(clf, xs, ts, factored=True) is None:
+        print("no split: this model unlearns through torch.func.vmap (layers uni_lab.persample does not cover)")
+        return
     acc: dict = collections.defaultdict(float)
     one_chunk()
     _clocked(acc)

@@ -147,15 +147,18 @@ PARAM_COPIES, ACTIVATION_COPIES = 3, 4
 # per-op overhead dominates: 16 images unlearn in one chunk for about what 8 cost.
 UNLEARN_CAP = 16
 # Forward FLOPs of one image a chunk is sized to hold (torch's FLOP counter, one image, once per
-# model and shape): the padding of a short chunk then never costs more than this much work, and
-# expensive images get small chunks. Unlearning keeps per-image gradients and runs small batched
-# kernels, whose CPU cost per image was lowest at chunks of about 3.5 GFLOP (Lite0 at 224²: 4
-# images; 8 cost ~1.3× more per image); matching runs plain passes, which gain from larger
-# batches: 8 GFLOP gives Lite0 at 224² chunks of 8, the default batch, so a default run pays
-# for no padded image. ResNet-18 and ConvNeXt-T at 224² (3.6 and 8.9 GFLOP) unlearn one image
-# at a time, at most ~15 % dearer per image than in chunks of 8 (ResNet-18, CPU).
+# model and shape): the padding of a short chunk then costs little work, and expensive images
+# get small chunks. Unlearning keeps per-image gradients and runs small batched kernels, whose
+# CPU cost per image was lowest at chunks of about 3.5 GFLOP (Lite0 at 224²: 4 images);
+# matching runs plain passes, which gain from larger batches: 8 GFLOP gives Lite0 at 224²
+# chunks of 8, the default batch, so a default run pays for no padded image.
 UNLEARN_FLOPS = {"cpu": 3.5e9, "cuda": 256e9}
 MATCH_FLOPS = {"cpu": 8e9, "cuda": 512e9}
+# Never fewer images a chunk where the memory plan holds two: one image at a time made passes so
+# small that, at 224² on 2 CPU cores, matching 4 images cost 14.8 floor passes instead of 11.2 in
+# chunks of 2 (EfficientNetV2-S; ConvNeXt-T 12.2 against 10.9) and unlearning 4.7 against 3.7
+# (V2-S; ResNet-18 3.5 against 2.8). A lone image then pays for one padded image.
+CHUNK_MIN = 2
 _FLOPS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
@@ -171,10 +174,12 @@ def forward_flops(model, x) -> int:
 
 
 def _chunk(model, x, work: dict, fits: int) -> int:
-    """At most ``fits`` and :data:`UNLEARN_CAP` images, about ``work`` FLOPs of forward, rounded down to
-    a power of two (it then divides the usual batches of 8 and 16, which leaves no padded images)."""
+    """About ``work`` FLOPs of forward but at least :data:`CHUNK_MIN` images, at most ``fits`` and
+    :data:`UNLEARN_CAP`, rounded down to a power of two (it then divides the usual batches of 8
+    and 16, which leaves no padded images)."""
     per_image = max(1, forward_flops(model, x))
-    chunk = max(1, min(fits, UNLEARN_CAP, int(work.get(x.device.type, work["cpu"]) // per_image)))
+    by_work = max(CHUNK_MIN, int(work.get(x.device.type, work["cpu"]) // per_image))
+    chunk = max(1, min(fits, UNLEARN_CAP, by_work))
     return 1 << (chunk.bit_length() - 1)
 
 
