@@ -289,7 +289,7 @@ def test_chunks_hold_a_fixed_amount_of_forward_work(bn_model, real_model, monkey
     assert unlearn_chunk_size(bn_model, x) == 2 and unlearn_chunk_size(bn_model, x[:1]) == 2
     assert uni_plugin.match_chunk_size(bn_model, x) == 4
     # an image costlier than the target still shares its chunk with one other (single-image
-    # passes cost 18-35 % more per image on CPU); only the memory plan may ask for 1 (above)
+    # passes cost 12-32 % more per image on CPU); only the memory plan may ask for 1 (above)
     monkeypatch.setitem(uni_plugin.UNLEARN_FLOPS, "cpu", per_image // 3)
     monkeypatch.setitem(uni_plugin.MATCH_FLOPS, "cpu", per_image // 3)
     assert unlearn_chunk_size(bn_model, x) == 2 and uni_plugin.match_chunk_size(bn_model, x) == 2
