@@ -31,7 +31,7 @@ from torch import nn
 
 import uni_lab
 from uni_lab.accel import activation_bytes, fit_batch
-from uni_lab.contracts import Count, NonNegative, Positive
+from uni_lab.contracts import Count, NonNegative, PixelCount, Positive
 from uni_lab.engine import DEFAULT_INTERNAL_BATCH, OUTPUTS, PASS_ACTIVATION_COPIES, _passes, scores
 from uni_lab.seeding import draw
 
@@ -173,7 +173,7 @@ def _setup(model, x, target, explanation, k: int, beta: float, output: str):
 
 
 @uni_lab.attack("fgsm_attribution")
-def fgsm_attribution(model, x, target, seeds=None, explanation=None, *, eps: Positive = 8 / 255, k: Count = 1000,
+def fgsm_attribution(model, x, target, seeds=None, explanation=None, *, eps: Positive = 8 / 255, k: PixelCount = 1000,
                      iterations: Count = 1, step_size: Positive | None = None, beta: Positive = 10.0,
                      surrogate_steps: Count = 8, backtrack: Annotated[int, Ge(0)] = 0,
                      output: Literal[OUTPUTS] = "prob"):
@@ -204,7 +204,7 @@ def fgsm_attribution(model, x, target, seeds=None, explanation=None, *, eps: Pos
 
 
 @uni_lab.attack("ifgsm_attribution")
-def ifgsm_attribution(model, x, target, seeds=None, explanation=None, *, eps: Positive = 8 / 255, k: Count = 1000,
+def ifgsm_attribution(model, x, target, seeds=None, explanation=None, *, eps: Positive = 8 / 255, k: PixelCount = 1000,
                       iterations: Count = 16, step_size: Positive = 1 / 255, beta: Positive = 10.0,
                       surrogate_steps: Count = 8, output: Literal[OUTPUTS] = "prob"):
     """Iterative top-k attack (Ghorbani et al. 2019): signed steps of step_size in the ε ball, the label checked after each, the last label-keeping point kept.

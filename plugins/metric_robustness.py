@@ -11,7 +11,7 @@ import torch
 from scipy.stats import rankdata
 
 import uni_lab
-from uni_lab.contracts import Count
+from uni_lab.contracts import PixelCount
 from uni_lab.errors import InputError
 
 
@@ -51,7 +51,7 @@ def topk_intersection(a: torch.Tensor, b: torch.Tensor, k: int) -> torch.Tensor:
 
 
 @uni_lab.metric("robustness")
-def robustness(attribution, reference, *, k: Count = 1000):
+def robustness(attribution, reference, *, k: PixelCount = 1000):
     """Spearman rank correlation and top-k intersection between A(x) and A(x + δ) (Ghorbani et al. 2019)."""
     pa, pr = pixel_map(attribution), pixel_map(reference)
     return {"spearman": spearman_rows(pr, pa), "topk": topk_intersection(pr, pa, int(k))}

@@ -136,3 +136,18 @@ def test_a_model_the_store_cannot_reload_is_refused_before_anything_is_written(s
                                           r"models=\[classifier\]\)"):
         uni_lab.evaluate(store, metrics="mufidelity", progress=False)
     assert listing(store) == before
+
+
+def test_a_top_k_above_the_pixel_count_is_refused_by_the_plan(store, tiny_model):
+    """robustness.k and fgsm_attribution.k count pixels: against a 16×16 store (256 pixels) the
+    default 1000 is refused before anything is computed or recorded, not in the middle of the attack."""
+    before = listing(store)
+    with pytest.raises(UniLabError, match=r"^metric 'robustness': k=1000 must be fewer than the 256 pixels of the "
+                                          r"16×16 images; set e\.g\. --set robustness\.k=25\.$"):
+        uni_lab.evaluate(store, attacks="random_noise", models=[tiny_model], progress=False)
+    with pytest.raises(UniLabError, match=r"^attack 'fgsm_attribution': k=256 must be fewer than the 256 pixels"):
+        uni_lab.evaluate(store, attacks="fgsm_attribution", models=[tiny_model], progress=False,
+                         sets={"robustness.k": 20, "fgsm_attribution.k": 256})
+    assert listing(store) == before
+    # a plain evaluation does not use them, so their defaults do not matter there
+    plan(EvaluateConfig(store, metrics="mufidelity", models=[tiny_model]))

@@ -36,6 +36,17 @@ NonNegative = Annotated[float, Ge(0)]  # a noise level or tolerance where 0 turn
 BatchSize = Annotated[int, Ge(1)] | None  # None: sized to the memory budget
 
 
+class FewerThanPixels:
+    """Marks a count of an image's pixels (a top-k): the plan checks it against the input size, H·W,
+    before anything is computed, since the declaration alone cannot know the images."""
+
+    def __repr__(self) -> str:
+        return "FewerThanPixels()"
+
+
+PixelCount = Annotated[int, Ge(1), FewerThanPixels()]  # the k of a top-k over a map's pixels
+
+
 class BaselineFn(Protocol):
     def __call__(self, x: torch.Tensor, model, target: torch.Tensor, *, seeds=None, **params) -> torch.Tensor:
         """``x'`` of ``x``'s shape, finite."""

@@ -38,7 +38,7 @@ import numpy as np
 import pluggy
 
 from . import hookspecs
-from .contracts import CALL_ARGS, check_signature
+from .contracts import CALL_ARGS, FewerThanPixels, check_signature
 from .errors import InputError, PluginError
 from .hookspecs import HOOK_OF_KIND, KINDS
 
@@ -53,6 +53,7 @@ class Accepts:
     types: tuple = ()  # empty: any type (only the choices or bounds speak)
     choices: tuple | None = None
     bounds: tuple = ()
+    fewer_than_pixels: bool = False  # contracts.PixelCount: checked against the images' H·W by the plan
 
     def problem(self, value) -> tuple[type, str] | None:
         """``(error class, what it must be)`` when ``value`` is refused, else None."""
@@ -111,6 +112,16 @@ class Plugin:
         if self.check is not None:
             self.check(**params)
         return params
+
+    def check_pixel_counts(self, params: dict, size: tuple[int, int]) -> None:
+        """Refuse a :data:`~uni_lab.contracts.PixelCount` parameter that is not below ``H·W`` of ``size``."""
+        pixels = int(size[0]) * int(size[1])
+        for name, accepts in self.declared.items():
+            value = params.get(name)
+            if accepts.fewer_than_pixels and isinstance(value, numbers.Integral) and value >= pixels:
+                raise InputError(f"{self.kind} '{self.name}': {name}={value} must be fewer than the {pixels} pixels "
+                                 f"of the {size[0]}×{size[1]} images; set e.g. --set {self.name}.{name}="
+                                 f"{max(1, pixels // 10)}.")
 
     def resolved_params(self, params: dict | None = None) -> dict:
         """Defaults overlaid with ``params``: the exact values a run records."""
@@ -179,7 +190,8 @@ def _accepts(annotation, default) -> Accepts | None:
     origin = typing.get_origin(annotation)
     if origin is typing.Annotated:
         inner = _accepts(annotation.__origin__, REQUIRED) or Accepts()
-        return replace(inner, bounds=inner.bounds + _bounds(annotation.__metadata__))
+        pixels = inner.fewer_than_pixels or any(isinstance(m, FewerThanPixels) for m in annotation.__metadata__)
+        return replace(inner, bounds=inner.bounds + _bounds(annotation.__metadata__), fewer_than_pixels=pixels)
     if origin is typing.Literal:
         return Accepts(choices=typing.get_args(annotation))
     if origin in (typing.Union, types.UnionType):
@@ -188,7 +200,7 @@ def _accepts(annotation, default) -> Accepts | None:
             return None
         choices = [c for p in parts for c in (p.choices or ())]
         return Accepts(sum((p.types for p in parts), ()), tuple(choices) if choices else None,
-                       sum((p.bounds for p in parts), ()))
+                       sum((p.bounds for p in parts), ()), any(p.fewer_than_pixels for p in parts))
     if annotation in _SCALARS:
         return Accepts((annotation,))
     return None

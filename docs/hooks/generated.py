@@ -53,6 +53,8 @@ def params_table(kind: str, name: str) -> str:
             from uni_lab.registry import _bound_text
 
             what = ", ".join(filter(None, [what, *(_bound_text(b) for b in accepts.bounds)]))
+        if accepts and accepts.fewer_than_pixels:
+            what = ", ".join(filter(None, [what, "< H·W (the images' pixels, checked before computing)"]))
         shown = "(required)" if default is REQUIRED else f"`{default!r}`"
         rows.append(f"| `{key}` | {shown} | {_cell(what) or 'any'} | `--set {name}.{key}=...` |")
     if len(rows) == 2:

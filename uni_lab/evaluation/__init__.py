@@ -46,6 +46,7 @@ from ..evaluate_config import EvaluateConfig
 from ..locks import evaluation_lock
 from ..migrate import refuse_old
 from ..models import preserving, resolve_device
+from ..registry import get
 from ..schema import METHOD
 from ..store import Store
 from .conditions import CLEAN, Attacked, Condition, Corrupted
@@ -101,6 +102,9 @@ def plan(config: EvaluateConfig) -> EvaluationPlan:
                        perturbed_metrics=config.perturbed_metrics, sets=config.sets,
                        output=recorded.get("output", "prob"))
     selection.check_names(ds)
+    size = (ds.sizes["y"], ds.sizes["x"])
+    for (kind, name), params in selection.params.items():
+        get(kind, name).check_pixel_counts(params, size)
     specs = subset("method", [str(m) for m in ds[METHOD].values], config.methods)
     ids = subset("image", [str(i) for i in ds.image.values], config.images)
     dev = resolve_device(config.device)
