@@ -137,9 +137,10 @@ def test_writing_into_a_schema_2_store_is_refused_and_names_the_command(tmp_path
     out = _copy(tmp_path)
     before = _files(out)
     argv = [*command, out] if command[0] == "run" else [command[0], out, *command[1:]]
-    rc, _, err = _cli(capsys, *argv)
+    rc, printed, err = _cli(capsys, *argv)
     assert rc == 2, err
     _one_line(err, "schema 2", f"uni-lab migrate {out}", "nothing was written")
+    assert printed == ""  # no "store: ..." line as if it had started
     assert _files(out) == before
 
 
@@ -266,6 +267,7 @@ def _plain(tmp_path):
     (_link, ["symbolic link"]),
     (_newer, ["schema version 4", "upgrade uni_lab"]),
     (_foreign, ["did not write", "notes.txt", "nothing was changed"]),
+    (lambda t: "", ["store path is empty"]),  # not the working folder
 ])
 def test_migrate_refuses_in_one_line_and_changes_nothing(tmp_path, capsys, make, words):
     path = make(tmp_path)

@@ -1,7 +1,8 @@
 """Issue 25: unlearning at a few floor passes. Late pointwise convs keep their per-image
 gradients factored, batch norm runs as its affine map, depthwise kernels run with each
-image's own weights in one conv, and chunks are sized by the activations an image has. Each
-stays exact (fp64 against the naive per-image form) and batch-invariant (bitwise)."""
+image's own weights in one conv, and chunks are sized by one image's forward FLOPs (at least
+two images where memory allows). Each stays exact (fp64 against the naive per-image form) and
+batch-invariant (bitwise)."""
 from __future__ import annotations
 
 import copy

@@ -104,6 +104,9 @@ def _new_key(key: str) -> str:
 
 def _check_path(root: Path, given: str) -> None:
     shown = repr(given)
+    if not given.strip():  # Path('') is the working folder: never migrate that by accident
+        raise StoreError(f"the store path is empty ({shown}); pass the folder of a store (the --out of a "
+                         "`uni-lab run`).")
     if not os.path.lexists(root):
         raise StoreError(f"{shown} does not exist; pass the folder of a store (the --out of a `uni-lab run`).")
     mode = os.lstat(root).st_mode

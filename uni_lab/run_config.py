@@ -1,8 +1,8 @@
 """What a run is told, declared once: the fields of :class:`RunConfig`, with their defaults and help.
 
-``uni_lab.run``'s signature and docstring, the ``uni-lab run`` flags and the README's flag list all
-derive from these fields, so a parameter is documented in one place. Torch-free on purpose: the
-CLI builds its parser from this module before importing anything heavy.
+``uni_lab.run``'s signature and docstring and the ``uni-lab run`` flags all derive from these
+fields, so a parameter is documented in one place (docs/guide/running.md explains them by topic).
+Torch-free on purpose: the CLI builds its parser from this module before importing anything heavy.
 
 :meth:`RunConfig.check` validates every value that needs nothing loaded (choices, ranges, the
 ``--out`` path); :func:`uni_lab.runner.plan` then resolves what needs plugins, models and images,
@@ -150,7 +150,7 @@ def from_args(args) -> RunConfig:
 
 
 def documentation() -> str:
-    """One line per field: name, default and help (``uni_lab.run``'s docstring, the README's flag list)."""
+    """One line per field: name, default and help (``uni_lab.run``'s docstring)."""
     return declared.documentation(RunConfig)
 
 

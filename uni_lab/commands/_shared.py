@@ -40,11 +40,15 @@ def evaluate_from_args(store, args, progress: bool = True):
                                       device=args.device, recompute=args.recompute, progress=progress))
 
 
-def print_evaluation(config):
-    """Run an evaluation (:class:`~uni_lab.evaluate_config.EvaluateConfig`); print and return its table."""
+def print_evaluation(config, header: str | None = None):
+    """Run an evaluation (:class:`~uni_lab.evaluate_config.EvaluateConfig`); print and return its table.
+    ``header`` is printed once the plan has passed, so a refused evaluation prints its error only."""
     from ..evaluation import execute, plan
 
-    result = execute(plan(config))
+    planned = plan(config)
+    if header:
+        print(header, flush=True)
+    result = execute(planned)
     table = result.table
     if table.empty:
         print("(no evaluated items)")

@@ -23,6 +23,5 @@ def main(args) -> int:
     if not config.asked():
         print("nothing to do: give --metrics, --attacks and/or --corruptions (each accepts 'all').")
         return 2
-    print(f"store: {config.store}")
-    print_evaluation(config)
+    print_evaluation(config, header=f"store: {config.store}")
     return 0
