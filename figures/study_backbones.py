@@ -171,6 +171,9 @@ def open_study(folder: Path) -> tuple[xr.Dataset, list[str], list[dict]]:
                              f"'{finished[0]}.zarr'; recompute the study (--recompute) or move it away.")
         edited = changed_plugins(json.loads(parts[0].attrs.get("uni_lab_plugins", "{}")),
                                  json.loads(part.attrs.get("uni_lab_plugins", "{}")))
+        sources = [json.loads(d.attrs.get("versions", "{}")).get("uni-lab-source") for d in (parts[0], part)]
+        if all(sources) and sources[0] != sources[1]:
+            edited.append("uni_lab itself")
         if edited:  # same settings, other code: e.g. a study resumed after UNI's unlearning changed
             raise SystemExit(f"study_backbones: '{folder / (image + '.zarr')}' was computed with other source code "
                              f"for {', '.join(edited)} than '{finished[0]}.zarr'; recompute the study (--recompute).")

@@ -204,3 +204,22 @@ def test_time_note_says_idle_only_when_the_load_allows_it():
     busy = [{"cpus": 2, "load_start": 0.5, "load_end": 1.9}, {"cpus": 2, "load_start": 9.6, "load_end": 2.2}]
     assert "otherwise about idle" in mod._load_note(idle)
     assert "upper bound" in mod._load_note(busy) and "idle" not in mod._load_note(busy)
+
+
+def test_stores_made_by_other_uni_lab_code_are_not_read_as_one(study, tmp_path):
+    """A change in uni_lab itself (unlearning's arithmetic lives in uni_lab/persample.py, outside any
+    plugin file) is seen through the source hash every store records beside the versions."""
+    import json
+    import shutil
+
+    import zarr
+
+    mod, base = study
+    folder = tmp_path / "study"
+    shutil.copytree(base / "cache" / "study_backbones", folder)
+    group = zarr.open_group(folder / "coffee.zarr", mode="r+")
+    versions = json.loads(group.attrs["versions"])
+    assert len(versions["uni-lab-source"]) == 16
+    group.attrs["versions"] = json.dumps({**versions, "uni-lab-source": "0" * 16})
+    with pytest.raises(SystemExit, match=r"coffee.zarr' was computed with other source code for uni_lab itself"):
+        mod.open_study(folder)

@@ -20,7 +20,31 @@ def versions() -> dict:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             pass
+    out["uni-lab-source"] = source_hash()
     return out
+
+
+_SOURCE: list = []
+
+
+def source_hash() -> str:
+    """A hash of uni_lab's own source (the package and its built-in plugins): the version string
+    stays 0.1.0 across edits, so readers that must not mix code versions (the per-backbone study)
+    compare this instead. Computed once per process."""
+    if not _SOURCE:
+        import hashlib
+        from pathlib import Path
+
+        from . import plugins
+
+        roots = [Path(__file__).parent, *map(Path, plugins.__path__)]
+        digest = hashlib.sha256()
+        for root in roots:
+            for f in sorted(root.rglob("*.py")):
+                if "__pycache__" not in f.parts:
+                    digest.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+        _SOURCE.append(digest.hexdigest()[:16])
+    return _SOURCE[0]
 
 
 def strings(values) -> np.ndarray:
