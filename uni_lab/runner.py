@@ -133,8 +133,9 @@ def plan(config: RunConfig) -> RunPlan:
     others = [f"{c.name} ({'×'.join(map(str, c.input_size))})" for c in clfs[1:] if tuple(c.input_size) != tuple(size)]
     if others:  # one input per image: recorded as a doubt too (uni_lab.doubts, not_native_size)
         warnings.warn(f"the store holds one input per image, at {names[0]}'s {'×'.join(map(str, size))}: "
-                      f"{', '.join(others)} will be explained at that size, not their own; run them in a store "
-                      "of their own for their own size.", stacklevel=3)
+                      f"{', '.join(others)} will be explained at that size, not at "
+                      f"{'its' if len(others) == 1 else 'their'} own; run {'it' if len(others) == 1 else 'each'} "
+                      "in a store of its own for its own size.", stacklevel=3)
     resize, crop_pct = _transform(config.resize, clfs[0])
     dataset = ImageDataset(entries, size, resize, crop_pct, max_pixels=config.max_pixels)
     _, first = collate([dataset[0]])
