@@ -151,3 +151,12 @@ def test_a_top_k_above_the_pixel_count_is_refused_by_the_plan(store, tiny_model)
     assert listing(store) == before
     # a plain evaluation does not use them, so their defaults do not matter there
     plan(EvaluateConfig(store, metrics="mufidelity", models=[tiny_model]))
+
+
+@pytest.mark.parametrize("command", ["evaluate", "check"])
+def test_an_empty_store_path_is_named_not_searched_as_the_working_folder(command, capsys):
+    from uni_lab.cli import main
+
+    assert main([command, "", *(["--metrics", "deletion"] if command == "evaluate" else [])]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the store path '' is empty" in err, err

@@ -247,6 +247,7 @@ def check_store(path: str | Path, repair: bool = False) -> Report:
     """Check the store at ``path``; with ``repair``, rebuild damaged metadata, mark broken items not done
     and drop temp files."""
     store = Store(path)
+    store.check_named()
     if not store.exists():
         raise StoreError(f"'{path}' is not a zarr store (no .zgroup); pass the --out of a run.")
     rebuilt = []

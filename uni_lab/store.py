@@ -152,6 +152,12 @@ class Store(EvaluationVariables):
             if entry not in seen:
                 self.update_attrs({"uni_lab_plugin_changes": json.dumps(seen + [entry], sort_keys=True)})
 
+    def check_named(self) -> None:
+        """A reader's path that names nothing ('' would be the working folder): one line, not a search there."""
+        if not self.given.strip():
+            raise StoreError(f"the store path {self.given!r} is empty; pass the folder of a store (the --out of a "
+                             "`uni-lab run`).")
+
     def check_path(self) -> None:
         """A path that can never hold a store: refused before a run loads anything."""
         shown = repr(self.given)

@@ -91,6 +91,7 @@ def plan(config: EvaluateConfig) -> EvaluationPlan:
     models) and write nothing: any error here leaves the store as it was."""
     config.check()
     st = Store(config.store)
+    st.check_named()
     if not st.exists():
         raise StoreError(f"no store at '{config.store}'; create one with `uni-lab run --out {config.store}`.")
     ds = st.open()
