@@ -173,7 +173,7 @@ CASES = [
     Case("--set value of the wrong type", good_then("--set", "ig.steps=abc"), r"ig\.steps must be an int, got 'abc'"),
     Case("--set float parameter given text", good_then("--methods", "uni", "--set", "uni.eps=abc"),
          r"uni\.eps must be a float, got 'abc'"),
-    Case("--set NaN", good_then("--methods", "uni", "--set", "uni.eps=nan"), r"uni\.eps must be a float, got 'nan'"),
+    Case("--set NaN", good_then("--methods", "uni", "--set", "uni.eps=nan"), r"uni\.eps must be a finite number, got 'nan'"),
     Case("--set value out of range", good_then("--methods", "uni", "--set", "uni.eps=-1"), r"uni\.eps must be > 0, got -1"),
     Case("--set choice not offered", good_then("--set", "ig.rule=mid"), r"rule must be one of \('right', 'left'\)"),
     Case("unknown metric", good_then("--metrics", "nosuchmetric"), r"unknown metric 'nosuchmetric'\. Available metrics:"),

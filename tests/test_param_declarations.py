@@ -103,6 +103,16 @@ def test_message_is_one_line_with_the_bound_and_an_example():
         route_params({"smoothgrad.samples": "many"})
 
 
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan"), "nan", "inf", "-Infinity"])
+def test_a_number_that_is_not_finite_is_refused_as_such(value):
+    """eps = inf passed every bound (inf > 0) and reached PGD, where inf · 0 makes NaN baselines;
+    `--set uni.eps=nan` arrives as text and was called "not a float"."""
+    with pytest.raises(InputError, match=r"^uni\.eps must be a finite number, got .*; e\.g\. --set uni\.eps=0\.025\.$"):
+        route_params({"uni.eps": value})
+    with pytest.raises(InputError, match=r"^uni\.norm must be one of"):  # text meant as a choice stays a choice
+        route_params({"baseline.uni.norm": "inf"})
+
+
 def test_metric_and_attack_values_are_refused_by_the_evaluation_plan():
     """``plan`` is what run and evaluate build before they touch a store."""
     with pytest.raises(InputError, match=r"mufidelity\.n_subsets must be >= 2, got 0"):

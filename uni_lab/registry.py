@@ -59,6 +59,8 @@ class Accepts:
         """``(error class, what it must be)`` when ``value`` is refused, else None."""
         if self.choices is not None and any(_same_choice(value, c) for c in self.choices):
             return None
+        if (float in self.types or int in self.types) and _not_finite(value):  # no parameter means anything by them
+            return InputError, "a finite number"
         if self.types and not _is_instance(value, self.types) or not self.types and self.choices is not None:
             return (InputError if self.choices is not None else PluginError), self._what()  # a value, or a type
         if self.bounds and isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
@@ -158,6 +160,13 @@ def _signature(obj) -> inspect.Signature:
 _SCALARS = (float, int, bool, str, type(None))
 _BOUNDS = {at.Gt: ("gt", ">", operator.gt), at.Ge: ("ge", ">=", operator.ge), at.Lt: ("lt", "<", operator.lt),
            at.Le: ("le", "<=", operator.le)}
+
+
+def _not_finite(value) -> bool:
+    """NaN or ±inf, as a float or as ``--set`` text (which parses to a string)."""
+    if isinstance(value, str):
+        return value.strip().lower().lstrip("+-") in ("nan", "inf", "infinity")
+    return isinstance(value, float) and not math.isfinite(value)
 
 
 def _within(value, bound) -> bool:
