@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import functools
 import importlib
+import json
 import sys
 from pathlib import Path
 
@@ -161,40 +162,43 @@ def test_an_unknown_backbone_is_one_line_and_writes_nothing(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def test_stores_made_with_other_settings_are_not_read_as_one(study, tmp_path):
-    """A photograph evaluated with another metric parameter would silently mix two studies."""
-    import json
-    import shutil
-
-    import zarr
-
-    mod, base = study
-    folder = tmp_path / "study"
-    shutil.copytree(base / "cache" / "study_backbones", folder)
-    group = zarr.open_group(folder / "coffee.zarr", mode="r+")
-    recorded = json.loads(group.attrs["uni_lab_evaluation"])
+def _other_settings(attrs):
+    recorded = json.loads(attrs["uni_lab_evaluation"])
     recorded["metric:mufidelity"] = {**recorded["metric:mufidelity"], "n_subsets": 999}
-    group.attrs["uni_lab_evaluation"] = json.dumps(recorded)
-    with pytest.raises(SystemExit, match="coffee.zarr' was made with other settings"):
-        mod.open_study(folder)
+    attrs["uni_lab_evaluation"] = json.dumps(recorded)
 
 
-def test_stores_made_by_other_plugin_code_are_not_read_as_one(study, tmp_path):
-    """Same settings, other code (a study resumed after UNI's source changed) would mix two UNIs."""
-    import json
-    import shutil
-
-    import zarr
-
-    mod, base = study
-    folder = tmp_path / "study"
-    shutil.copytree(base / "cache" / "study_backbones", folder)
-    group = zarr.open_group(folder / "coffee.zarr", mode="r+")
-    plugins = json.loads(group.attrs["uni_lab_plugins"])
+def _other_plugin_code(attrs):
+    plugins = json.loads(attrs["uni_lab_plugins"])
     assert plugins["baseline:uni"]["source_sha256"]
     plugins["baseline:uni"]["source_sha256"] = "0" * 16
-    group.attrs["uni_lab_plugins"] = json.dumps(plugins)
-    with pytest.raises(SystemExit, match=r"coffee.zarr' was computed with other source code for baseline:uni"):
+    attrs["uni_lab_plugins"] = json.dumps(plugins)
+
+
+def _other_uni_lab_code(attrs):
+    versions = json.loads(attrs["versions"])
+    assert len(versions["uni-lab-source"]) == 16
+    attrs["versions"] = json.dumps({**versions, "uni-lab-source": "0" * 16})
+
+
+@pytest.mark.parametrize("change, message", [
+    # a photograph evaluated with another metric parameter would silently mix two studies
+    (_other_settings, "was made with other settings"),
+    # same settings, other code: a study resumed after UNI's source changed would mix two UNIs
+    (_other_plugin_code, "was computed with other source code for baseline:uni"),
+    # unlearning's arithmetic lives in uni_lab/persample.py, outside any plugin file
+    (_other_uni_lab_code, "was computed with other source code for uni_lab itself"),
+])
+def test_stores_made_otherwise_are_not_read_as_one(study, tmp_path, change, message):
+    import shutil
+
+    import zarr
+
+    mod, base = study
+    folder = tmp_path / "study"
+    shutil.copytree(base / "cache" / "study_backbones", folder)
+    change(zarr.open_group(folder / "coffee.zarr", mode="r+").attrs)
+    with pytest.raises(SystemExit, match=f"coffee.zarr' {message}"):
         mod.open_study(folder)
 
 
@@ -204,22 +208,3 @@ def test_time_note_says_idle_only_when_the_load_allows_it():
     busy = [{"cpus": 2, "load_start": 0.5, "load_end": 1.9}, {"cpus": 2, "load_start": 9.6, "load_end": 2.2}]
     assert "otherwise about idle" in mod._load_note(idle)
     assert "upper bound" in mod._load_note(busy) and "idle" not in mod._load_note(busy)
-
-
-def test_stores_made_by_other_uni_lab_code_are_not_read_as_one(study, tmp_path):
-    """A change in uni_lab itself (unlearning's arithmetic lives in uni_lab/persample.py, outside any
-    plugin file) is seen through the source hash every store records beside the versions."""
-    import json
-    import shutil
-
-    import zarr
-
-    mod, base = study
-    folder = tmp_path / "study"
-    shutil.copytree(base / "cache" / "study_backbones", folder)
-    group = zarr.open_group(folder / "coffee.zarr", mode="r+")
-    versions = json.loads(group.attrs["versions"])
-    assert len(versions["uni-lab-source"]) == 16
-    group.attrs["versions"] = json.dumps({**versions, "uni-lab-source": "0" * 16})
-    with pytest.raises(SystemExit, match=r"coffee.zarr' was computed with other source code for uni_lab itself"):
-        mod.open_study(folder)
