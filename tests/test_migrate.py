@@ -289,3 +289,34 @@ def test_a_symlinked_coordinate_folder_is_never_emptied(tmp_path, capsys):
     assert rc == 2
     _one_line(err, "symbolic link", "nothing was removed")
     assert (user / "0").read_bytes() == b"mine"
+
+
+def _user_file_in_coordinate(out, user):
+    (out / "method" / "notes.txt").write_text("mine")
+
+
+def _chunk_named_link_in_coordinate(out, user):
+    (out / "method" / "0").unlink()
+    (out / "method" / "0").symlink_to(user / "data")  # named like a chunk, but the user's file
+
+
+def _folder_in_coordinate(out, user):
+    (out / "method" / "sub").mkdir()
+    (out / "method" / "sub" / "data").write_text("mine")
+
+
+@pytest.mark.parametrize("plant", [_user_file_in_coordinate, _chunk_named_link_in_coordinate, _folder_in_coordinate])
+def test_a_coordinate_folder_holding_what_uni_lab_did_not_write_is_not_emptied(tmp_path, capsys, plant):
+    """The old coordinate's folder is removed file by file only when every file in it is a zarr member
+    uni_lab writes (a regular file, not a link): otherwise one line, and every file stays."""
+    out = _copy(tmp_path)
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "data").write_bytes(b"mine")
+    plant(out, user)
+    before, links = _files(out), sorted(p for p in out.rglob("*") if p.is_symlink())
+    rc, _, err = _cli(capsys, "migrate", out)
+    assert rc == 2
+    _one_line(err, "did not write")
+    assert _files(out) == before and sorted(p for p in out.rglob("*") if p.is_symlink()) == links
+    assert (user / "data").read_bytes() == b"mine"
