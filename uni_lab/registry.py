@@ -166,7 +166,7 @@ def _not_finite(value) -> bool:
     """NaN or ±inf, as a float or as ``--set`` text (which parses to a string)."""
     if isinstance(value, str):
         return value.strip().lower().lstrip("+-") in ("nan", "inf", "infinity")
-    return isinstance(value, float) and not math.isfinite(value)
+    return isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and not math.isfinite(value)
 
 
 def _within(value, bound) -> bool:
@@ -230,8 +230,6 @@ def _bounds(metadata) -> tuple:
 def _is_instance(value, accepted: tuple) -> bool:
     if isinstance(value, (bool, np.bool_)):  # bool is an int subclass; `eps=True` is a typo, not 1.0
         return bool in accepted
-    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and math.isnan(value):
-        return False  # no parameter means anything by NaN
     if isinstance(value, numbers.Integral) and (int in accepted or float in accepted):
         return True
     if isinstance(value, numbers.Real) and float in accepted:
