@@ -5,8 +5,9 @@
 Prints, in floor passes (one ``engine.score_and_grad`` through the fast view, timed in the same
 process), (1) one chunk's unlearning split by phase (``rec``: the recorded forward, ``grad``: the
 per-image parameter gradients, ``fwd``: the forward under per-image weights) and layer kind
-(``bn``, ``pw`` 1×1 conv, ``dw3``/``dw5`` depthwise, ``kxk`` dense conv, ``linear``; ``/outer``:
-the gradient kept as two factors), the rest being autograd's backward, activations and copies;
+(``bn``, ``pw`` 1×1 conv, ``dw3``/``dw5`` depthwise, ``kxk`` dense conv, ``linear``; ``+bn``: a
+convolution the recording ran with its batch norm folded in; ``/outer``: the gradient kept as two
+factors), the rest being autograd's backward, activations and copies;
 (2) the whole batch's unlearning at several chunk sizes. Wall-clock medians of ``--reps``, cases
 interleaved; run it on an idle machine. Nothing here is used by uni_lab itself.
 """
@@ -40,7 +41,7 @@ def _kind(func, a) -> str:
 
 def _clocked(acc: dict):
     """Wrap the three per-layer entry points of uni_lab.persample so each call's seconds land in ``acc``."""
-    grads, per_image, record = ps._layer_grads, ps._PerImage.handle, ps._Record.handle
+    grads, per_image, record, fold = ps._layer_grads, ps._PerImage.handle, ps._Record.handle, ps._Fold.grads
 
     def layer_grads(func, a, gy, names, factored=False):
         t0 = time.perf_counter()
@@ -62,7 +63,15 @@ def _clocked(acc: dict):
         acc[f"rec {_kind(func, a)}"] += time.perf_counter() - t0
         return out
 
+    def fold_grads(self, x, gy, a, factored):
+        t0 = time.perf_counter()
+        out = list(fold(self, x, gy, a, factored))
+        outer = "/outer" if any(isinstance(g, ps.Outer) for _, g in out) else ""
+        acc[f"grad {_kind(ps._CONV, a)}+bn{outer}"] += time.perf_counter() - t0
+        return out
+
     ps._layer_grads, ps._PerImage.handle, ps._Record.handle = layer_grads, per_image_handle, record_handle
+    ps._Fold.grads = fold_grads
 
 
 def _median(fn, reps: int) -> float:

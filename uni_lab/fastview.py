@@ -110,7 +110,9 @@ def fold_batchnorm(net: nn.Module) -> tuple[fx.GraphModule, int]:
     """``net`` traced, each eval-mode batch norm folded into the convolution feeding only it.
 
     Works in place on ``net``'s modules: pass a copy. Returns the graph module and the number
-    of batch norms folded; raises what ``torch.fx`` raises for a model it cannot trace.
+    of batch norms folded; raises what ``torch.fx`` raises for a model it cannot trace. The
+    graph module's ``batchnorm_folds`` lists each fold as ``(conv path, batch-norm path)``:
+    unlearning maps gradients of the folded convolutions back to both modules' parameters.
     """
     gm = fx.GraphModule(net, _Tracer().trace(net))
     mods = dict(gm.named_modules())
@@ -118,7 +120,7 @@ def fold_batchnorm(net: nn.Module) -> tuple[fx.GraphModule, int]:
     for node in gm.graph.nodes:
         if node.op == "call_module":
             calls[node.target] = calls.get(node.target, 0) + 1
-    convs, folded = _conv_types(), 0
+    convs, folds = _conv_types(), []
     for node in list(gm.graph.nodes):
         if node.op != "call_module" or not node.args:
             continue
@@ -134,9 +136,10 @@ def fold_batchnorm(net: nn.Module) -> tuple[fx.GraphModule, int]:
         conv.weight, conv.bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var,
                                                       bn.eps, bn.weight, bn.bias)
         gm.get_submodule(node.target.rpartition(".")[0]).register_module(node.target.rpartition(".")[2], rest)
-        folded += 1
+        folds.append((src.target, node.target))
     gm.recompile()
-    return gm, folded
+    gm.batchnorm_folds = folds
+    return gm, len(folds)
 
 
 class FastView(nn.Module):
@@ -146,9 +149,10 @@ class FastView(nn.Module):
     many passes through it.
     """
 
-    def __init__(self, inner: nn.Module, folded: int):
+    def __init__(self, inner: nn.Module, folded: int, folds: tuple = ()):
         super().__init__()
         self.inner, self.folded = inner, folded
+        self.folds = tuple(folds)  # (conv path, batch-norm path) in ``inner`` and the model alike
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 4 and x.device.type == "cpu":
@@ -187,12 +191,14 @@ def _build(model: nn.Module) -> nn.Module | None:
         dup = copy.deepcopy(model)
         if isinstance(dup, Classifier):
             dup.net, folded = fold_batchnorm(dup.net)
+            folds = [(f"net.{c}", f"net.{b}") for c, b in dup.net.batchnorm_folds]
         else:
             dup, folded = fold_batchnorm(dup)
+            folds = dup.batchnorm_folds
     except Exception as exc:  # fx cannot trace every model; the model as given always works
         _log.debug("no folded view of %s: %s", type(model).__name__, exc)
         return None
-    return FastView(dup.eval(), folded) if folded else None
+    return FastView(dup.eval(), folded, folds) if folded else None
 
 
 def _agrees(view: nn.Module, model: nn.Module, probe: torch.Tensor) -> bool:

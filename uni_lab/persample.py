@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from .fastview import FastView, fast_view
+
 _CONV, _LINEAR, _BN = torch.conv2d, F.linear, F.batch_norm
 SUPPORTED = (_CONV, _LINEAR, _BN)
 _CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
@@ -129,12 +131,21 @@ class _ParamMode(TorchFunctionMode):
 
 
 class _Record(_ParamMode):
-    def __init__(self, params):
+    def __init__(self, params, folds: dict | None = None, factored: bool = False):
         super().__init__(params)
         self.calls = []
+        self.folds, self.factored = folds or {}, factored
 
     def handle(self, func, a, args, kwargs):
-        out = _affine_batch_norm(a) if func is _BN else func(*args, **kwargs)
+        fold = self.folds.get(self.names.get(id(a["weight"]))) if func is _CONV else None
+        if fold is not None and self.factored and fold.kept_factored(a):
+            # The folded pair as θ's own convolution, then its affine map: the unnormalised output
+            # gives ⟨W, G⟩ for γ's gradient as one product, where G stays factored (a layer's forward)
+            a["unfolded"] = torch.conv2d(a["input"], fold.w, None, a["stride"], a["padding"], a["dilation"],
+                                         a["groups"])
+            out = torch.addcmul(a["bias"].view(1, -1, 1, 1), a["unfolded"], fold.scale.view(1, -1, 1, 1))
+        else:
+            out = _affine_batch_norm(a) if func is _BN else func(*args, **kwargs)
         self.calls.append((func, a, out))
         # The network gets a copy: an in-place op after the layer (timm's BatchNormAct2d runs
         # ReLU6 in place) would otherwise turn the recorded output into the activation's.
@@ -193,6 +204,78 @@ def _columns(x, kernel, stride, padding, dilation) -> torch.Tensor:
     return F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)
 
 
+class _Fold:
+    """A convolution the recording ran folded with the batch norm after it, and how the folded
+    filter's gradient becomes the gradients of both modules' own parameters.
+
+    For ``y = W ⋆ x + b`` then ``z = γ (y − μ)/σ + β``, with ``gz`` the gradient at ``z`` and
+    ``G = gz ⋆ x`` (what the recording computes for the folded filter): ``∂W = (γ/σ) G``,
+    ``∂b = (γ/σ) Σ gz``, ``∂γ = (⟨W, G⟩ + (b − μ) Σ gz)/σ``, ``∂β = Σ gz``, per channel. Exact,
+    and with no division by γ, so a zero scale is no special case.
+    """
+
+    def __init__(self, model, conv_path: str, bn_path: str, names: dict[int, str]):
+        conv, bn = model.get_submodule(conv_path), model.get_submodule(bn_path)
+        self.w, self.b, self.gamma, self.beta = conv.weight, conv.bias, bn.weight, bn.bias
+        self.names = {k: names.get(id(t)) for k, t in
+                      (("w", self.w), ("b", self.b), ("gamma", self.gamma), ("beta", self.beta))}
+        self.mean, self.inv_std = bn.running_mean, torch.rsqrt(bn.running_var + bn.eps)
+        self.scale = self.inv_std if self.gamma is None else (self.gamma * self.inv_std).detach()
+
+    def kept_factored(self, a) -> bool:
+        """Whether :func:`_conv_weight_grad` keeps this filter's gradient as factors (shapes only)."""
+        w, x = self.w, a["input"]
+        if int(a["groups"]) != 1:
+            return False
+        size = [(x.shape[2 + i] + 2 * _pair(a["padding"])[i] - _pair(a["dilation"])[i] * (w.shape[2 + i] - 1) - 1)
+                // _pair(a["stride"])[i] + 1 for i in (0, 1)]
+        return _factored(w.shape[1] * w.shape[2] * w.shape[3], w.shape[0], size[0] * size[1], w.shape[2] * w.shape[3])
+
+    def grads(self, x, gy, a, factored: bool):
+        g = _conv_weight_grad(x, gy, self.w, _pair(a["stride"]), _pair(a["padding"]), _pair(a["dilation"]),
+                              int(a["groups"]), factored)
+        scale = self.scale
+        g_sum = gy.sum((2, 3))
+        if self.names["gamma"]:
+            shift = -self.mean if self.b is None else self.b - self.mean
+            if "unfolded" in a:
+                dot = (gy * a["unfolded"].detach()).sum((2, 3))
+            else:
+                dot = _filter_dot(self.w, g)
+            yield self.names["gamma"], (dot + shift * g_sum) * self.inv_std
+        if self.names["beta"]:
+            yield self.names["beta"], g_sum
+        if self.names["b"]:
+            yield self.names["b"], g_sum * scale
+        if self.names["w"]:
+            if isinstance(g, Outer):
+                yield self.names["w"], Outer(g.gy * scale.view(1, -1, 1), g.x, g.shape)
+            else:
+                yield self.names["w"], g.mul_(scale.view(1, -1, *([1] * (g.dim() - 2))))
+
+
+def _filter_dot(w, g) -> torch.Tensor:
+    """``(N, out)``: ``⟨W_c, G_{n,c}⟩`` per image and output channel."""
+    if isinstance(g, Outer):  # Σ_l gy_l (W · cols_l): the layer's own output, never the dense G
+        return (torch.matmul(w.reshape(w.shape[0], -1), g.x) * g.gy).sum(-1)
+    return (g * w).flatten(2).sum(-1)
+
+
+def _recording(model, x):
+    """What the recorded pass runs, its parameters' names in ``model``, and the folds by the
+    folded filter's name: the fast view's graph, in which batch norm is folded into the
+    convolution before it (one recorded layer instead of two, forward and backward), or the
+    model itself where there is no such view."""
+    view = fast_view(model, x)
+    if not isinstance(view, FastView) or not view.folds:
+        return model, {k: k for k, _ in model.named_parameters()}, {}
+    own = {id(p): k for k, p in model.named_parameters()}
+    folds = {f"{c}.weight": _Fold(model, c, b, own) for c, b in view.folds}
+    ours = dict(model.named_parameters())
+    rename = {k: k for k, _ in view.inner.named_parameters() if k in ours}
+    return view.inner, rename, folds
+
+
 def per_sample_grads(model, x: torch.Tensor, target: torch.Tensor,
                      factored: bool = False) -> dict[str, torch.Tensor] | None:
     """``{name: (N, *shape)}``: ∇_θ of each image's cross-entropy, or ``None`` if unsupported.
@@ -200,11 +283,12 @@ def per_sample_grads(model, x: torch.Tensor, target: torch.Tensor,
     ``factored=True`` leaves the weight gradients of linear layers on ``(N, features)`` inputs
     as :class:`Outer` factors, which :func:`per_image_forward` uses as they are."""
     params = dict(model.named_parameters())
-    rec = _Record(params)
+    net, rename, folds = _recording(model, x)
+    rec = _Record(dict(net.named_parameters()), folds, factored)
     x = x.detach().requires_grad_(True)  # a graph even when the user froze the weights
     try:
         with torch.enable_grad(), rec:
-            logits = model(x)
+            logits = net(x)
     except Unsupported:
         return None
     if not rec.calls:
@@ -224,9 +308,17 @@ def per_sample_grads(model, x: torch.Tensor, target: torch.Tensor,
     try:
         with torch.no_grad():
             for (func, a, out), gy in zip(rec.calls, gys):
-                if gy is not None:
-                    for name, g in _layer_grads(func, a, gy, rec.names, factored):
+                if gy is None:
+                    continue
+                fold = folds.get(rec.names.get(id(a["weight"]))) if func is _CONV else None
+                if fold is not None:
+                    for name, g in fold.grads(a["input"].detach(), gy, a, factored):
                         put(name, g)
+                    continue
+                for name, g in _layer_grads(func, a, gy, rec.names, factored):
+                    if name not in rename:
+                        raise Unsupported(f"a parameter of the recording that the model does not have: {name}")
+                    put(rename[name], g)
     except Unsupported:
         return None
     for k, p in params.items():  # parameters the loss does not reach: zero, as autograd would say
@@ -276,9 +368,10 @@ class _PerImage(_ParamMode):
     op plus a batched correction.
     """
 
-    def __init__(self, params, grads, eta: float):
+    def __init__(self, params, grads, eta: float, folds: dict | None = None, own: dict | None = None):
         super().__init__(params)
         self.grads, self.eta = grads, float(eta)
+        self.folds, self.own = folds or {}, own or {}  # by the recording's names; the model's gradients
 
     def _delta(self, t):
         return self.grads[self.names[id(t)]] if t is not None and id(t) in self.names else None
@@ -286,6 +379,8 @@ class _PerImage(_ParamMode):
     def handle(self, func, a, args, kwargs):
         x = a["input"]
         n = x.shape[0]
+        if func is _CONV and self.names.get(id(a["weight"])) in self.folds:
+            return self._folded(self.folds[self.names[id(a["weight"])]], x, n, a)
         gw, gb = self._delta(a["weight"]), self._delta(a["bias"])
         if func is _BN:  # each image's own affine map, in one pass over the activations
             w, b = a["weight"], a["bias"]
@@ -349,10 +444,57 @@ class _PerImage(_ParamMode):
         return out if b is None else out + b.view(1, cout, 1, 1)
 
 
+    def _folded(self, fold, x, n, a):
+        """A convolution and the batch norm after it, as one op per image: ``z_i = s_i ⊙ (W_i ⋆ x_i) + t_i``
+        with ``s_i = γ_i/σ`` and ``t_i = β_i + s_i (b_i − μ)``, every parameter stepped by its own
+        gradient. Where the per-image filters are built anyway (depthwise, pointwise), ``s_i``
+        goes into them and the normalisation costs no pass of its own."""
+        g = {k: (self.own[v] if v else None) for k, v in fold.names.items()}
+        eta, w = self.eta, fold.w
+        scale = fold.inv_std.expand(n, -1) if fold.gamma is None else (fold.gamma + eta * g["gamma"]) * fold.inv_std
+        shift = -fold.mean if fold.b is None else fold.b + eta * g["b"] - fold.mean
+        shift = scale * shift if fold.beta is None else torch.addcmul(fold.beta + eta * g["beta"], scale, shift)
+        stride, padding, dilation, groups = a["stride"], a["padding"], a["dilation"], int(a["groups"])
+        cout = w.shape[0]
+        gw = g["w"]
+        if not isinstance(gw, Outer) and (w.shape[1] == 1 and groups > 1 or (
+                w.shape[2:] == (1, 1) and _pair(padding) == (0, 0) and groups == 1)):
+            wi = torch.add(w, gw, alpha=eta).mul_(scale.view(n, cout, *([1] * (w.dim() - 1))))
+            if groups == 1:  # pointwise: one batched product, the shift as its starting value
+                st = _pair(stride)
+                xs = x[:, :, ::st[0], ::st[1]]
+                out = torch.baddbmm(shift.view(n, cout, 1).expand(n, cout, xs.shape[2] * xs.shape[3]),
+                                    wi.view(n, cout, -1), xs.reshape(n, x.shape[1], -1))
+                return out.view(n, cout, *xs.shape[2:])
+            out = torch.conv2d(x.reshape(1, n * x.shape[1], *x.shape[2:]), wi.reshape(n * cout, *w.shape[1:]),
+                               None, stride, padding, dilation, n * groups)
+            return out.view(n, cout, *out.shape[2:]).add_(shift.view(n, cout, 1, 1))
+        out = torch.conv2d(x, w, None, stride, padding, dilation, groups)  # θ's filter, batched
+        if isinstance(gw, Outer):
+            cols = _columns(x, w.shape[2:], _pair(stride), _pair(padding), _pair(dilation))
+            out = out + eta * gw.times(cols).view(out.shape)
+        else:  # the images stacked along channels, one group each
+            d = torch.conv2d(x.reshape(1, n * x.shape[1], *x.shape[2:]), gw.reshape(n * cout, *gw.shape[2:]),
+                             None, stride, padding, dilation, n * groups)
+            out = out + eta * d.view(out.shape)
+        return torch.addcmul(shift.view(n, cout, 1, 1), out, scale.view(n, cout, 1, 1))
+
+
 def per_image_forward(model, x: torch.Tensor, grads: dict[str, torch.Tensor], eta: float) -> torch.Tensor | None:
-    """Logits of image ``i`` under weights ``θ + η·grads[name][i]``, all at once; ``None`` if unsupported."""
+    """Logits of image ``i`` under weights ``θ + η·grads[name][i]``, all at once; ``None`` if unsupported.
+
+    It runs through the same graph as the recording (:func:`_recording`): a convolution and its
+    folded batch norm then take one op per image."""
+    net, rename, folds = _recording(model, x)
+    named = dict(net.named_parameters())
+    if folds:
+        # a folded filter's own parameters (W·γ/σ, its new bias) have no gradient: the fold's step replaces them
+        params = {k: p for k, p in named.items() if k in rename or k in folds}
+        mapped = {k: grads[rename[k]] for k in params if k in rename}
+    else:
+        params, mapped = named, grads
     try:
-        with torch.no_grad(), _PerImage(dict(model.named_parameters()), grads, eta):
-            return model(x)
+        with torch.no_grad(), _PerImage(params, mapped, eta, folds, grads):
+            return net(x)
     except Unsupported:
         return None
