@@ -165,8 +165,8 @@ def test_embedded_model_folds_every_batch_norm():
 
 
 def test_unlearning_sees_the_model_as_given(bn_clf):
-    """UNI's unlearning steps the model's own parameters (batch-norm scales included), never the
-    folded copy's: with a view built and cached, it still equals the per-image reference."""
+    """UNI's unlearning records through the folded view but steps the model's own parameters
+    (batch-norm scales included), never the folded copy's: it still equals the per-image reference."""
     from uni_lab.plugins.uni import unlearned_log_probs, unlearned_log_probs_reference
 
     m64 = copy.deepcopy(bn_clf).double()

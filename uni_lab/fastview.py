@@ -11,9 +11,11 @@ is piecewise constant, so rounding moves some path points across a kink: IG maps
 Lite0 at 224² moved by 0.1–0.4 % (relative L2) against the model as given. That is about as far as
 fp32 itself is from fp64 (0.06–0.2 %) on the same maps.
 
-Only code that needs nothing but outputs and input gradients asks for the view (the
-engine's passes, UNI's matching). Parameter-level code (unlearning, per-sample gradients)
-and hook-based rules always get the model as given. The view is built on first use and
+Code that needs nothing but outputs and input gradients asks for the view (the engine's
+passes, UNI's matching). UNI's unlearning records and steps through the view's graph too, but
+with the model's own parameters: :mod:`uni_lab.persample` turns each folded filter's gradient
+back into the gradients of the convolution's and the batch norm's parameters, and steps those.
+Hook-based rules always get the model as given. The view is built on first use and
 rebuilt when a parameter or buffer is replaced or changed in place (tensor identity and
 version counter). A model is used as given when:
 

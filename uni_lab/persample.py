@@ -17,6 +17,11 @@ products, or, for factored gradients, the ordinary op plus the factors' correcti
 or an option the formulas below do not cover, makes both functions return ``None``, and the
 caller falls back to ``vmap``; ``tests/test_batched_uni.py`` checks both paths against the
 per-image reference.
+
+Both passes run through the fast view's graph (:mod:`uni_lab.fastview`, NCHW) where one exists:
+a convolution and the batch norm after it are then one recorded layer, one backward node and
+one per-image op, and :class:`_Fold` turns the folded filter's gradient back into the gradients
+of both modules' own parameters (``tests/test_folded_unlearning.py``).
 """
 from __future__ import annotations
 
@@ -133,7 +138,7 @@ class _ParamMode(TorchFunctionMode):
 class _Record(_ParamMode):
     def __init__(self, params, folds: dict | None = None, factored: bool = False):
         super().__init__(params)
-        self.calls = []
+        self.calls, self.gys = [], []
         self.folds, self.factored = folds or {}, factored
 
     def handle(self, func, a, args, kwargs):
@@ -146,10 +151,16 @@ class _Record(_ParamMode):
             out = torch.addcmul(a["bias"].view(1, -1, 1, 1), a["unfolded"], fold.scale.view(1, -1, 1, 1))
         else:
             out = _affine_batch_norm(a) if func is _BN else func(*args, **kwargs)
+        if not a["input"].requires_grad:
+            raise Unsupported("a layer whose input does not depend on the image")
+        i = len(self.calls)
         self.calls.append((func, a, out))
-        # The network gets a copy: an in-place op after the layer (timm's BatchNormAct2d runs
-        # ReLU6 in place) would otherwise turn the recorded output into the activation's.
-        return out.clone()
+        self.gys.append(None)
+        # A hook, not autograd.grad(…, out): an in-place op after the layer (timm's BatchNormAct2d
+        # runs ReLU6 in place) turns `out` into the activation's output, while a hook registered
+        # before it still receives the gradient at the layer's own output. No copy is then needed.
+        out.register_hook(lambda g, i=i, gys=self.gys: gys.__setitem__(i, g))  # no cycle back to self
+        return out
 
 
 def _affine_batch_norm(a) -> torch.Tensor:
@@ -294,7 +305,8 @@ def per_sample_grads(model, x: torch.Tensor, target: torch.Tensor,
     if not rec.calls:
         return None
     loss = F.cross_entropy(logits, target, reduction="sum")  # the sum: each image's own loss
-    gys = torch.autograd.grad(loss, [out for _, _, out in rec.calls], allow_unused=True)
+    torch.autograd.grad(loss, x)  # every recorded layer lies on a path to x: its hook gets its gradient
+    gys = rec.gys
     n = x.shape[0]
     grads: dict[str, torch.Tensor] = {}
 
