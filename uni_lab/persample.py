@@ -249,10 +249,12 @@ class _Fold:
         g_sum = gy.sum((2, 3))
         if self.names["gamma"]:
             shift = -self.mean if self.b is None else self.b - self.mean
-            if "unfolded" in a:
+            if "unfolded" in a:  # Σ_l gz_l (W ⋆ x)_l, from the recorded pass
                 dot = (gy * a["unfolded"].detach()).sum((2, 3))
+            elif isinstance(g, Outer):
+                raise Unsupported("a factored gradient recorded without its unnormalised output")
             else:
-                dot = _filter_dot(self.w, g)
+                dot = (g * self.w).flatten(2).sum(-1)
             yield self.names["gamma"], (dot + shift * g_sum) * self.inv_std
         if self.names["beta"]:
             yield self.names["beta"], g_sum
@@ -263,13 +265,6 @@ class _Fold:
                 yield self.names["w"], Outer(g.gy * scale.view(1, -1, 1), g.x, g.shape)
             else:
                 yield self.names["w"], g.mul_(scale.view(1, -1, *([1] * (g.dim() - 2))))
-
-
-def _filter_dot(w, g) -> torch.Tensor:
-    """``(N, out)``: ``⟨W_c, G_{n,c}⟩`` per image and output channel."""
-    if isinstance(g, Outer):  # Σ_l gy_l (W · cols_l): the layer's own output, never the dense G
-        return (torch.matmul(w.reshape(w.shape[0], -1), g.x) * g.gy).sum(-1)
-    return (g * w).flatten(2).sum(-1)
 
 
 def _recording(model, x):
