@@ -124,3 +124,21 @@ def test_folded_unlearning_is_bitwise_in_any_batch(kinds):
     whole = unlearned_log_probs(model, x, target)
     for s, e in ((0, 1), (1, 4), (3, 5)):
         assert torch.equal(whole[s:e], unlearned_log_probs(model, x[s:e], target[s:e])), (s, e)
+
+
+def test_the_embedded_model_unlearns_through_its_folded_graph(real_model):
+    """EfficientNet-Lite0's 49 conv + batch-norm pairs are recorded folded, its gradients keep the
+    model's own names (no folded filter leaks out), and with the view off it records as given."""
+    from uni_lab.persample import _recording
+
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    net, rename, folds = _recording(real_model, x)
+    assert len(folds) == 49 and net is not real_model
+    own = dict(real_model.named_parameters())
+    assert set(rename.values()) <= set(own)
+    grads = per_sample_grads(real_model, x, torch.tensor([1, 2]), factored=True)
+    assert set(grads) == set(own)
+    assert all(dense(g).shape == (2, *own[k].shape) for k, g in grads.items())
+    with fastview.using(False):
+        net, _, folds = _recording(real_model, x)
+    assert net is real_model and not folds
