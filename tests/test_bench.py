@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import re
 import threading
 import time
@@ -87,6 +88,11 @@ def test_bench_ratios_are_the_seconds_they_divide(tiny_bench):
                  "ig_vs_captum_same_graph": s["ig"] / s["captum_ig_same_graph"]}
     for key, value in quotients.items():
         assert res[key] == pytest.approx(value, rel=1e-12), key
+    by_rep = res["seconds_by_rep"]
+    assert s == pytest.approx({k: statistics.median(v) for k, v in by_rep.items()}, rel=1e-12)
+    assert res["uni_vs_floor_by_rep"] == pytest.approx([u / f for u, f in zip(by_rep["uni"], by_rep["floor"])],
+                                                       rel=1e-12)
+    assert len(res["uni_vs_floor_by_rep"]) == res["reps"]
     assert res["cpu_ratios"] == pytest.approx({"uni_vs_floor": cpu["uni"] / cpu["floor"],
                                                "uni_batched_vs_naive": cpu["uni_naive"] / cpu["uni"],
                                                "ig_vs_captum": cpu["ig"] / cpu["captum_ig"]}, rel=1e-12)

@@ -249,6 +249,8 @@ def bench(model: str | Classifier = DEFAULTS["model"], *, weights: str | None = 
         "precision": precision, "channels_last": bool(channels_last), "reps": reps,
         "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
         "uni_vs_floor": wall["uni"] / wall["floor"],
+        # each rep ran UNI and the floor back to back: the spread of their quotient is the bench's noise
+        "uni_vs_floor_by_rep": [u / f for u, f in zip(m["uni"]["all"], m["floor"]["all"])],
         "uni_vs_floor_incl_baseline_point": wall["uni"] / (pass_s * (2 + T + B)),
         "floor_counts": floor_definition(T, B, batch_size),
         "uni_batched_vs_naive": wall["uni_naive"] / wall["uni"],
@@ -262,6 +264,7 @@ def bench(model: str | Classifier = DEFAULTS["model"], *, weights: str | None = 
         "uni_phases_s": phases,
         "uni_phases_in_floor_passes": {k: v / pass_s for k, v in phases.items()},
         "seconds": wall,
+        "seconds_by_rep": {k: v["all"] for k, v in m.items()},
         "cpu_seconds": cpu,
         "cpu_ratios": {"uni_vs_floor": cpu["uni"] / cpu["floor"], "uni_batched_vs_naive": cpu["uni_naive"] / cpu["uni"],
                        "ig_vs_captum": cpu["ig"] / cpu["captum_ig"]},
@@ -350,6 +353,8 @@ def format_table(res: dict) -> str:
             goal = res["goals"].get(key, "")
             met = {True: "yes", False: "NO"}.get(res["met"].get(key), "")
             lines.append(f"{key:<34}{res[key]:>10.3f}  {goal:<8} {met}")
+    by_rep = res["uni_vs_floor_by_rep"]
+    lines.append(f"{'uni_vs_floor, rep by rep':<34}{min(by_rep):>10.3f}  to {max(by_rep):.3f}")
     lines.append(f"{'ig_vs_captum_max_rel_diff':<34}{res['ig_vs_captum_max_rel_diff']:>10.2e}")
     lines.append(f"{'uni batched-vs-naive map diff':<34}{res['uni_batched_vs_naive_map_max_rel_diff']:>10.2e}")
     lines += ["", f"floor: {res['floor_counts']}",
