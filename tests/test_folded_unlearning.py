@@ -21,7 +21,8 @@ class FoldedKinds(nn.Module):
     """A convolution of every kind the per-image forward has a folded formula for, each followed by
     its own batch norm: a dense 3×3 (no bias), a strided depthwise with a channel multiplier (bias,
     one zero γ), a pointwise on an 8×8 map (dense gradient; its batch norm without affine
-    parameters), a strided pointwise, a grouped 3×3, a pointwise on a 2×2 map (factored gradient).
+    parameters), a strided pointwise, a grouped 3×3 whose filter is a buffer (nothing to step), a
+    pointwise on a 2×2 map (factored gradient).
     ``side``'s output is also added back, so its batch norm must stay unfolded."""
 
     def __init__(self):
@@ -43,6 +44,9 @@ class FoldedKinds(nn.Module):
                     bn.weight.uniform_(0.5, 1.5)
                     bn.bias.uniform_(-0.2, 0.2)
             self.bn1.weight[3], self.bn1.bias[3] = 0.0, 0.3  # a constant channel: its γ still gets a gradient, its filter none
+        frozen = self.grouped.weight.detach().clone()  # a fixed filter (a buffer): its batch norm still unlearns
+        del self.grouped.weight
+        self.grouped.register_buffer("weight", frozen)
 
     def forward(self, x):
         h = nn.functional.relu6(self.bn0(self.stem(x)), inplace=True)  # 16×16

@@ -464,7 +464,7 @@ class _PerImage(_ParamMode):
         stride, padding, dilation, groups = a["stride"], a["padding"], a["dilation"], int(a["groups"])
         cout = w.shape[0]
         gw = g["w"]
-        if not isinstance(gw, Outer) and (w.shape[1] == 1 and groups > 1 or (
+        if torch.is_tensor(gw) and (w.shape[1] == 1 and groups > 1 or (
                 w.shape[2:] == (1, 1) and _pair(padding) == (0, 0) and groups == 1)):
             wi = torch.add(w, gw, alpha=eta).mul_(scale.view(n, cout, *([1] * (w.dim() - 1))))
             if groups == 1:  # pointwise: one batched product, the shift as its starting value
@@ -480,7 +480,7 @@ class _PerImage(_ParamMode):
         if isinstance(gw, Outer):
             cols = _columns(x, w.shape[2:], _pair(stride), _pair(padding), _pair(dilation))
             out = out + eta * gw.times(cols).view(out.shape)
-        else:  # the images stacked along channels, one group each
+        elif gw is not None:  # the images stacked along channels, one group each
             d = torch.conv2d(x.reshape(1, n * x.shape[1], *x.shape[2:]), gw.reshape(n * cout, *gw.shape[2:]),
                              None, stride, padding, dilation, n * groups)
             out = out + eta * d.view(out.shape)
