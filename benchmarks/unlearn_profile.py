@@ -8,8 +8,9 @@ per-image parameter gradients, ``fwd``: the forward under per-image weights) and
 (``bn``, ``pw`` 1×1 conv, ``dw3``/``dw5`` depthwise, ``kxk`` dense conv, ``linear``; ``+bn``: a
 convolution the recording ran with its batch norm folded in; ``/outer``: the gradient kept as two
 factors), the rest being autograd's backward, activations and copies;
-(2) the whole batch's unlearning at several chunk sizes. Wall-clock medians of ``--reps``, cases
-interleaved; run it on an idle machine. Nothing here is used by uni_lab itself.
+(2) the whole batch's unlearning at several chunk sizes, and at the plan's chunk with the recording
+on the model as given (``unfolded``: no batch norm folded, as before issue 25's second round).
+Wall-clock medians of ``--reps``, cases interleaved; run it on an idle machine. Nothing here is used by uni_lab itself.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import torch
 import uni_lab.persample as ps
 from uni_lab.bench import bench_batch
 from uni_lab.engine import score_and_grad
+from uni_lab import fastview
 from uni_lab.fastview import fast_view
 from uni_lab.models import create_model
 from uni_lab.plugins.uni import unlearn_chunk_size, unlearned_log_probs
@@ -104,8 +106,13 @@ def main() -> None:
     def one_chunk():
         ps.per_image_forward(clf, xs, ps.per_sample_grads(clf, xs, ts, factored=True), 1.0)
 
+    def unfolded():  # the recording on the model as given, as before issue 25's second round
+        with fastview.using(False):
+            unlearned_log_probs(clf, x, t, chunk=chunk)
+
     cases = {"floor": floor, **{c: (lambda c=c: unlearned_log_probs(clf, x, t, chunk=c))
-                                for c in map(int, args.chunks.split(","))}}
+                                for c in map(int, args.chunks.split(","))},
+             f"{chunk} unfolded": unfolded}
     for fn in cases.values():
         fn()
     times = {k: [] for k in cases}
