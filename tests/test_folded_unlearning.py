@@ -146,3 +146,17 @@ def test_the_embedded_model_unlearns_through_its_folded_graph(real_model):
     with fastview.using(False):
         net, _, folds = _recording(real_model, x)
     assert net is real_model and not folds
+
+
+def test_unlearning_follows_changes_to_the_model(kinds):
+    """The folds (σ, names) are built once per view; an in-place change of a scale or a running
+    variance rebuilds the view, so unlearning never steps stale statistics."""
+    model, x, target = kinds
+    m64, x64 = _double(model), x.double()
+    first = unlearned_log_probs(m64, x64, target)
+    with torch.no_grad():
+        m64.net.bn1.weight.mul_(1.5)
+        m64.net.bn0.running_var.add_(0.3)
+    after = unlearned_log_probs(m64, x64, target)
+    assert not torch.allclose(after, first, rtol=0, atol=1e-6)
+    assert torch.allclose(after, unlearned_log_probs_reference(m64, x64, target), rtol=0, atol=1e-10)

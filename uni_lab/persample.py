@@ -275,11 +275,14 @@ def _recording(model, x):
     view = fast_view(model, x)
     if not isinstance(view, FastView) or not view.folds:
         return model, {k: k for k, _ in model.named_parameters()}, {}
-    own = {id(p): k for k, p in model.named_parameters()}
-    folds = {f"{c}.weight": _Fold(model, c, b, own) for c, b in view.folds}
-    ours = dict(model.named_parameters())
-    rename = {k: k for k, _ in view.inner.named_parameters() if k in ours}
-    return view.inner, rename, folds
+    # Built once per view (2 ms a call on Lite0, two calls a chunk): a view is rebuilt whenever a
+    # parameter or buffer of the model changes, so the folds' σ and names never go stale.
+    if getattr(view, "_unlearning", None) is None:
+        own = {id(p): k for k, p in model.named_parameters()}
+        folds = {f"{c}.weight": _Fold(model, c, b, own) for c, b in view.folds}
+        rename = {k: k for k, _ in view.inner.named_parameters() if k in set(own.values())}
+        view._unlearning = (rename, folds)
+    return (view.inner, *view._unlearning)
 
 
 def per_sample_grads(model, x: torch.Tensor, target: torch.Tensor,
