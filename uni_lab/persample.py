@@ -378,10 +378,10 @@ class _PerImage(_ParamMode):
     op plus a batched correction.
     """
 
-    def __init__(self, params, grads, eta: float, folds: dict | None = None, own: dict | None = None):
+    def __init__(self, params, grads, eta: float, folds: dict | None = None, model_grads: dict | None = None):
         super().__init__(params)
         self.grads, self.eta = grads, float(eta)
-        self.folds, self.own = folds or {}, own or {}  # by the recording's names; the model's gradients
+        self.folds, self.model_grads = folds or {}, model_grads or {}  # by the recording's / the model's names
 
     def _delta(self, t):
         return self.grads[self.names[id(t)]] if t is not None and id(t) in self.names else None
@@ -459,7 +459,7 @@ class _PerImage(_ParamMode):
         with ``s_i = γ_i/σ`` and ``t_i = β_i + s_i (b_i − μ)``, every parameter stepped by its own
         gradient. Where the per-image filters are built anyway (depthwise, pointwise), ``s_i``
         goes into them and the normalisation costs no pass of its own."""
-        g = {k: (self.own[v] if v else None) for k, v in fold.names.items()}
+        g = {k: (self.model_grads[v] if v else None) for k, v in fold.names.items()}
         eta, w = self.eta, fold.w
         scale = fold.inv_std.expand(n, -1) if fold.gamma is None else (fold.gamma + eta * g["gamma"]) * fold.inv_std
         shift = -fold.mean if fold.b is None else fold.b + eta * g["b"] - fold.mean
