@@ -88,6 +88,21 @@ def _factored(fan_in: int, cout: int, positions: int, taps: int = 1) -> bool:
     return positions * (fan_in + cout) * (2 if taps > 1 else 1) <= fan_in * cout
 
 
+def _stays_factored(w, groups: int, positions: int) -> bool:
+    """Whether a conv's per-image gradient is kept as :class:`Outer` factors (shapes only)."""
+    kh, kw = w.shape[2:]
+    return groups == 1 and _factored(w.shape[1] * kh * kw, w.shape[0], positions, kh * kw)
+
+
+def _grouped(x, k, stride, padding, dilation, groups: int) -> torch.Tensor:
+    """Each image's own filters ``k`` (N, out, in/groups, kh, kw) applied to it, in one conv: the
+    images stacked along channels, one group each."""
+    n, cout = k.shape[:2]
+    out = torch.conv2d(x.reshape(1, n * x.shape[1], *x.shape[2:]), k.reshape(n * cout, *k.shape[2:]),
+                       None, stride, padding, dilation, n * groups)
+    return out.view(n, cout, *out.shape[2:])
+
+
 def _bind(func, args, kwargs) -> dict:
     names = _CONV_ARGS if func is _CONV else _LINEAR_ARGS if func is _LINEAR else _BN_ARGS
     out = dict(_DEFAULTS)
@@ -193,7 +208,7 @@ def _conv_weight_grad(x, gy, w, stride, padding, dilation, groups, factored=Fals
                        None, 1, 0, stride, n * cin)
         out = out[:, :, :(kh - 1) * dilation[0] + 1:dilation[0], :(kw - 1) * dilation[1] + 1:dilation[1]]
         return out.reshape(n, *w.shape)
-    if factored and groups == 1 and _factored(cin * kh * kw, cout, lout, kh * kw):
+    if factored and _stays_factored(w, groups, lout):
         # Few output positions (late layers): the gradient stays Σ_l gy_l ⊗ cols_l, and the
         # per-image forward applies it to its own columns without ever building it.
         return Outer(gy.reshape(n, cout, lout), _columns(x, (kh, kw), stride, padding, dilation), (n, *w.shape))
@@ -236,11 +251,9 @@ class _Fold:
     def kept_factored(self, a) -> bool:
         """Whether :func:`_conv_weight_grad` keeps this filter's gradient as factors (shapes only)."""
         w, x = self.w, a["input"]
-        if int(a["groups"]) != 1:
-            return False
         size = [(x.shape[2 + i] + 2 * _pair(a["padding"])[i] - _pair(a["dilation"])[i] * (w.shape[2 + i] - 1) - 1)
                 // _pair(a["stride"])[i] + 1 for i in (0, 1)]
-        return _factored(w.shape[1] * w.shape[2] * w.shape[3], w.shape[0], size[0] * size[1], w.shape[2] * w.shape[3])
+        return _stays_factored(w, int(a["groups"]), size[0] * size[1])
 
     def grads(self, x, gy, a, factored: bool):
         g = _conv_weight_grad(x, gy, self.w, _pair(a["stride"]), _pair(a["padding"]), _pair(a["dilation"]),
@@ -428,10 +441,7 @@ class _PerImage(_ParamMode):
             # Depthwise: each image's own kernels θ + η·g_i are small, so they are built and run
             # as one conv (the images stacked along channels, one group each) instead of θ's
             # pass plus a second pass of the same size for the change.
-            wi = torch.add(w, gw, alpha=self.eta)
-            out = torch.conv2d(x.reshape(1, n * x.shape[1], *x.shape[2:]), wi.reshape(n * cout, *w.shape[1:]),
-                               None, a["stride"], a["padding"], a["dilation"], n * g)
-            out = out.view(n, cout, *out.shape[2:])
+            out = _grouped(x, torch.add(w, gw, alpha=self.eta), a["stride"], a["padding"], a["dilation"], g)
             if b is not None and gb is None:
                 out = out + b.view(1, cout, 1, 1)
         else:
@@ -444,10 +454,8 @@ class _PerImage(_ParamMode):
                 xs = x[:, :, ::st[0], ::st[1]].reshape(n, x.shape[1], -1)
                 out = torch.baddbmm(out.reshape(n, cout, -1), gw.view(n, cout, -1), xs,
                                     alpha=self.eta).view(out.shape)
-            else:  # the images stacked along channels, one group each
-                d = torch.conv2d(x.reshape(1, n * x.shape[1], *x.shape[2:]), gw.reshape(n * cout, *gw.shape[2:]),
-                                 None, a["stride"], a["padding"], a["dilation"], n * g)
-                out = out + self.eta * d.view(out.shape)
+            else:
+                out = out + self.eta * _grouped(x, gw, a["stride"], a["padding"], a["dilation"], g)
             return out if gb is None else out + self.eta * gb.view(n, cout, 1, 1)
         if gb is not None:
             return out + (b + self.eta * gb).view(n, cout, 1, 1)
@@ -476,17 +484,13 @@ class _PerImage(_ParamMode):
                 out = torch.baddbmm(shift.view(n, cout, 1).expand(n, cout, xs.shape[2] * xs.shape[3]),
                                     wi.view(n, cout, -1), xs.reshape(n, x.shape[1], -1))
                 return out.view(n, cout, *xs.shape[2:])
-            out = torch.conv2d(x.reshape(1, n * x.shape[1], *x.shape[2:]), wi.reshape(n * cout, *w.shape[1:]),
-                               None, stride, padding, dilation, n * groups)
-            return out.view(n, cout, *out.shape[2:]).add_(shift.view(n, cout, 1, 1))
+            return _grouped(x, wi, stride, padding, dilation, groups).add_(shift.view(n, cout, 1, 1))
         out = torch.conv2d(x, w, None, stride, padding, dilation, groups)  # θ's filter, batched
         if isinstance(gw, Outer):
             cols = _columns(x, w.shape[2:], _pair(stride), _pair(padding), _pair(dilation))
             out = out + eta * gw.times(cols).view(out.shape)
-        elif gw is not None:  # the images stacked along channels, one group each
-            d = torch.conv2d(x.reshape(1, n * x.shape[1], *x.shape[2:]), gw.reshape(n * cout, *gw.shape[2:]),
-                             None, stride, padding, dilation, n * groups)
-            out = out + eta * d.view(out.shape)
+        elif gw is not None:
+            out = out + eta * _grouped(x, gw, stride, padding, dilation, groups)
         return torch.addcmul(shift.view(n, cout, 1, 1), out, scale.view(n, cout, 1, 1))
 
 
