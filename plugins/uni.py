@@ -245,6 +245,7 @@ def match_activations(model, x, target_log_probs, seeds=None, *, eps: float, ste
             kl = (p_hat * (target_log_probs - log_q)).sum(1)
             (g,) = torch.autograd.grad(kl.sum(), xp)
         with torch.no_grad():
+            g = g.contiguous()  # channels-last from the fast view: the norms and steps below then read memory in order
             if kl_tol > 0:
                 moving &= kl.detach() > kl_tol
                 if not bool(moving.any()):

@@ -101,7 +101,11 @@ def grads_and_scores(model, points: torch.Tensor, target: torch.Tensor, output: 
     for part in _passes(m * n, internal_batch_size):
         g, p, l = score_and_grad(model, flat[part], tgt[part], output)
         grads.append(g), probs.append(p), logits.append(l)
-    return (torch.cat(grads).view_as(points), torch.cat(probs).view(m, n), torch.cat(logits).view(m, n))
+    # The fast view hands back channels-last gradients; gathered in the points' own layout (the
+    # copy cat makes anyway), every sum and norm over them after this runs on contiguous memory.
+    out = torch.empty_like(points, memory_format=torch.contiguous_format)
+    torch.cat(grads, out=out.view(m * n, *points.shape[2:]))
+    return out, torch.cat(probs).view(m, n), torch.cat(logits).view(m, n)
 
 
 def forward_scores(model, points: torch.Tensor, target: torch.Tensor, internal_batch_size: int):
