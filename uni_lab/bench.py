@@ -40,6 +40,7 @@ from typing import Callable
 
 import torch
 
+from . import allocator
 from .accel import accelerate
 from .data import load_images
 from .defaults import BENCH
@@ -247,7 +248,7 @@ def bench(model: str | Classifier = DEFAULTS["model"], *, weights: str | None = 
         "device": str(dev) if dev.type != "cuda" else f"{dev} ({torch.cuda.get_device_name(dev)})",
         "model": clf.name, "batch_size": batch_size, "size": [size, size], "T": T, "B": B,
         "precision": precision, "channels_last": bool(channels_last), "reps": reps,
-        "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
+        "cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "allocator": allocator.state(),
         "uni_vs_floor": wall["uni"] / wall["floor"],
         # each rep ran UNI and the floor back to back: the spread of their quotient is the bench's noise
         "uni_vs_floor_by_rep": [u / f for u, f in zip(m["uni"]["all"], m["floor"]["all"])],

@@ -13,7 +13,7 @@ import signal
 import sys
 import warnings
 
-from . import commands
+from . import allocator, commands
 from .errors import UniLabError
 
 
@@ -58,6 +58,7 @@ def main(argv=None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    allocator.keep_freed_memory()  # the command owns its process; a library import never does this
     # a warning is one line a user reads, not a source location plus the line of code that raised it
     formatwarning = warnings.formatwarning
     warnings.formatwarning = lambda message, *_, **__: f"uni-lab {args.command}: warning: {one_line(str(message))}\n"
