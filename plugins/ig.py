@@ -2,6 +2,7 @@
 from typing import Literal
 
 import uni_lab
+from uni_lab import endpoint
 from uni_lab.contracts import BatchSize, Count
 from uni_lab.defaults import DEFAULT_STEPS
 from uni_lab.engine import OUTPUTS, RULES, fixed_path, integrate, path_chunk, resolve_baseline, resolve_path
@@ -16,7 +17,8 @@ def integrated_gradients(model, x, target, seeds=None, *, baseline="black", path
     ``path``: a registered path's name (``--set ig.path=NAME``, its own parameters as
     ``--set NAME.param=...``) or a callable ``(x, baseline, alphas) -> points``.
     """
-    xb = resolve_baseline(baseline, x, model, target, seeds)
-    ibs, chunk = path_chunk(model, x, internal_batch_size)
-    return integrate(model, x, target, fixed_path(resolve_path(path), x, xb, int(steps), chunk),
-                     output=output, internal_batch_size=ibs, baseline_gradient=False, rule=rule)
+    with endpoint.collecting():  # a baseline that computed ∇F_c at x anyway (UNI's) spares the last pass
+        xb = resolve_baseline(baseline, x, model, target, seeds)
+        ibs, chunk = path_chunk(model, x, internal_batch_size)
+        return integrate(model, x, target, fixed_path(resolve_path(path), x, xb, int(steps), chunk),
+                         output=output, internal_batch_size=ibs, baseline_gradient=False, rule=rule)

@@ -24,6 +24,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 
 import uni_lab
+from uni_lab import endpoint
 from uni_lab.accel import activation_bytes, fit_batch
 from uni_lab.contracts import BatchSize, Count, NonNegative, Positive
 from uni_lab.defaults import DEFAULT_STEPS
@@ -42,7 +43,7 @@ STEP_RULES = ("auto", "sign", "l2")  # auto: the norm's steepest descent (sign f
 
 
 def unlearned_log_probs(model, x, target, eta: float = 1.0, chunk: int | None = None,
-                        method: str = "auto") -> torch.Tensor:
+                        method: str = "auto", at_input: dict | None = None) -> torch.Tensor:
     """``log F(x_i; θ̂_i)`` for every image, each under its own one-step-unlearned weights.
 
     Batched: per-sample gradients of the cross-entropy, then one forward of all images, each
@@ -51,6 +52,8 @@ def unlearned_log_probs(model, x, target, eta: float = 1.0, chunk: int | None = 
     anything else; ``"vmap"`` forces the latter. Per-sample gradients cost one copy of the
     parameters per image, so ``chunk`` images are unlearned at a time; ``None`` sizes it to
     the plan (:func:`unlearn_chunk_size`); a short last chunk is padded to full size.
+    A dict passed as ``at_input`` receives the recorded pass's ``logits`` at ``x`` and ``grad``,
+    ∇_x of each image's cross-entropy, where every chunk went through :mod:`uni_lab.persample`.
     """
     if method not in ("auto", "vmap"):
         raise InputError(f"unlearning method must be 'auto' or 'vmap', got '{method}'.")
@@ -64,7 +67,7 @@ def unlearned_log_probs(model, x, target, eta: float = 1.0, chunk: int | None = 
     def forward(p, xi):
         return functional_call(model, (p, buffers), (xi.unsqueeze(0),)).squeeze(0)
 
-    out = []
+    out, inputs = [], []
     for s in range(0, x.shape[0], chunk):
         xs, ts = x[s:s + chunk].detach(), target[s:s + chunk]
         real = xs.shape[0]
@@ -74,7 +77,10 @@ def unlearned_log_probs(model, x, target, eta: float = 1.0, chunk: int | None = 
             # PGD matching amplifies even 1e-7 differences of these targets (×10 a step).
             xs = torch.cat([xs, xs[-1:].expand(chunk - real, *xs.shape[1:])])
             ts = torch.cat([ts, ts[-1:].expand(chunk - real)])
-        grads = per_sample_grads(model, xs, ts, factored=True) if method == "auto" else None
+        seen: dict = {}
+        grads = per_sample_grads(model, xs, ts, factored=True, at_input=seen) if method == "auto" else None
+        if grads is not None:
+            inputs.append({k: v[:real] for k, v in seen.items()})
         logits = None if grads is None else per_image_forward(model, xs, grads, eta)
         if logits is None:
             if grads is not None:
@@ -88,6 +94,8 @@ def unlearned_log_probs(model, x, target, eta: float = 1.0, chunk: int | None = 
                 logits = vmap(forward)(grads, xs)
         out.append(logits.detach()[:real].log_softmax(-1))
         del grads
+    if at_input is not None and len(inputs) == len(out):
+        at_input.update({k: torch.cat([d[k] for d in inputs]) for k in ("logits", "grad")})
     return torch.cat(out)
 
 
@@ -285,7 +293,14 @@ def uni_baseline(x, model, target, seeds=None, *, eta: float = 1.0, eps: Positiv
     """
     uni_lab.models.require_weights(model, "uni", "weights (it unlearns them)")
     with _phase("unlearn", x):
-        target_lp = unlearned_log_probs(model, x, target, eta, chunk=unlearn_chunk)
+        at_x: dict = {}
+        target_lp = unlearned_log_probs(model, x, target, eta, chunk=unlearn_chunk,
+                                        at_input=at_x if endpoint.wanted() else None)
+        if at_x:  # ∇_x F_c = −F_c ∇_x CE_c at x itself: the integral's last point needs no pass (uni_lab.endpoint)
+            logits, idx = at_x["logits"], target.view(-1, 1)
+            prob = logits.softmax(-1).gather(1, idx).squeeze(1)
+            grad = at_x["grad"] * -prob.view(-1, *([1] * (x.dim() - 1))).to(at_x["grad"].dtype)
+            endpoint.offer(x, target, grad, prob, logits.gather(1, idx).squeeze(1))
     with _phase("match", x):
         return _match_in_chunks(model, x, target_lp, seeds, eps=eps, steps=pgd_steps, step_size=step_size,
                                 norm=norm, start=start, step_rule=step_rule, kl_tol=kl_tol)
@@ -306,7 +321,7 @@ def _match_in_chunks(model, x, target_lp, seeds, **kw) -> torch.Tensor:
     224² on Lite0): with every chunk the same size, an image's baseline is bitwise the same whatever
     batch, shard or rank it arrives in."""
     chunk = match_chunk_size(model, x)
-    out = []
+    out, inputs = [], []
     for s in range(0, x.shape[0], chunk):
         xs, lps = x[s:s + chunk], target_lp[s:s + chunk]
         ss = None if seeds is None else seeds[s:s + chunk]

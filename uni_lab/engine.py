@@ -14,6 +14,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from . import endpoint
 from .accel import PLAN_BYTES, activation_bytes, check_fits, fit_batch
 from .errors import InputError
 from .explanation import Explanation
@@ -129,6 +130,14 @@ def _grads_and_scores_past_baseline(model, points, target, output, internal_batc
     return torch.cat([nan, grads]), torch.cat([p0.unsqueeze(0), prob]), torch.cat([l0.unsqueeze(0), logit])
 
 
+def _with_end(grads, prob, logit, end, dtype):
+    """A chunk's gradients and scores followed by those offered for its last point, ``x`` itself."""
+    g, p, l = end[0].to(dtype).unsqueeze(0), end[1].unsqueeze(0), end[2].unsqueeze(0)
+    if grads is None:
+        return g, p, l
+    return torch.cat([grads, g]), torch.cat([prob, p.to(prob.dtype)]), torch.cat([logit, l.to(logit.dtype)])
+
+
 def fixed_path(path_fn: Callable, x: torch.Tensor, baseline: torch.Tensor, steps: int,
                chunk: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Chunks of a path given in closed form ``path_fn(x, baseline, alphas)``, ``α_k = k/steps``."""
@@ -216,6 +225,8 @@ def integrate(model, x: torch.Tensor, target: torch.Tensor, path: Iterator, *, o
     first step (it is sent back to them); closed-form paths pass ``baseline_gradient=False``,
     and the baseline then costs a forward pass only, its ``grad_norm`` in the trace being NaN.
     The left sum needs it, so ``rule="left"`` computes it whatever ``baseline_gradient`` says.
+    Where a step before has offered ``∇F_c`` at ``x`` itself (:mod:`uni_lab.endpoint`: UNI's
+    unlearning), the point at ``α = 1`` takes it instead of a pass.
     """
     check_output(output)
     check_rule(rule)
@@ -227,6 +238,7 @@ def integrate(model, x: torch.Tensor, target: torch.Tensor, path: Iterator, *, o
     trace = {k: [] for k in ("alpha", "prob", "logit", "grad_norm", "distance")}
     prev = baseline = prev_grad = None
     reply = None
+    end = endpoint.take(x, target, output, rule)
     gen = iter(path)
     while True:
         try:
@@ -234,10 +246,16 @@ def integrate(model, x: torch.Tensor, target: torch.Tensor, path: Iterator, *, o
         except StopIteration:
             break
         alphas, points = chunk[0], chunk[1].detach()
-        if prev is None and not baseline_gradient and rule == "right":
-            grads, prob, logit = _grads_and_scores_past_baseline(model, points, target, output, ibs)
+        at_x = end is not None and float(alphas[-1]) == 1.0
+        core = points[:-1] if at_x else points
+        if core.shape[0] == 0:
+            grads = prob = logit = None
+        elif prev is None and not baseline_gradient and rule == "right":
+            grads, prob, logit = _grads_and_scores_past_baseline(model, core, target, output, ibs)
         else:
-            grads, prob, logit = grads_and_scores(model, points, target, output, ibs)
+            grads, prob, logit = grads_and_scores(model, core, target, output, ibs)
+        if at_x:
+            grads, prob, logit = _with_end(grads, prob, logit, end, points.dtype)
         reply = (grads, prob, logit)
         if baseline is None:
             baseline, first_alpha = points[0], alphas[:1]  # checked after the loop: no host sync inside it

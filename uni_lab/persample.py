@@ -298,12 +298,14 @@ def _recording(model, x):
     return (view.inner, *view._unlearning)
 
 
-def per_sample_grads(model, x: torch.Tensor, target: torch.Tensor,
-                     factored: bool = False) -> dict[str, torch.Tensor] | None:
+def per_sample_grads(model, x: torch.Tensor, target: torch.Tensor, factored: bool = False,
+                     at_input: dict | None = None) -> dict[str, torch.Tensor] | None:
     """``{name: (N, *shape)}``: ∇_θ of each image's cross-entropy, or ``None`` if unsupported.
 
     ``factored=True`` leaves the weight gradients of linear layers on ``(N, features)`` inputs
-    as :class:`Outer` factors, which :func:`per_image_forward` uses as they are."""
+    as :class:`Outer` factors, which :func:`per_image_forward` uses as they are. A dict passed
+    as ``at_input`` receives what the pass computes anyway: ``logits`` at ``x`` and ``grad``,
+    ∇_x of each image's cross-entropy."""
     params = dict(model.named_parameters())
     net, rename, folds = _recording(model, x)
     rec = _Record(dict(net.named_parameters()), folds, factored)
@@ -316,7 +318,9 @@ def per_sample_grads(model, x: torch.Tensor, target: torch.Tensor,
     if not rec.calls:
         return None
     loss = F.cross_entropy(logits, target, reduction="sum")  # the sum: each image's own loss
-    torch.autograd.grad(loss, x)  # every recorded layer lies on a path to x: its hook gets its gradient
+    (input_grad,) = torch.autograd.grad(loss, x)  # every recorded layer lies on a path to x: its hook gets its gradient
+    if at_input is not None:
+        at_input.update(logits=logits.detach(), grad=input_grad)
     gys = rec.gys
     n = x.shape[0]
     grads: dict[str, torch.Tensor] = {}
