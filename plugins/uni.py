@@ -31,7 +31,7 @@ from uni_lab.defaults import DEFAULT_STEPS
 from uni_lab.engine import OUTPUTS
 from uni_lab.errors import InputError
 from uni_lab.fastview import fast_view
-from uni_lab.persample import dense, per_image_forward, per_sample_grads
+from uni_lab.persample import dense, per_image_forward, per_sample_grads, resolve
 from uni_lab.seeding import draw, repeat_seeds
 
 from .ig import integrated_gradients
@@ -57,9 +57,9 @@ def unlearned_log_probs(model, x, target, eta: float = 1.0, chunk: int | None = 
     """
     if method not in ("auto", "vmap"):
         raise InputError(f"unlearning method must be 'auto' or 'vmap', got '{method}'.")
-    params = {k: v.detach() for k, v in model.named_parameters()}
-    buffers = {k: v.detach() for k, v in model.named_buffers()}
     chunk = int(chunk) if chunk else unlearn_chunk_size(model, x)
+    resolved = resolve(model, x) if method == "auto" else None
+    params = buffers = None  # for vmap only
 
     def loss(p, xi, ti):
         return F.cross_entropy(functional_call(model, (p, buffers), (xi.unsqueeze(0),)), ti.unsqueeze(0))
@@ -78,11 +78,15 @@ def unlearned_log_probs(model, x, target, eta: float = 1.0, chunk: int | None = 
             xs = torch.cat([xs, xs[-1:].expand(chunk - real, *xs.shape[1:])])
             ts = torch.cat([ts, ts[-1:].expand(chunk - real)])
         seen: dict = {}
-        grads = per_sample_grads(model, xs, ts, factored=True, at_input=seen) if method == "auto" else None
+        grads = per_sample_grads(model, xs, ts, factored=True, at_input=seen, resolved=resolved) \
+            if method == "auto" else None
         if grads is not None:
             inputs.append({k: v[:real] for k, v in seen.items()})
-        logits = None if grads is None else per_image_forward(model, xs, grads, eta)
+        logits = None if grads is None else per_image_forward(model, xs, grads, eta, resolved=resolved)
         if logits is None:
+            if params is None:
+                params = {k: v.detach() for k, v in model.named_parameters()}
+                buffers = {k: v.detach() for k, v in model.named_buffers()}
             if grads is not None:
                 grads = {k: dense(g) for k, g in grads.items()}
             else:

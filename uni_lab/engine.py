@@ -263,11 +263,13 @@ def integrate(model, x: torch.Tensor, target: torch.Tensor, path: Iterator, *, o
             steps = chunk[2].detach()[1:] if prev is None else chunk[2].detach()
         elif prev is None:  # the baseline itself closes no segment
             steps = points[1:] - points[:-1]
+        elif points.shape[0] == 1:  # the same differences as below, without copying the chunk
+            steps = points - prev.unsqueeze(0)
         else:
-            seq = torch.cat([prev.unsqueeze(0), points])
-            steps = seq[1:] - seq[:-1]
+            steps = torch.cat([(points[0] - prev).unsqueeze(0), points[1:] - points[:-1]])
         if rule == "right":
-            attribution += ((grads[1:] if prev is None else grads) * steps).sum(0)
+            terms = (grads[1:] if prev is None else grads) * steps
+            attribution += terms[0] if terms.shape[0] == 1 else terms.sum(0)
         else:  # each segment's start: the previous chunk's last point, then this chunk's points
             attribution += ((grads[:-1] if prev is None else torch.cat([prev_grad.unsqueeze(0), grads[:-1]]))
                             * steps).sum(0)
