@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from uni_lab.allocator import keep_freed_memory
 from uni_lab.methods import changed_plugins
 from uni_lab.schema import metric_flag
 
@@ -478,6 +479,7 @@ def main(argv=None) -> int:
     p.add_argument("--docs", type=Path, default=io.REPO / "docs" / "claims.md",
                    help="the claims page to write (default: %(default)s)")
     args = io.parse(p, argv)
+    keep_freed_memory()  # a script that owns its process, as the uni-lab command does
     folder = args.store if args.store is not None else compute(io.default_store(args), args)
     ds, planned, sessions = open_study(folder)
     draw(ds, args.out_dir, args.docs, sessions, planned)

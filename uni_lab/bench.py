@@ -12,7 +12,10 @@ work. Ratios (goals in :data:`GOALS`):
   UNI cannot do less than that count, and in fact does more: its unlearning pass needs
   per-image gradients w.r.t. every parameter plus a forward under per-image weights, and
   the engine also evaluates the baseline point (``B + 1`` points: F_c(x') for completeness
-  and the trace). ``uni_vs_floor_incl_baseline_point`` divides by ``2 + T + B`` passes instead.
+  and the trace), though with a forward only, and takes the last point's gradient, at x, from
+  the unlearning's pass (:mod:`uni_lab.endpoint`). ``uni_vs_floor_incl_baseline_point`` divides
+  by ``2 + T + B`` passes instead. The ``uni-lab`` command keeps freed memory with the process
+  (:mod:`uni_lab.allocator`, recorded as ``allocator``), for every case alike.
   ``uni_phases_s`` splits the very UNI calls that give the ratio (unlearning and matching
   clocked inside them, integration the rest), so in floor passes the phases sum to
   ``uni_vs_floor · (1 + T + B)``.
