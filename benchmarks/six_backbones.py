@@ -20,6 +20,7 @@ import warnings
 
 import torch
 
+from uni_lab.allocator import keep_freed_memory, state
 from uni_lab.bench import _floor, _method, bench_batch, _uni_parts
 from uni_lab.defaults import BENCH
 from uni_lab.models import create_model
@@ -62,6 +63,7 @@ def one(name: str, batch: int, T: int, B: int) -> dict:
 
 
 def main() -> None:
+    keep_freed_memory()  # as the uni-lab command does: page faults otherwise swing single calls
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default=",".join(SIX))
     p.add_argument("--batch", type=int, default=4)
@@ -75,7 +77,8 @@ def main() -> None:
         row["load_avg_1min"] = {"start": load, "end": os.getloadavg()[0]}
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
-    out = {"T": T, "B": B, "size": 224, "threads": torch.get_num_threads(), "torch": torch.__version__, "rows": rows}
+    out = {"T": T, "B": B, "size": 224, "threads": torch.get_num_threads(), "torch": torch.__version__,
+           "allocator": state(), "rows": rows}
     text = json.dumps(out, indent=1)
     if a.out:
         with open(a.out, "w") as f:
