@@ -130,6 +130,20 @@ def _grads_and_scores_past_baseline(model, points, target, output, internal_batc
     return torch.cat([nan, grads]), torch.cat([p0.unsqueeze(0), prob]), torch.cat([l0.unsqueeze(0), logit])
 
 
+def _evaluate(model, alphas, points, target, output: str, ibs: int, scores_only_first: bool, end):
+    """A chunk's gradients and scores: the first point's scores only where asked, and the point at
+    ``α = 1`` from ``end`` (:mod:`uni_lab.endpoint`) where one was offered."""
+    at_x = end is not None and float(alphas[-1]) == 1.0
+    core = points[:-1] if at_x else points
+    if core.shape[0] == 0:
+        grads = prob = logit = None
+    elif scores_only_first:
+        grads, prob, logit = _grads_and_scores_past_baseline(model, core, target, output, ibs)
+    else:
+        grads, prob, logit = grads_and_scores(model, core, target, output, ibs)
+    return _with_end(grads, prob, logit, end, points.dtype) if at_x else (grads, prob, logit)
+
+
 def _with_end(grads, prob, logit, end, dtype):
     """A chunk's gradients and scores followed by those offered for its last point, ``x`` itself."""
     g, p, l = end[0].to(dtype).unsqueeze(0), end[1].unsqueeze(0), end[2].unsqueeze(0)
@@ -246,16 +260,8 @@ def integrate(model, x: torch.Tensor, target: torch.Tensor, path: Iterator, *, o
         except StopIteration:
             break
         alphas, points = chunk[0], chunk[1].detach()
-        at_x = end is not None and float(alphas[-1]) == 1.0
-        core = points[:-1] if at_x else points
-        if core.shape[0] == 0:
-            grads = prob = logit = None
-        elif prev is None and not baseline_gradient and rule == "right":
-            grads, prob, logit = _grads_and_scores_past_baseline(model, core, target, output, ibs)
-        else:
-            grads, prob, logit = grads_and_scores(model, core, target, output, ibs)
-        if at_x:
-            grads, prob, logit = _with_end(grads, prob, logit, end, points.dtype)
+        scores_only_first = prev is None and not baseline_gradient and rule == "right"
+        grads, prob, logit = _evaluate(model, alphas, points, target, output, ibs, scores_only_first, end)
         reply = (grads, prob, logit)
         if baseline is None:
             baseline, first_alpha = points[0], alphas[:1]  # checked after the loop: no host sync inside it
