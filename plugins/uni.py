@@ -325,7 +325,7 @@ def _match_in_chunks(model, x, target_lp, seeds, **kw) -> torch.Tensor:
     224² on Lite0): with every chunk the same size, an image's baseline is bitwise the same whatever
     batch, shard or rank it arrives in."""
     chunk = match_chunk_size(model, x)
-    out, inputs = [], []
+    out = []
     for s in range(0, x.shape[0], chunk):
         xs, lps = x[s:s + chunk], target_lp[s:s + chunk]
         ss = None if seeds is None else seeds[s:s + chunk]
