@@ -28,7 +28,7 @@ from uni_lab import endpoint
 from uni_lab.accel import activation_bytes, fit_batch
 from uni_lab.contracts import BatchSize, Count, NonNegative, Positive
 from uni_lab.defaults import DEFAULT_STEPS
-from uni_lab.engine import OUTPUTS
+from uni_lab.engine import OUTPUTS, scores
 from uni_lab.errors import InputError
 from uni_lab.fastview import fast_view
 from uni_lab.persample import dense, per_image_forward, per_sample_grads, resolve
@@ -301,10 +301,9 @@ def uni_baseline(x, model, target, seeds=None, *, eta: float = 1.0, eps: Positiv
         target_lp = unlearned_log_probs(model, x, target, eta, chunk=unlearn_chunk,
                                         at_input=at_x if endpoint.wanted() else None)
         if at_x:  # ∇_x F_c = −F_c ∇_x CE_c at x itself: the integral's last point needs no pass (uni_lab.endpoint)
-            logits, idx = at_x["logits"], target.view(-1, 1)
-            prob = logits.softmax(-1).gather(1, idx).squeeze(1)
+            prob, logit = scores(at_x["logits"], target)
             grad = at_x["grad"] * -prob.view(-1, *([1] * (x.dim() - 1))).to(at_x["grad"].dtype)
-            endpoint.offer(x, target, grad, prob, logits.gather(1, idx).squeeze(1))
+            endpoint.offer(x, target, grad, prob, logit)
     with _phase("match", x):
         return _match_in_chunks(model, x, target_lp, seeds, eps=eps, steps=pgd_steps, step_size=step_size,
                                 norm=norm, start=start, step_rule=step_rule, kl_tol=kl_tol)
